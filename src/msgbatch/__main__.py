@@ -1,0 +1,3 @@
+from msgbatch.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Backends: where the requests of a batch actually run."""

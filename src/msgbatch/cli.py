@@ -1,0 +1,137 @@
+"""The `msgbatch` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from msgbatch import __version__
+from msgbatch.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
+
+
+class Duration(click.ParamType[float]):
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            return parse_duration(value, name=param.name if param and param.name else "value")
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _settings(config: str | None, **flags: object) -> Settings:
+    try:
+        return load_settings(config, env=None, **flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="msgbatch")
+def main() -> None:
+    """msgbatch: a self-hosted, drop-in Message Batches API.
+
+    Point the official `anthropic` SDK at `msgbatch serve` with `base_url` and any API key, and
+    `client.messages.batches.*` runs every request of a batch on a backend of yours (or on the
+    built-in simulator).
+    """
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
+@click.option("--port", type=int, default=None, help=f"Port to listen on.  [default: {DEFAULT_PORT}]")
+@click.option(
+    "--database",
+    default=None,
+    help="SQLite file path, or a postgresql:// URL.  [default: msgbatch.db]",
+)
+@click.option(
+    "--simulate-latency",
+    type=Duration(),
+    default=None,
+    help="Default latency of the simulator backend per request (e.g. 0.5, 2s).  [default: 0]",
+)
+@click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
+@click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
+@click.option(
+    "--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]"
+)
+@click.option("--expiry", type=Duration(), default=None, help="How long a batch may run.  [default: 24h]")
+@click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
+@click.option("--no-worker", is_flag=True, default=False, help="Serve the API only; run no requests here.")
+@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+def serve(
+    host: str | None,
+    port: int | None,
+    database: str | None,
+    simulate_latency: float | None,
+    config: str | None,
+    public_url: str | None,
+    concurrency: int | None,
+    expiry: float | None,
+    retention: float | None,
+    no_worker: bool,
+    log_level: str,
+) -> None:
+    """Run the API server (and, unless --no-worker, the dispatcher) in this process.
+
+    Every flag also reads an environment variable: MSGBATCH_HOST, MSGBATCH_PORT,
+    MSGBATCH_DATABASE, MSGBATCH_SIMULATE_LATENCY, MSGBATCH_CONFIG, MSGBATCH_PUBLIC_URL, ...
+    API keys: MSGBATCH_API_KEYS="key1=workspace-a,key2=workspace-b", or [workspaces] in the
+    config file. With no keys configured, ANY non-empty key is accepted.
+    """
+    import uvicorn
+
+    from msgbatch.api.app import MsgBatchServer
+
+    _setup_logging(log_level)
+    settings = _settings(
+        config,
+        host=host,
+        port=port,
+        database=database,
+        simulate_latency=simulate_latency,
+        public_url=public_url,
+        concurrency=concurrency,
+        expiry_seconds=expiry,
+        retention_seconds=retention,
+        worker=False if no_worker else None,
+    )
+    log = logging.getLogger("msgbatch")
+    if settings.open_auth:
+        log.warning(
+            "NO API KEYS CONFIGURED: any non-empty API key is accepted and every client shares one "
+            "workspace. Set MSGBATCH_API_KEYS or [workspaces] in the config file before exposing this server."
+        )
+    server = MsgBatchServer(settings)
+    log.info(
+        "msgbatch %s listening on http://%s:%d database=%s worker=%s",
+        __version__,
+        settings.host,
+        settings.port,
+        settings.database if "://" not in settings.database else settings.database.split("@")[-1],
+        settings.worker,
+    )
+    uvicorn.run(
+        server.app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=15,
+        h11_max_incomplete_event_size=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

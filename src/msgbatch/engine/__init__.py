@@ -1,0 +1,1 @@
+"""The engine: the dispatcher and the periodic lifecycle tasks."""

@@ -1,0 +1,61 @@
+"""The records that pass between the store, the manager and the dispatcher."""
+
+from __future__ import annotations
+
+import msgspec
+
+# processing_status, as stored
+IN_PROGRESS, CANCELING, ENDED = 0, 1, 2
+STATUS_NAMES = ("in_progress", "canceling", "ended")
+
+# result types, as stored
+SUCCEEDED, ERRORED, CANCELED, EXPIRED = 0, 1, 2, 3
+RESULT_NAMES = ("succeeded", "errored", "canceled", "expired")
+RESULT_CODES = {name: code for code, name in enumerate(RESULT_NAMES)}
+
+
+class Batch(msgspec.Struct, kw_only=True):
+    seq: int  # internal key; never shown
+    id: str
+    workspace: str
+    status: int
+    created_at: int  # microseconds since the epoch
+    expires_at: int
+    ended_at: int | None = None
+    cancel_initiated_at: int | None = None
+    archived_at: int | None = None
+    total: int
+    processing: int
+    succeeded: int = 0
+    errored: int = 0
+    canceled: int = 0
+    expired: int = 0
+    first_request: int  # request rows are [first_request, first_request + total)
+    betas: str = ""  # comma-separated anthropic-beta values
+
+
+class Job(msgspec.Struct, gc=False):
+    """A claimed request, ready to run."""
+
+    id: int
+    batch: int
+    custom_id: str
+    params: bytes
+    betas: str
+    expires_at: int
+    attempts: int
+
+
+class Outcome(msgspec.Struct, gc=False):
+    """What became of a claimed job.
+
+    With `result` set, the job is finished and `line` is its whole results line. With
+    `result` None, the job goes back to the queue, to be claimed again no sooner than
+    `not_before` (a retry).
+    """
+
+    job: int
+    batch: int
+    result: int | None
+    line: bytes = b""
+    not_before: int = 0

@@ -1,0 +1,74 @@
+"""The storage interface. Each operation is one transaction; the rules live in the manager."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+import msgspec
+
+from msgbatch.models import Batch, Job, Outcome
+
+
+class Store(Protocol):
+    # Whether one process owns the database (SQLite): then leases held at start-up are stale.
+    single_process: bool
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def create_batch(self, batch: Batch, requests: Sequence[tuple[str, msgspec.Raw | bytes]]) -> Batch:
+        """Store a batch and its requests atomically; returns it with `seq` and `first_request` set."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    async def list_batches(
+        self, workspace: str, limit: int, *, after_id: str | None, before_id: str | None
+    ) -> tuple[list[Batch], bool]:
+        """Newest first; the bool says whether more lie beyond in the direction asked."""
+        ...
+
+    async def cancel_batch(self, seq: int, now: int) -> None:
+        """Mark canceling, turn every not-yet-running request into a `canceled` result, end if idle."""
+        ...
+
+    async def delete_batch(self, seq: int) -> None: ...
+
+    def iter_results(
+        self, batch: Batch, *, result_type: int | None = None, custom_id: str | None = None
+    ) -> AsyncIterator[list[bytes]]:
+        """The batch's results lines in pages, read with constant memory."""
+        ...
+
+    async def claim(self, owner: str, limit: int, now: int, lease_until: int) -> list[Job]:
+        """Lease up to `limit` pending requests, spread fairly over the batches that have some."""
+        ...
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome], now: int) -> tuple[int, list[str]]:
+        """Record outcomes of jobs still leased by `owner`: how many were accepted, and the ids of
+        the batches that ended with them."""
+        ...
+
+    async def renew_leases(self, owner: str, lease_until: int) -> None: ...
+
+    async def release(self, owner: str, job_ids: Sequence[int]) -> None:
+        """Hand leased jobs back to the queue (shutdown)."""
+        ...
+
+    async def recover(self) -> int:
+        """On start of a single-process store: requeue every leased job (its owner is gone)."""
+        ...
+
+    async def reap_leases(self, now: int) -> int: ...
+
+    async def expire_due(self, now: int) -> list[str]:
+        """End batches past `expires_at`: their unfinished requests become `expired`."""
+        ...
+
+    async def archive_due(self, created_before: int, now: int) -> list[str]:
+        """Archive ended batches created before the cutoff: drop their requests and results."""
+        ...

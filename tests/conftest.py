@@ -1,0 +1,202 @@
+"""Fixtures: the app in process (ASGI), on a real port in a thread, and as a `msgbatch serve` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+import uvicorn
+
+from msgbatch.api.app import MsgBatchServer
+from msgbatch.config import Settings, load_settings
+
+TEST_KEY = "sk-test-key"
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database": str(tmp_path / "msgbatch.db"),
+        "lifecycle_interval": 0.05,
+        "poll_interval": 0.05,
+    }
+    values.update(overrides)
+    return load_settings(None, env={}, **values)
+
+
+def simple_request(custom_id: str, text: str = "Hello", **params: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 256,
+        "messages": [{"role": "user", "content": text}],
+    }
+    body.update(params)
+    return {"custom_id": custom_id, "params": body}
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    return lambda **overrides: make_settings(tmp_path, **overrides)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[MsgBatchServer]:
+    srv = MsgBatchServer(make_settings(tmp_path))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def async_client_for(srv: MsgBatchServer, api_key: str = TEST_KEY, **kwargs: Any) -> anthropic.AsyncAnthropic:
+    """The official async SDK, talking to the app in process over an ASGI transport."""
+    return anthropic.AsyncAnthropic(
+        api_key=api_key,
+        base_url="http://testserver",
+        http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=srv.app), base_url="http://testserver"),
+        _strict_response_validation=True,
+        max_retries=0,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+async def aclient(server: MsgBatchServer) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    client = async_client_for(server)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def wait_ended(client: anthropic.AsyncAnthropic, batch_id: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = await client.messages.batches.retrieve(batch_id)
+        if batch.processing_status == "ended":
+            return batch
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} did not end: {batch}")
+        await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThreadedServer:
+    """The app on a real loopback port, in a thread of this process (for the sync SDK)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.server = MsgBatchServer(settings)
+        config = uvicorn.Config(self.server.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.uvicorn = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.uvicorn.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.uvicorn.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[ThreadedServer]:
+    with ThreadedServer(make_settings(tmp_path)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def sync_client(live_server: ThreadedServer) -> Iterator[anthropic.Anthropic]:
+    client = anthropic.Anthropic(
+        api_key=TEST_KEY, base_url=live_server.base_url, _strict_response_validation=True, max_retries=0
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class ServeProcess:
+    """A real `msgbatch serve` subprocess."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None):
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.database = str(tmp_path / "serve.db")
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.log = tmp_path / f"serve-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServeProcess:
+        cmd = [
+            sys.executable, "-m", "msgbatch", "serve",
+            "--port", str(self.port), "--database", self.database, *self.args,
+        ]  # fmt: skip
+        self._log = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx2.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx2.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"msgbatch serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(*args: str, **kwargs: Any) -> ServeProcess:
+        proc = ServeProcess(tmp_path, *args, **kwargs).start()
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
