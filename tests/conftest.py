@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import os
 import signal
 import socket
@@ -200,3 +202,64 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     finally:
         for proc in started:
             proc.stop()
+
+
+# -- helpers shared by the test modules ------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings, **kwargs: Any) -> AsyncIterator[MsgBatchServer]:
+    """A started MsgBatchServer (kwargs go to its constructor: router=, store=, ...)."""
+    srv = MsgBatchServer(settings, **kwargs)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def raw_client(srv: MsgBatchServer, **kwargs: Any) -> httpx2.AsyncClient:
+    """Plain HTTP against the app in process, for what the SDK cannot send."""
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=srv.app), base_url="http://testserver", **kwargs)
+
+
+class RecorderBackend:
+    """Answers like the simulator, and records the params and betas of every call (deep copies).
+
+    `gate`, when set, is acquired once per call before answering: a test holds requests
+    "running" until it releases permits. `started` counts calls that reached the backend.
+    """
+
+    name = "recorder"
+
+    def __init__(self, gate: asyncio.Semaphore | None = None) -> None:
+        self.calls: list[tuple[dict[str, Any], list[str]]] = []
+        self.gate = gate
+        self.started = 0
+
+    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+        from msgbatch.backends.simulate import simulate
+
+        self.calls.append((copy.deepcopy(params), list(betas)))
+        self.started += 1
+        if self.gate is not None:
+            await self.gate.acquire()
+        message, _latency = simulate(params)
+        return message
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a sync or async predicate until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -229,8 +229,13 @@ class Dispatcher:
         backend = self.router.route(model)
         if backend is None:
             return self._errored(job, "not_found_error", f"model: {model}")
+        # Nothing runs past the batch's expiry: by then the request is `expired` whatever happens.
+        budget = (job.expires_at - now) / 1_000_000
         try:
-            message = await backend.create_message(params, job.betas.split(",") if job.betas else [])
+            async with asyncio.timeout(budget):
+                message = await backend.create_message(params, job.betas.split(",") if job.betas else [])
+        except TimeoutError:
+            return Outcome(job.id, job.batch, EXPIRED, result_line(job.custom_id, _EXPIRED))
         except BackendError as exc:
             if exc.retryable and job.attempts < self.retry.max_attempts:
                 not_before = now_us() + int(self.retry.delay(job.attempts, exc.retry_after) * 1_000_000)
