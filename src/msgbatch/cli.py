@@ -63,9 +63,7 @@ def main() -> None:
 )
 @click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
 @click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
-@click.option(
-    "--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]"
-)
+@click.option("--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]")
 @click.option("--expiry", type=Duration(), default=None, help="How long a batch may run.  [default: 24h]")
 @click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
 @click.option("--no-worker", is_flag=True, default=False, help="Serve the API only; run no requests here.")

@@ -51,15 +51,18 @@ def new_batch_id() -> str:
     return "msgbatch_" + _encode(_batch_ids.next())
 
 
+def _random_id() -> str:
+    # 142 random bits: as many as 24 base62 characters hold.
+    return _encode(int.from_bytes(os.urandom(18), "big") >> 2)
+
+
 def new_request_id() -> str:
-    return "req_" + _encode(int.from_bytes(os.urandom(16), "big"))
+    return "req_" + _random_id()
 
 
 def new_message_id() -> str:
-    return "msg_" + _encode(int.from_bytes(os.urandom(16), "big"))
+    return "msg_" + _random_id()
 
 
 def is_batch_id(value: str) -> bool:
-    return (
-        len(value) == 9 + _WIDTH and value.startswith("msgbatch_") and all(c in _ALPHABET for c in value[9:])
-    )
+    return len(value) == 9 + _WIDTH and value.startswith("msgbatch_") and all(c in _ALPHABET for c in value[9:])
