@@ -75,7 +75,7 @@ def _parse_keys(spec: str) -> dict[str, str]:
     return keys
 
 
-def _keys_from_file(section: object) -> dict[str, str]:
+def _keys_from_file(section: object, env: dict[str, str]) -> dict[str, str]:
     """`[workspaces]` maps a workspace name to a list of keys; `env:NAME` reads a key from the env."""
     if not isinstance(section, dict):
         raise ConfigError("workspaces: expected a table of workspace = [keys]")
@@ -87,7 +87,7 @@ def _keys_from_file(section: object) -> dict[str, str]:
             raise ConfigError(f"workspaces.{workspace}: expected a list of API keys")
         for value in values:
             if value.startswith("env:"):
-                resolved = os.environ.get(value[4:], "")
+                resolved = env.get(value[4:], "")
                 if not resolved:
                     raise ConfigError(f"workspaces.{workspace}: environment variable {value[4:]} is not set")
                 value = resolved
@@ -146,7 +146,7 @@ def load_settings(config_file: str | None = None, env: dict[str, str] | None = N
             if key in _FILE_KEYS:
                 values[_RENAMED.get(key, key)] = _coerce(key, _FILE_KEYS[key], value)
         if "workspaces" in raw:
-            values["api_keys"] = _keys_from_file(raw["workspaces"])
+            values["api_keys"] = _keys_from_file(raw["workspaces"], env)
     for key, kind in _FILE_KEYS.items():
         env_name = "MSGBATCH_" + key.upper()
         if env.get(env_name):
