@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 
 from msgbatch import __version__
 from msgbatch.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
+
+T = TypeVar("T")
 
 
 class Duration(click.ParamType[float]):
@@ -26,6 +31,11 @@ def _settings(config: str | None, **flags: object) -> Settings:
         return load_settings(config, env=None, **flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _shown(database: str) -> str:
+    """A database setting fit for a log line: a URL loses its credentials."""
+    return database if "://" not in database else database.split("@")[-1]
 
 
 def _setup_logging(level: str) -> None:
@@ -117,7 +127,7 @@ def serve(
         __version__,
         settings.host,
         settings.port,
-        settings.database if "://" not in settings.database else settings.database.split("@")[-1],
+        _shown(settings.database),
         settings.worker,
     )
     uvicorn.run(
@@ -129,6 +139,105 @@ def serve(
         timeout_graceful_shutdown=15,
         h11_max_incomplete_event_size=None,
     )
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop when it is installed (as uvicorn does), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+@main.command()
+@click.option(
+    "--database",
+    default=None,
+    help="A postgresql:// URL (or a SQLite file path, for one machine).  [default: msgbatch.db]",
+)
+@click.option(
+    "--simulate-latency",
+    type=Duration(),
+    default=None,
+    help="Default latency of the simulator backend per request (e.g. 0.5, 2s).  [default: 0]",
+)
+@click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
+@click.option("--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]")
+@click.option(
+    "--lease",
+    type=Duration(),
+    default=None,
+    help="How long a claimed request stays this worker's without a renewal (renewed every third of it).  "
+    "[default: 60s]",
+)
+@click.option(
+    "--grace",
+    type=Duration(),
+    default=None,
+    help="On SIGTERM/SIGINT, how long running requests may take to finish before they are handed back.  [default: 10s]",
+)
+@click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
+@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+def worker(
+    database: str | None,
+    simulate_latency: float | None,
+    config: str | None,
+    concurrency: int | None,
+    lease: float | None,
+    grace: float | None,
+    retention: float | None,
+    log_level: str,
+) -> None:
+    """Run requests, with no HTTP API: the worker of the scale-out shape.
+
+    Start any number of workers (on any machines) and any number of `msgbatch serve --no-worker`
+    API servers against one PostgreSQL database. Workers claim requests under a lease and renew it
+    while they run; on SIGTERM or SIGINT a worker stops claiming, lets running requests finish
+    within --grace and hands the rest back. A worker that dies loses nothing: its leases run out
+    and other workers take the requests over. Expiry, retention and lease reaping run in every
+    process. Flags also read MSGBATCH_* environment variables (MSGBATCH_DATABASE, MSGBATCH_LEASE, ...).
+    """
+    from msgbatch.engine.worker import Worker
+
+    _setup_logging(log_level)
+    settings = _settings(
+        config,
+        database=database,
+        simulate_latency=simulate_latency,
+        concurrency=concurrency,
+        lease_seconds=lease,
+        grace_seconds=grace,
+        retention_seconds=retention,
+    )
+    logging.getLogger("msgbatch").info(
+        "msgbatch %s worker database=%s concurrency=%d", __version__, _shown(settings.database), settings.concurrency
+    )
+    _run(Worker(settings).run())
+
+
+@main.command()
+@click.option("--database", default=None, help="SQLite file path, or a postgresql:// URL.  [default: msgbatch.db]")
+@click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
+def migrate(database: str | None, config: str | None) -> None:
+    """Create or upgrade the database schema, then exit.
+
+    `serve` and `worker` do the same on start (several at once is safe: PostgreSQL migrations run
+    under an advisory lock); run this first to upgrade a database before rolling out new processes.
+    """
+    from msgbatch.store import open_store
+
+    _setup_logging("info")
+    settings = _settings(config, database=database)
+
+    async def run() -> None:
+        store = open_store(settings.database)
+        await store.open()
+        await store.close()
+
+    _run(run())
+    click.echo(f"msgbatch {__version__}: schema of {_shown(settings.database)} is up to date")
 
 
 if __name__ == "__main__":

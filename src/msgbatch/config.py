@@ -53,6 +53,8 @@ class Settings:
     worker: bool = True
     concurrency: int = 256
     lease_seconds: float = 60.0
+    # On shutdown, how long running requests may take to finish before they are handed back.
+    grace_seconds: float = 10.0
     poll_interval: float = 0.5
     lifecycle_interval: float = 1.0
     # Sections that later layers (backends, routes) read from the file as they are.
@@ -107,10 +109,16 @@ _FILE_KEYS = {
     "max_body_bytes": int,
     "concurrency": int,
     "lease": "duration",
+    "grace": "duration",
     "poll_interval": "duration",
     "lifecycle_interval": "duration",
 }
-_RENAMED = {"expiry": "expiry_seconds", "retention": "retention_seconds", "lease": "lease_seconds"}
+_RENAMED = {
+    "expiry": "expiry_seconds",
+    "retention": "retention_seconds",
+    "lease": "lease_seconds",
+    "grace": "grace_seconds",
+}
 
 
 def _coerce(name: str, kind: object, value: object) -> Any:

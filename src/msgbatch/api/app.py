@@ -173,7 +173,7 @@ class MsgBatchServer:
         self._started = False
         await self.lifecycle.stop()
         if self.dispatcher is not None:
-            await self.dispatcher.stop()
+            await self.dispatcher.stop(self.settings.grace_seconds)
         await self.router.aclose()
         await self.store.close()
 

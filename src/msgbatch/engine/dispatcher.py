@@ -114,6 +114,8 @@ class Dispatcher:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # New work and cancels from other processes (PostgreSQL); a no-op for a single-process store.
+        await self.store.listen(self.wake, self._canceled.add)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="msgbatch-claim"),
             asyncio.create_task(self._flush_loop(), name="msgbatch-flush"),

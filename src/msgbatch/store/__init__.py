@@ -5,15 +5,19 @@ from __future__ import annotations
 from msgbatch.store.base import Store
 
 
+def is_postgres_url(database: str) -> bool:
+    return database.startswith(("postgres://", "postgresql://"))
+
+
 def open_store(database: str) -> Store:
     """A store for a `--database` value: a PostgreSQL URL, else a SQLite file path."""
-    if database.startswith(("postgres://", "postgresql://")):
-        from msgbatch.config import ConfigError
+    if is_postgres_url(database):
+        from msgbatch.store.postgres import PostgresStore
 
-        raise ConfigError("PostgreSQL storage is not available in this build yet")
+        return PostgresStore(database)
     from msgbatch.store.sqlite import SQLiteStore
 
     return SQLiteStore(database)
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "is_postgres_url", "open_store"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -60,7 +60,16 @@ class Store(Protocol):
         ...
 
     async def recover(self) -> int:
-        """On start of a single-process store: requeue every leased job (its owner is gone)."""
+        """On start of a single-process store: requeue every leased job (its owner is gone).
+
+        A store shared by several processes must not do that (the leases may belong to live
+        workers): there it only reaps leases that have run out."""
+        ...
+
+    async def listen(self, on_work: Callable[[], None], on_canceled: Callable[[int], None]) -> None:
+        """Until `close()`, call `on_work()` when another process queued work (a new batch, released
+        or reaped requests) and `on_canceled(seq)` when it canceled a batch. Returns at once; a
+        single-process store has nothing to listen to (the manager calls back in process)."""
         ...
 
     async def reap_leases(self, now: int) -> int: ...

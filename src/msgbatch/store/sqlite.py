@@ -473,6 +473,9 @@ class SQLiteStore:
             )
         )
 
+    async def listen(self, on_work: Callable[[], None], on_canceled: Callable[[int], None]) -> None:
+        return None  # one process owns the file: the manager's callbacks reach the dispatcher directly
+
     async def reap_leases(self, now: int) -> int:
         return await self._write(
             lambda conn: (

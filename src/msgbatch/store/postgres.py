@@ -1,0 +1,719 @@
+"""The scale-out store: one PostgreSQL database shared by any number of API servers and workers.
+
+Same tables and the same rules as the SQLite store (immutable `requests`, a `jobs` queue that holds
+only unfinished work, append-only `results`, counts on the batch row), with what several processes
+at once need on top:
+
+- Claims take rows with `FOR UPDATE SKIP LOCKED`, so workers never wait for each other.
+- Every transaction that touches a batch's counts or status locks that batch row *first*
+  (cancel, expiry, archive, delete, completion; several batches in `seq` order), then its jobs.
+  One lock order means no deadlocks, and a batch is transitioned by exactly one process.
+- Statements that only touch job rows (claim, renew, reap) skip rows others hold instead of waiting.
+- Completions are conditional on the lease (`owner = me AND state = 1`): a worker whose lease ran
+  out and was taken over cannot write a second result.
+- Request ids come from a counter that only grows: a stale completion can never match a new job.
+
+All SQL is here, next to the Python that runs it; the schema lives in versioned migrations that
+`open()` (and `msgbatch migrate`) apply under an advisory lock, so concurrent starts are safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import struct
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from msgbatch.clock import now_us
+from msgbatch.models import CANCELED, CANCELING, ENDED, EXPIRED, IN_PROGRESS, Batch, Job, Outcome
+
+log = logging.getLogger("msgbatch.store.postgres")
+
+CHANNEL = "msgbatch"
+_MIGRATION_LOCK = 0x6D7367_6261746368  # "msgbatch": one key for every msgbatch schema in a database
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "batches, requests, jobs, results",
+        """
+CREATE TABLE msgbatch.batches (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text COLLATE "C" NOT NULL UNIQUE,   -- ids sort by time in byte order: list order and cursors
+    workspace text NOT NULL,
+    status smallint NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    ended_at bigint,
+    cancel_initiated_at bigint,
+    archived_at bigint,
+    total integer NOT NULL,
+    processing integer NOT NULL,
+    succeeded integer NOT NULL DEFAULT 0,
+    errored integer NOT NULL DEFAULT 0,
+    canceled integer NOT NULL DEFAULT 0,
+    expired integer NOT NULL DEFAULT 0,
+    first_request bigint NOT NULL,
+    betas text NOT NULL DEFAULT ''
+) WITH (fillfactor = 50);  -- counter bumps stay HOT updates on the same page
+CREATE INDEX batches_by_workspace ON msgbatch.batches (workspace, id);
+CREATE INDEX batches_open ON msgbatch.batches (expires_at) WHERE status < 2;
+CREATE INDEX batches_claimable ON msgbatch.batches (seq) WHERE status = 0;
+CREATE INDEX batches_unarchived ON msgbatch.batches (created_at) WHERE archived_at IS NULL;
+
+-- Immutable once written: what the client sent. A batch's rows are [first_request, first_request + total).
+CREATE TABLE msgbatch.requests (
+    id bigint PRIMARY KEY,
+    custom_id text NOT NULL,
+    params bytea NOT NULL
+);
+-- Large params are stored out of line as they are: compressing them costs more than it saves here.
+ALTER TABLE msgbatch.requests ALTER COLUMN params SET STORAGE EXTERNAL;
+
+-- Only unfinished work. state 0: waiting (claimable from not_before on); 1: leased to `owner`
+-- until `lease_until`. A finished job's row is deleted in the transaction that writes its result.
+CREATE TABLE msgbatch.jobs (
+    id bigint PRIMARY KEY,
+    batch bigint NOT NULL,
+    state smallint NOT NULL DEFAULT 0,
+    not_before bigint NOT NULL DEFAULT 0,
+    owner text,
+    lease_until bigint,
+    attempts integer NOT NULL DEFAULT 0
+);
+-- Claims read a batch's id range of waiting jobs; an index on (batch, id) lets the planner fall
+-- back to the primary key and re-scan finished rows (see PERF-NOTES), one on (id) cannot.
+CREATE INDEX jobs_waiting ON msgbatch.jobs (id) WHERE state = 0;
+CREATE INDEX jobs_leased ON msgbatch.jobs (lease_until) WHERE state = 1;
+ALTER TABLE msgbatch.jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.05);
+
+-- Append-only: one row per request, the whole results line as it will be served.
+CREATE TABLE msgbatch.results (
+    id bigint PRIMARY KEY,
+    type smallint NOT NULL,
+    line bytea NOT NULL
+);
+ALTER TABLE msgbatch.results ALTER COLUMN line SET STORAGE EXTERNAL;
+
+-- Request ids are handed out in blocks, one per batch, and never reused.
+CREATE TABLE msgbatch.counters (name text PRIMARY KEY, value bigint NOT NULL);
+INSERT INTO msgbatch.counters VALUES ('request_ids', 0);
+""",
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_BATCH_COLUMNS = (
+    "seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at, "
+    "total, processing, succeeded, errored, canceled, expired, first_request, betas"
+)
+
+
+def _row_to_batch(row: tuple[Any, ...]) -> Batch:
+    return Batch(
+        seq=row[0],
+        id=row[1],
+        workspace=row[2],
+        status=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        ended_at=row[6],
+        cancel_initiated_at=row[7],
+        archived_at=row[8],
+        total=row[9],
+        processing=row[10],
+        succeeded=row[11],
+        errored=row[12],
+        canceled=row[13],
+        expired=row[14],
+        first_request=row[15],
+        betas=row[16],
+    )
+
+
+# -- statements ------------------------------------------------------------------------------
+
+# Lease up to `share` waiting jobs of each batch listed (by id range), in one statement. The
+# lateral subqueries run in the order of the list, so the outer LIMIT favours the batches first
+# in the rotation. Joins go through primary keys explicitly: without fresh statistics the planner
+# must not be tempted into a hash join over a whole table.
+_CLAIM = """
+WITH picked AS (
+    SELECT j.id
+    FROM unnest(%(firsts)s::int8[], %(stops)s::int8[]) AS b(first, stop)
+    CROSS JOIN LATERAL (
+        SELECT id FROM msgbatch.jobs
+        WHERE id >= b.first AND id < b.stop AND state = 0 AND not_before <= %(now)s
+        ORDER BY id
+        LIMIT %(share)s
+        FOR UPDATE SKIP LOCKED
+    ) AS j
+    LIMIT %(limit)s
+), leased AS (
+    UPDATE msgbatch.jobs
+    SET state = 1, owner = %(owner)s, lease_until = %(until)s, attempts = attempts + 1
+    WHERE id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING id, batch, attempts
+)
+SELECT l.id, l.batch, l.attempts, r.custom_id, r.params
+FROM leased AS l
+CROSS JOIN LATERAL (SELECT custom_id, params FROM msgbatch.requests WHERE id = l.id) AS r
+ORDER BY l.id
+"""
+
+# Finished jobs still leased by the caller become results, in one statement: only the rows this
+# transaction actually deleted get a result, so a lapsed lease writes nothing.
+_COMPLETE = """
+WITH o AS (
+    SELECT * FROM unnest(%(ids)s::int8[], %(batches)s::int8[], %(types)s::int2[], %(lines)s::bytea[])
+        AS o(id, batch, type, line)
+), done AS (
+    DELETE FROM msgbatch.jobs AS j USING o
+    WHERE j.id = ANY(%(ids)s::int8[]) AND j.id = o.id AND j.batch = o.batch
+      AND j.owner = %(owner)s AND j.state = 1
+    RETURNING j.id
+)
+INSERT INTO msgbatch.results (id, type, line)
+SELECT o.id, o.type, o.line FROM o JOIN done ON done.id = o.id
+RETURNING id
+"""
+
+_REQUEUE = """
+UPDATE msgbatch.jobs AS j
+SET state = 0, owner = NULL, lease_until = NULL, not_before = o.not_before
+FROM unnest(%(ids)s::int8[], %(batches)s::int8[], %(not_before)s::int8[]) AS o(id, batch, not_before)
+WHERE j.id = ANY(%(ids)s::int8[]) AND j.id = o.id AND j.batch = o.batch AND j.owner = %(owner)s AND j.state = 1
+RETURNING j.id
+"""
+
+# custom_id is restricted to [a-zA-Z0-9_-], so it can be spliced into JSON without escaping.
+_TERMINAL_LINE = 'convert_to(\'{{"custom_id":"\' || r.custom_id || \'","result":{{"type":"{kind}"}}}}\', \'UTF8\')'
+
+# Retries of a batch being canceled are not run again: they become `canceled` results.
+_CANCEL_LEASED = """
+WITH done AS (
+    DELETE FROM msgbatch.jobs AS j
+    USING unnest(%(ids)s::int8[], %(batches)s::int8[]) AS o(id, batch)
+    WHERE j.id = ANY(%(ids)s::int8[]) AND j.id = o.id AND j.batch = o.batch
+      AND j.owner = %(owner)s AND j.state = 1
+    RETURNING j.id
+)
+INSERT INTO msgbatch.results (id, type, line)
+SELECT r.id, {type}, {line}
+FROM done CROSS JOIN LATERAL (SELECT id, custom_id FROM msgbatch.requests WHERE id = done.id) AS r
+RETURNING id
+""".replace("{type}", str(CANCELED)).replace("{line}", _TERMINAL_LINE.format(kind="canceled"))
+
+
+def _finish_jobs_sql(result: int, kind: str, waiting_only: bool) -> str:
+    """Every job of a batch's id range (or only the waiting ones) becomes a terminal result line."""
+    return f"""
+WITH gone AS (
+    DELETE FROM msgbatch.jobs
+    WHERE id >= %(first)s AND id < %(stop)s{" AND state = 0" if waiting_only else ""}
+    RETURNING id
+)
+INSERT INTO msgbatch.results (id, type, line)
+SELECT r.id, {result}, {_TERMINAL_LINE.format(kind=kind)}
+FROM gone CROSS JOIN LATERAL (SELECT id, custom_id FROM msgbatch.requests WHERE id = gone.id) AS r
+"""
+
+
+_CANCEL_WAITING = _finish_jobs_sql(CANCELED, "canceled", waiting_only=True)
+_EXPIRE_ALL = _finish_jobs_sql(EXPIRED, "expired", waiting_only=False)
+
+_COUNT_UPDATE = """
+UPDATE msgbatch.batches AS b
+SET processing = b.processing - (d.s + d.e + d.c + d.x),
+    succeeded = b.succeeded + d.s, errored = b.errored + d.e, canceled = b.canceled + d.c, expired = b.expired + d.x
+FROM unnest(%(seqs)s::int8[], %(s)s::int4[], %(e)s::int4[], %(c)s::int4[], %(x)s::int4[]) AS d(seq, s, e, c, x)
+WHERE b.seq = ANY(%(seqs)s::int8[]) AND b.seq = d.seq
+"""
+
+# Only the transaction whose counts took processing to 0 can see it at 0 first (it holds the
+# row lock); the status test keeps an ended batch from being ended twice.
+_END_IF_IDLE = """
+UPDATE msgbatch.batches SET status = 2, ended_at = %(now)s
+WHERE seq = ANY(%(seqs)s::int8[]) AND processing = 0 AND status < 2
+RETURNING id
+"""
+
+_COPY_REQUESTS = "COPY msgbatch.requests (id, custom_id, params) FROM STDIN (FORMAT BINARY)"
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+_COPY_CHUNK = 1 << 20
+_row_head = struct.Struct("!hiqi").pack  # 3 fields; int8 id (length 8, value); custom_id length
+_field_len = struct.Struct("!i").pack
+
+
+def _copy_chunks(first: int, requests: Sequence[tuple[str, msgspec.Raw | bytes]]) -> Iterator[bytes]:
+    """The requests as a binary COPY stream, in ~1 MiB chunks made as they are asked for."""
+    parts: list[Any] = [_COPY_HEADER]
+    size = 0
+    for i, (custom_id, params) in enumerate(requests):
+        cid = custom_id.encode()
+        length = len(params)
+        parts += (_row_head(3, 8, first + i, len(cid)), cid, _field_len(length), params)
+        size += length + 30
+        if size >= _COPY_CHUNK:
+            yield b"".join(parts)
+            parts, size = [], 0
+    parts.append(_COPY_TRAILER)
+    yield b"".join(parts)
+
+
+class PostgresStore:
+    single_process = False
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: AsyncConnectionPool | None = None
+        self._rr_last_seq = 0  # fairness cursor: the batch served last by this process
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- connections -------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        await self.migrate()
+        pool = AsyncConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="msgbatch",
+        )
+        await pool.open(wait=True, timeout=30.0)
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks; returns the versions applied."""
+        applied_now: list[int] = []
+        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        async with conn:
+            # Session-level lock: concurrent starts wait here, then find nothing left to do.
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+            try:
+                await conn.execute("CREATE SCHEMA IF NOT EXISTS msgbatch")
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS msgbatch.migrations (version integer PRIMARY KEY, "
+                    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cur = await conn.execute("SELECT version FROM msgbatch.migrations")
+                applied = {row[0] for row in await cur.fetchall()}
+                if applied and max(applied) > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"the database was migrated by a newer msgbatch (schema {max(applied)} > {SCHEMA_VERSION})"
+                    )
+                for version, name, script in MIGRATIONS:
+                    if version in applied:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(script.encode())
+                        await conn.execute(
+                            "INSERT INTO msgbatch.migrations (version, name) VALUES (%s, %s)", (version, name)
+                        )
+                    log.info("migration.applied version=%d name=%s", version, name)
+                    applied_now.append(version)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+        return applied_now
+
+    async def ping(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def _fetchall(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params, binary=True)
+            return await cur.fetchall()
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    async def _notify(self, conn: psycopg.AsyncConnection[Any], payload: str) -> None:
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+    async def listen(self, on_work: Callable[[], None], on_canceled: Callable[[int], None]) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(on_work, on_canceled), name="msgbatch-listen")
+
+    async def _listen(self, on_work: Callable[[], None], on_canceled: Callable[[int], None]) -> None:
+        """A dedicated connection LISTENs; when it drops, reconnect (the poll interval covers the gap)."""
+        delay = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    delay = 0.5
+                    on_work()  # whatever was announced while we were not listening
+                    async for note in conn.notifies():
+                        if note.payload.startswith("cancel:"):
+                            on_canceled(int(note.payload[7:]))
+                        else:
+                            on_work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listen.lost error=%s retry_in=%.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # -- batches -----------------------------------------------------------------------------
+
+    async def create_batch(self, batch: Batch, requests: Sequence[tuple[str, msgspec.Raw | bytes]]) -> Batch:
+        total = len(requests)
+        async with self.pool.connection() as conn:
+            # The block of ids is taken in its own tiny transaction: creates never queue behind
+            # each other's COPY, and a failed create leaves a gap, never a reused id.
+            cur = await conn.execute(
+                "UPDATE msgbatch.counters SET value = value + %s WHERE name = 'request_ids' RETURNING value",
+                (total,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            first = row[0] - total + 1
+            async with conn.transaction():
+                cur = await conn.execute(
+                    "INSERT INTO msgbatch.batches (id, workspace, status, created_at, expires_at, total, "
+                    "processing, first_request, betas) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq",
+                    (
+                        batch.id,
+                        batch.workspace,
+                        IN_PROGRESS,
+                        batch.created_at,
+                        batch.expires_at,
+                        total,
+                        total,
+                        first,
+                        batch.betas,
+                    ),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                seq = row[0]
+                async with conn.cursor().copy(_COPY_REQUESTS) as copy:
+                    # Made as they are sent: the server stores one chunk while we encode the next.
+                    for chunk in _copy_chunks(first, requests):
+                        await copy.write(chunk)
+                await conn.execute(
+                    "INSERT INTO msgbatch.jobs (id, batch) SELECT g, %s FROM generate_series(%s::int8, %s::int8) AS g",
+                    (seq, first, first + total - 1),
+                )
+                await self._notify(conn, "work")
+        return msgspec.structs.replace(batch, seq=seq, first_request=first, processing=total)
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        rows = await self._fetchall(f"SELECT {_BATCH_COLUMNS} FROM msgbatch.batches WHERE id = %s", (batch_id,))
+        return _row_to_batch(rows[0]) if rows else None
+
+    async def list_batches(
+        self, workspace: str, limit: int, *, after_id: str | None, before_id: str | None
+    ) -> tuple[list[Batch], bool]:
+        base = f"SELECT {_BATCH_COLUMNS} FROM msgbatch.batches WHERE workspace = %s"
+        if before_id is not None:
+            rows = await self._fetchall(f"{base} AND id > %s ORDER BY id LIMIT %s", (workspace, before_id, limit + 1))
+            return [_row_to_batch(r) for r in reversed(rows[:limit])], len(rows) > limit
+        if after_id is not None:
+            rows = await self._fetchall(
+                f"{base} AND id < %s ORDER BY id DESC LIMIT %s", (workspace, after_id, limit + 1)
+            )
+        else:
+            rows = await self._fetchall(f"{base} ORDER BY id DESC LIMIT %s", (workspace, limit + 1))
+        return [_row_to_batch(r) for r in rows[:limit]], len(rows) > limit
+
+    async def cancel_batch(self, seq: int, now: int) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            # The conditional update takes the batch row lock: of two cancels, one acts.
+            cur = await conn.execute(
+                "UPDATE msgbatch.batches SET status = %s, cancel_initiated_at = %s "
+                "WHERE seq = %s AND status = %s RETURNING first_request, total",
+                (CANCELING, now, seq, IN_PROGRESS),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return
+            first, total = row
+            cur = await conn.execute(_CANCEL_WAITING, {"first": first, "stop": first + total})
+            await self._count(conn, {seq: [0, 0, cur.rowcount, 0]})
+            await self._end_if_idle(conn, [seq], now)
+            await self._notify(conn, f"cancel:{seq}")
+
+    async def delete_batch(self, seq: int) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM msgbatch.batches WHERE seq = %s RETURNING first_request, total", (seq,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return
+            first, total = row
+            for table in ("results", "requests", "jobs"):
+                await conn.execute(f"DELETE FROM msgbatch.{table} WHERE id >= %s AND id < %s", (first, first + total))
+
+    async def iter_results(
+        self, batch: Batch, *, result_type: int | None = None, custom_id: str | None = None
+    ) -> AsyncIterator[list[bytes]]:
+        end = batch.first_request + batch.total
+        type_clause = " AND type = %s" if result_type is not None else ""
+        extra: tuple[int, ...] = (result_type,) if result_type is not None else ()
+        if custom_id is not None:
+            rows = await self._fetchall(
+                "SELECT line FROM msgbatch.results WHERE id = (SELECT id FROM msgbatch.requests "
+                f"WHERE id >= %s AND id < %s AND custom_id = %s){type_clause}",
+                (batch.first_request, end, custom_id, *extra),
+            )
+            if rows:
+                yield [r[0] for r in rows]
+            return
+        # Keyset pages, each on a pooled connection for a moment: a slow reader holds nothing.
+        page = 2000
+        query = f"SELECT id, line FROM msgbatch.results WHERE id >= %s AND id < %s{type_clause} ORDER BY id LIMIT %s"
+        cursor = batch.first_request
+        while cursor < end:
+            rows = await self._fetchall(query, (cursor, end, *extra, page))
+            if not rows:
+                return
+            yield [r[1] for r in rows]
+            if len(rows) < page:
+                return
+            cursor = rows[-1][0] + 1
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    async def claim(self, owner: str, limit: int, now: int, lease_until: int) -> list[Job]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, first_request, total, betas, expires_at FROM msgbatch.batches "
+                "WHERE status = %s ORDER BY seq",
+                (IN_PROGRESS,),
+                binary=True,
+            )
+            active = await cur.fetchall()
+            if not active:
+                return []
+            # Start after the batch served last, so every batch gets its turn however many there are.
+            pivot = next((i for i, b in enumerate(active) if b[0] > self._rr_last_seq), 0)
+            order = active[pivot:] + active[:pivot]
+            info = {b[0]: b for b in active}
+            jobs: list[Job] = []
+            remaining = limit
+            while remaining > 0 and order:
+                share = max(1, math.ceil(remaining / len(order)))
+                cur = await conn.execute(
+                    _CLAIM,
+                    {
+                        "firsts": [b[1] for b in order],
+                        "stops": [b[1] + b[2] for b in order],
+                        "now": now,
+                        "share": share,
+                        "limit": remaining,
+                        "owner": owner,
+                        "until": lease_until,
+                    },
+                    binary=True,
+                )
+                rows = await cur.fetchall()
+                if not rows:
+                    break
+                per_batch: dict[int, int] = {}
+                for rid, seq, attempts, custom_id, params in rows:
+                    _, _, _, betas, expires_at = info[seq]
+                    jobs.append(Job(rid, seq, custom_id, params, betas, expires_at, attempts))
+                    per_batch[seq] = per_batch.get(seq, 0) + 1
+                remaining -= len(rows)
+                served = [b for b in order if b[0] in per_batch]
+                self._rr_last_seq = served[-1][0]
+                # Batches that filled their share may have more; the others are drained for now.
+                order = [b for b in served if per_batch[b[0]] >= share]
+            return jobs
+
+    async def complete(self, owner: str, outcomes: Sequence[Outcome], now: int) -> tuple[int, list[str]]:
+        if not outcomes:
+            return 0, []
+        seqs = sorted({o.batch for o in outcomes})
+        by_id = {o.job: o for o in outcomes}
+        async with self.pool.connection() as conn, conn.transaction():
+            # Batch rows first, in seq order: the lock order every transaction here follows.
+            cur = await conn.execute(
+                "SELECT seq, status FROM msgbatch.batches WHERE seq = ANY(%s::int8[]) ORDER BY seq FOR NO KEY UPDATE",
+                (seqs,),
+            )
+            status: dict[int, int] = dict(await cur.fetchall())
+            finished = [o for o in outcomes if o.result is not None]
+            retries = [o for o in outcomes if o.result is None]
+            requeue = [o for o in retries if status.get(o.batch) == IN_PROGRESS]
+            to_cancel = [o for o in retries if status.get(o.batch) == CANCELING]
+            tally: dict[int, list[int]] = {}
+            accepted = 0
+            if finished:
+                cur = await conn.execute(
+                    _COMPLETE,
+                    {
+                        "ids": [o.job for o in finished],
+                        "batches": [o.batch for o in finished],
+                        "types": [o.result for o in finished],
+                        "lines": [o.line for o in finished],
+                        "owner": owner,
+                    },
+                    binary=True,
+                )
+                for (rid,) in await cur.fetchall():
+                    o = by_id[rid]
+                    tally.setdefault(o.batch, [0, 0, 0, 0])[o.result or 0] += 1
+                    accepted += 1
+            if to_cancel:
+                cur = await conn.execute(
+                    _CANCEL_LEASED,
+                    {"ids": [o.job for o in to_cancel], "batches": [o.batch for o in to_cancel], "owner": owner},
+                )
+                for (rid,) in await cur.fetchall():
+                    tally.setdefault(by_id[rid].batch, [0, 0, 0, 0])[CANCELED] += 1
+                    accepted += 1
+            if requeue:
+                cur = await conn.execute(
+                    _REQUEUE,
+                    {
+                        "ids": [o.job for o in requeue],
+                        "batches": [o.batch for o in requeue],
+                        "not_before": [o.not_before for o in requeue],
+                        "owner": owner,
+                    },
+                )
+                accepted += cur.rowcount
+            if not tally:
+                return accepted, []
+            await self._count(conn, tally)
+            return accepted, await self._end_if_idle(conn, sorted(tally), now)
+
+    async def _count(self, conn: psycopg.AsyncConnection[Any], tally: dict[int, list[int]]) -> None:
+        """One counts update per batch, however many results; the caller holds the batch rows."""
+        seqs = sorted(seq for seq, c in tally.items() if any(c))
+        if not seqs:
+            return
+        await conn.execute(
+            _COUNT_UPDATE,
+            {
+                "seqs": seqs,
+                "s": [tally[s][0] for s in seqs],
+                "e": [tally[s][1] for s in seqs],
+                "c": [tally[s][2] for s in seqs],
+                "x": [tally[s][3] for s in seqs],
+            },
+        )
+
+    async def _end_if_idle(self, conn: psycopg.AsyncConnection[Any], seqs: list[int], now: int) -> list[str]:
+        cur = await conn.execute(_END_IF_IDLE, {"seqs": seqs, "now": now})
+        return [row[0] for row in await cur.fetchall()]
+
+    async def renew_leases(self, owner: str, lease_until: int) -> None:
+        async with self.pool.connection() as conn:
+            # Rows being completed or reaped right now are skipped, not waited for.
+            await conn.execute(
+                "UPDATE msgbatch.jobs SET lease_until = %s WHERE id = ANY(ARRAY("
+                "SELECT id FROM msgbatch.jobs WHERE state = 1 AND owner = %s ORDER BY id FOR UPDATE SKIP LOCKED))"
+                " AND state = 1 AND owner = %s",
+                (lease_until, owner, owner),
+            )
+
+    async def release(self, owner: str, job_ids: Sequence[int]) -> None:
+        if not job_ids:
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL, attempts = attempts - 1 "
+                "WHERE id = ANY(%s::int8[]) AND owner = %s AND state = 1",
+                (sorted(job_ids), owner),
+            )
+            if cur.rowcount:
+                await self._notify(conn, "work")
+
+    async def recover(self) -> int:
+        # Other processes' leases may be alive: only those that ran out go back to the queue.
+        return await self.reap_leases(now_us())
+
+    async def reap_leases(self, now: int) -> int:
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL WHERE id = ANY(ARRAY("
+                "SELECT id FROM msgbatch.jobs WHERE state = 1 AND lease_until < %s ORDER BY id "
+                "FOR UPDATE SKIP LOCKED)) AND state = 1",
+                (now,),
+            )
+            reaped = cur.rowcount
+            if reaped:
+                await self._notify(conn, "work")
+            return reaped
+
+    async def expire_due(self, now: int) -> list[str]:
+        due = await self._fetchall(
+            "SELECT seq FROM msgbatch.batches WHERE status < %s AND expires_at <= %s ORDER BY seq", (ENDED, now)
+        )
+        expired = []
+        for (seq,) in due:
+            async with self.pool.connection() as conn, conn.transaction():
+                # Lock, then look again: another process may have ended it since.
+                cur = await conn.execute(
+                    "SELECT id, first_request, total FROM msgbatch.batches "
+                    "WHERE seq = %s AND status < %s AND expires_at <= %s FOR UPDATE",
+                    (seq, ENDED, now),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    continue
+                batch_id, first, total = row
+                cur = await conn.execute(_EXPIRE_ALL, {"first": first, "stop": first + total})
+                await self._count(conn, {seq: [0, 0, 0, cur.rowcount]})
+                await conn.execute(
+                    "UPDATE msgbatch.batches SET status = %s, ended_at = %s WHERE seq = %s", (ENDED, now, seq)
+                )
+                expired.append(batch_id)
+        return expired
+
+    async def archive_due(self, created_before: int, now: int) -> list[str]:
+        due = await self._fetchall(
+            "SELECT seq FROM msgbatch.batches WHERE archived_at IS NULL AND status = %s AND created_at < %s "
+            "ORDER BY created_at LIMIT 100",
+            (ENDED, created_before),
+        )
+        archived = []
+        for (seq,) in due:
+            async with self.pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    "UPDATE msgbatch.batches SET archived_at = %s WHERE seq = %s AND archived_at IS NULL "
+                    "RETURNING id, first_request, total",
+                    (now, seq),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    continue  # another process archived it first
+                batch_id, first, total = row
+                await conn.execute("DELETE FROM msgbatch.results WHERE id >= %s AND id < %s", (first, first + total))
+                await conn.execute("DELETE FROM msgbatch.requests WHERE id >= %s AND id < %s", (first, first + total))
+                archived.append(batch_id)
+        return archived
