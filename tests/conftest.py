@@ -12,14 +12,18 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anthropic
 import httpx2
+import psycopg
 import pytest
 import uvicorn
+from psycopg import sql
 
 from msgbatch.api.app import MsgBatchServer
 from msgbatch.config import Settings, load_settings
@@ -202,6 +206,60 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     finally:
         for proc in started:
             proc.stop()
+
+
+# -- PostgreSQL: each test gets a database of its own ---------------------------------------
+
+# The server the PostgreSQL tests use: any database on it where the user may CREATE DATABASE.
+PG_ADMIN_URL = os.environ.get("MSGBATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+_pg_problem: list[str | None] = []
+
+
+def pg_unreachable() -> str | None:
+    """Why PostgreSQL tests cannot run here (checked once), or None."""
+    if not _pg_problem:
+        try:
+            with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+            _pg_problem.append(None)
+        except psycopg.Error as exc:
+            _pg_problem.append(f"PostgreSQL at {PG_ADMIN_URL} is unreachable ({exc}); set MSGBATCH_TEST_POSTGRES")
+    return _pg_problem[0]
+
+
+def require_pg() -> None:
+    """Skip without PostgreSQL, with the reason; in CI (CI=true) its absence is a failure."""
+    problem = pg_unreachable()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+def pg_url_for(database: str) -> str:
+    """The test server's URL, naming another database."""
+    return urlunsplit(urlsplit(PG_ADMIN_URL)._replace(path="/" + database))
+
+
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new, empty database on the test server (dropped afterwards, with any sessions still on it)."""
+    require_pg()
+    name = f"msgbatch_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield pg_url_for(name)
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database for this test alone."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 # -- helpers shared by the test modules ------------------------------------------------------

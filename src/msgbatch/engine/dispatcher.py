@@ -172,7 +172,10 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         low_water = max(1, self.concurrency // 4)
         while not self._stopping:
-            free = self.concurrency - len(self._running) - self._queue.qsize()
+            # Outcomes the store has not taken yet count against the slots beyond one flush's
+            # worth: when writes stall, stop leasing more work than can be recorded.
+            unwritten = max(0, len(self._done) - self.flush_max)
+            free = self.concurrency - len(self._running) - self._queue.qsize() - unwritten
             if free < low_water and not (free > 0 and self._queue.empty()):
                 self._slot.clear()
                 await self._slot.wait()
@@ -274,6 +277,7 @@ class Dispatcher:
         except BaseException:
             self._done[:0] = outcomes  # keep them for the next try; leases still hold
             raise
+        self._slot.set()  # written outcomes no longer hold back claiming
         for batch_id in ended:
             log.info("batch.ended id=%s", batch_id)
         if ended:

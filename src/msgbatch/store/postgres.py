@@ -33,7 +33,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from msgbatch.clock import now_us
-from msgbatch.models import CANCELED, CANCELING, ENDED, EXPIRED, IN_PROGRESS, Batch, Job, Outcome
+from msgbatch.models import CANCELED, CANCELING, ENDED, EXPIRED, IN_PROGRESS, RESULT_NAMES, Batch, Job, Outcome
 
 log = logging.getLogger("msgbatch.store.postgres")
 
@@ -166,77 +166,96 @@ WITH picked AS (
 SELECT l.id, l.batch, l.attempts, r.custom_id, r.params
 FROM leased AS l
 CROSS JOIN LATERAL (SELECT custom_id, params FROM msgbatch.requests WHERE id = l.id) AS r
-ORDER BY l.id
-"""
-
-# Finished jobs still leased by the caller become results, in one statement: only the rows this
-# transaction actually deleted get a result, so a lapsed lease writes nothing.
-_COMPLETE = """
-WITH o AS (
-    SELECT * FROM unnest(%(ids)s::int8[], %(batches)s::int8[], %(types)s::int2[], %(lines)s::bytea[])
-        AS o(id, batch, type, line)
-), done AS (
-    DELETE FROM msgbatch.jobs AS j USING o
-    WHERE j.id = ANY(%(ids)s::int8[]) AND j.id = o.id AND j.batch = o.batch
-      AND j.owner = %(owner)s AND j.state = 1
-    RETURNING j.id
-)
-INSERT INTO msgbatch.results (id, type, line)
-SELECT o.id, o.type, o.line FROM o JOIN done ON done.id = o.id
-RETURNING id
-"""
-
-_REQUEUE = """
-UPDATE msgbatch.jobs AS j
-SET state = 0, owner = NULL, lease_until = NULL, not_before = o.not_before
-FROM unnest(%(ids)s::int8[], %(batches)s::int8[], %(not_before)s::int8[]) AS o(id, batch, not_before)
-WHERE j.id = ANY(%(ids)s::int8[]) AND j.id = o.id AND j.batch = o.batch AND j.owner = %(owner)s AND j.state = 1
-RETURNING j.id
 """
 
 # custom_id is restricted to [a-zA-Z0-9_-], so it can be spliced into JSON without escaping.
 _TERMINAL_LINE = 'convert_to(\'{{"custom_id":"\' || r.custom_id || \'","result":{{"type":"{kind}"}}}}\', \'UTF8\')'
 
-# Retries of a batch being canceled are not run again: they become `canceled` results.
-_CANCEL_LEASED = """
-WITH done AS (
-    DELETE FROM msgbatch.jobs AS j
-    USING unnest(%(ids)s::int8[], %(batches)s::int8[]) AS o(id, batch)
-    WHERE j.id = ANY(%(ids)s::int8[]) AND j.id = o.id AND j.batch = o.batch
-      AND j.owner = %(owner)s AND j.state = 1
-    RETURNING j.id
+# A completion runs as one pipelined transaction, with no round trip to Python in the middle, so
+# the batch rows it locks first are held only while the server works:
+#   lock the batches; finished jobs -> results; retries -> queue (or `canceled`); end if idle.
+
+_LOCK_BATCHES = "SELECT seq FROM msgbatch.batches WHERE seq = ANY(%(seqs)s::int8[]) ORDER BY seq FOR NO KEY UPDATE"
+
+# Only the jobs this transaction takes from the caller's lease get a result (a lapsed lease writes
+# nothing), and the counts move by what was taken. The outcomes come as arrays; each is matched to
+# its job by a primary-key lookup (LATERAL), never by a join the planner would order on guesses.
+_FINISH = """
+WITH held AS (
+    SELECT o.id, o.type, o.line, j.batch
+    FROM unnest(%(ids)s::int8[], %(types)s::int2[], %(lines)s::bytea[]) AS o(id, type, line)
+    CROSS JOIN LATERAL (
+        SELECT batch FROM msgbatch.jobs
+        WHERE id = o.id AND owner = %(owner)s AND state = 1 AND batch = ANY(%(seqs)s::int8[])
+        FOR UPDATE
+    ) AS j
+), done AS (
+    DELETE FROM msgbatch.jobs WHERE id = ANY(ARRAY(SELECT id FROM held))
+), kept AS (
+    INSERT INTO msgbatch.results (id, type, line) SELECT id, type, line FROM held
 )
-INSERT INTO msgbatch.results (id, type, line)
-SELECT r.id, {type}, {line}
-FROM done CROSS JOIN LATERAL (SELECT id, custom_id FROM msgbatch.requests WHERE id = done.id) AS r
-RETURNING id
-""".replace("{type}", str(CANCELED)).replace("{line}", _TERMINAL_LINE.format(kind="canceled"))
+UPDATE msgbatch.batches AS b
+SET processing = b.processing - t.n, succeeded = b.succeeded + t.s, errored = b.errored + t.e,
+    canceled = b.canceled + t.c, expired = b.expired + t.x
+FROM (
+    SELECT batch, count(*) AS n, count(*) FILTER (WHERE type = 0) AS s, count(*) FILTER (WHERE type = 1) AS e,
+           count(*) FILTER (WHERE type = 2) AS c, count(*) FILTER (WHERE type = 3) AS x
+    FROM held GROUP BY batch
+) AS t
+WHERE b.seq = ANY(%(seqs)s::int8[]) AND b.seq = t.batch
+RETURNING t.n
+"""
+
+# A retry goes back to the queue while its batch is in progress (one statement per retry, all
+# in the same pipeline: retries are few) ...
+_REQUEUE = """
+UPDATE msgbatch.jobs
+SET state = 0, owner = NULL, lease_until = NULL, not_before = %(not_before)s
+WHERE id = %(id)s AND owner = %(owner)s AND state = 1
+  AND batch IN (SELECT seq FROM msgbatch.batches WHERE seq = %(batch)s AND status = 0)
+"""
+
+# ... and is not run again in a batch being canceled: it becomes a `canceled` result.
+_CANCEL_RETRIES = f"""
+WITH done AS (
+    DELETE FROM msgbatch.jobs
+    WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1
+      AND batch IN (SELECT seq FROM msgbatch.batches WHERE seq = ANY(%(seqs)s::int8[]) AND status = 1)
+    RETURNING id, batch
+), kept AS (
+    INSERT INTO msgbatch.results (id, type, line)
+    SELECT r.id, {CANCELED}, {_TERMINAL_LINE.format(kind="canceled")}
+    FROM done CROSS JOIN LATERAL (SELECT id, custom_id FROM msgbatch.requests WHERE id = done.id) AS r
+)
+UPDATE msgbatch.batches AS b SET processing = b.processing - t.n, canceled = b.canceled + t.n
+FROM (SELECT batch, count(*) AS n FROM done GROUP BY batch) AS t
+WHERE b.seq = ANY(%(seqs)s::int8[]) AND b.seq = t.batch
+RETURNING t.n
+"""
 
 
 def _finish_jobs_sql(result: int, kind: str, waiting_only: bool) -> str:
-    """Every job of a batch's id range (or only the waiting ones) becomes a terminal result line."""
+    """Every job of a batch's id range (or only the waiting ones) becomes a terminal result line,
+    and the batch's counts move by as many; the caller holds the batch row."""
+    column = RESULT_NAMES[result]
     return f"""
 WITH gone AS (
     DELETE FROM msgbatch.jobs
     WHERE id >= %(first)s AND id < %(stop)s{" AND state = 0" if waiting_only else ""}
     RETURNING id
+), kept AS (
+    INSERT INTO msgbatch.results (id, type, line)
+    SELECT r.id, {result}, {_TERMINAL_LINE.format(kind=kind)}
+    FROM gone CROSS JOIN LATERAL (SELECT id, custom_id FROM msgbatch.requests WHERE id = gone.id) AS r
 )
-INSERT INTO msgbatch.results (id, type, line)
-SELECT r.id, {result}, {_TERMINAL_LINE.format(kind=kind)}
-FROM gone CROSS JOIN LATERAL (SELECT id, custom_id FROM msgbatch.requests WHERE id = gone.id) AS r
+UPDATE msgbatch.batches
+SET processing = processing - (SELECT count(*) FROM gone), {column} = {column} + (SELECT count(*) FROM gone)
+WHERE seq = %(seq)s
 """
 
 
 _CANCEL_WAITING = _finish_jobs_sql(CANCELED, "canceled", waiting_only=True)
 _EXPIRE_ALL = _finish_jobs_sql(EXPIRED, "expired", waiting_only=False)
-
-_COUNT_UPDATE = """
-UPDATE msgbatch.batches AS b
-SET processing = b.processing - (d.s + d.e + d.c + d.x),
-    succeeded = b.succeeded + d.s, errored = b.errored + d.e, canceled = b.canceled + d.c, expired = b.expired + d.x
-FROM unnest(%(seqs)s::int8[], %(s)s::int4[], %(e)s::int4[], %(c)s::int4[], %(x)s::int4[]) AS d(seq, s, e, c, x)
-WHERE b.seq = ANY(%(seqs)s::int8[]) AND b.seq = d.seq
-"""
 
 # Only the transaction whose counts took processing to 0 can see it at 0 first (it holds the
 # row lock); the status test keeps an ended batch from being ended twice.
@@ -245,6 +264,12 @@ UPDATE msgbatch.batches SET status = 2, ended_at = %(now)s
 WHERE seq = ANY(%(seqs)s::int8[]) AND processing = 0 AND status < 2
 RETURNING id
 """
+
+# Every query here is a key lookup or an ordered range scan with a limit. Plain index scans suit
+# them whatever the statistics say (the queue's change too fast for them, and without autovacuum
+# there are none), and unlike bitmap scans they mark the entries of finished jobs dead as they
+# pass, so later claims skip them cheaply. JIT compiling would cost more than any of them.
+_SESSION_OPTIONS = "-c enable_bitmapscan=off -c jit=off"
 
 _COPY_REQUESTS = "COPY msgbatch.requests (id, custom_id, params) FROM STDIN (FORMAT BINARY)"
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -294,7 +319,7 @@ class PostgresStore:
             self.url,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "options": _SESSION_OPTIONS},
             open=False,
             name="msgbatch",
         )
@@ -459,8 +484,7 @@ class PostgresStore:
             if row is None:
                 return
             first, total = row
-            cur = await conn.execute(_CANCEL_WAITING, {"first": first, "stop": first + total})
-            await self._count(conn, {seq: [0, 0, cur.rowcount, 0]})
+            await conn.execute(_CANCEL_WAITING, {"first": first, "stop": first + total, "seq": seq})
             await self._end_if_idle(conn, [seq], now)
             await self._notify(conn, f"cancel:{seq}")
 
@@ -557,75 +581,38 @@ class PostgresStore:
         if not outcomes:
             return 0, []
         seqs = sorted({o.batch for o in outcomes})
-        by_id = {o.job: o for o in outcomes}
-        async with self.pool.connection() as conn, conn.transaction():
-            # Batch rows first, in seq order: the lock order every transaction here follows.
-            cur = await conn.execute(
-                "SELECT seq, status FROM msgbatch.batches WHERE seq = ANY(%s::int8[]) ORDER BY seq FOR NO KEY UPDATE",
-                (seqs,),
-            )
-            status: dict[int, int] = dict(await cur.fetchall())
-            finished = [o for o in outcomes if o.result is not None]
-            retries = [o for o in outcomes if o.result is None]
-            requeue = [o for o in retries if status.get(o.batch) == IN_PROGRESS]
-            to_cancel = [o for o in retries if status.get(o.batch) == CANCELING]
-            tally: dict[int, list[int]] = {}
-            accepted = 0
-            if finished:
-                cur = await conn.execute(
-                    _COMPLETE,
-                    {
+        finished = [o for o in outcomes if o.result is not None]
+        retries = [o for o in outcomes if o.result is None]
+        counted: list[psycopg.AsyncCursor[Any]] = []
+        async with self.pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                # Batch rows first, in seq order: the lock order every transaction here follows.
+                await conn.execute(_LOCK_BATCHES, {"seqs": seqs})
+                if finished:
+                    args = {
                         "ids": [o.job for o in finished],
-                        "batches": [o.batch for o in finished],
                         "types": [o.result for o in finished],
                         "lines": [o.line for o in finished],
                         "owner": owner,
-                    },
-                    binary=True,
-                )
-                for (rid,) in await cur.fetchall():
-                    o = by_id[rid]
-                    tally.setdefault(o.batch, [0, 0, 0, 0])[o.result or 0] += 1
-                    accepted += 1
-            if to_cancel:
-                cur = await conn.execute(
-                    _CANCEL_LEASED,
-                    {"ids": [o.job for o in to_cancel], "batches": [o.batch for o in to_cancel], "owner": owner},
-                )
-                for (rid,) in await cur.fetchall():
-                    tally.setdefault(by_id[rid].batch, [0, 0, 0, 0])[CANCELED] += 1
-                    accepted += 1
-            if requeue:
-                cur = await conn.execute(
-                    _REQUEUE,
-                    {
-                        "ids": [o.job for o in requeue],
-                        "batches": [o.batch for o in requeue],
-                        "not_before": [o.not_before for o in requeue],
-                        "owner": owner,
-                    },
-                )
-                accepted += cur.rowcount
-            if not tally:
-                return accepted, []
-            await self._count(conn, tally)
-            return accepted, await self._end_if_idle(conn, sorted(tally), now)
-
-    async def _count(self, conn: psycopg.AsyncConnection[Any], tally: dict[int, list[int]]) -> None:
-        """One counts update per batch, however many results; the caller holds the batch rows."""
-        seqs = sorted(seq for seq, c in tally.items() if any(c))
-        if not seqs:
-            return
-        await conn.execute(
-            _COUNT_UPDATE,
-            {
-                "seqs": seqs,
-                "s": [tally[s][0] for s in seqs],
-                "e": [tally[s][1] for s in seqs],
-                "c": [tally[s][2] for s in seqs],
-                "x": [tally[s][3] for s in seqs],
-            },
-        )
+                        "seqs": seqs,
+                    }
+                    counted.append(await conn.execute(_FINISH, args, binary=True))
+                if retries:
+                    ids = [o.job for o in retries]
+                    counted.append(await conn.execute(_CANCEL_RETRIES, {"ids": ids, "owner": owner, "seqs": seqs}))
+                    requeued = [
+                        await conn.execute(
+                            _REQUEUE, {"id": o.job, "batch": o.batch, "not_before": o.not_before, "owner": owner}
+                        )
+                        for o in retries
+                    ]
+                ended = await conn.execute(_END_IF_IDLE, {"seqs": seqs, "now": now})
+            accepted = 0
+            for cur in counted:
+                accepted += sum(row[0] for row in await cur.fetchall())
+            if retries:
+                accepted += sum(cur.rowcount for cur in requeued)
+            return accepted, [row[0] for row in await ended.fetchall()]
 
     async def _end_if_idle(self, conn: psycopg.AsyncConnection[Any], seqs: list[int], now: int) -> list[str]:
         cur = await conn.execute(_END_IF_IDLE, {"seqs": seqs, "now": now})
@@ -636,7 +623,7 @@ class PostgresStore:
             # Rows being completed or reaped right now are skipped, not waited for.
             await conn.execute(
                 "UPDATE msgbatch.jobs SET lease_until = %s WHERE id = ANY(ARRAY("
-                "SELECT id FROM msgbatch.jobs WHERE state = 1 AND owner = %s ORDER BY id FOR UPDATE SKIP LOCKED))"
+                "SELECT id FROM msgbatch.jobs WHERE state = 1 AND owner = %s FOR UPDATE SKIP LOCKED))"
                 " AND state = 1 AND owner = %s",
                 (lease_until, owner, owner),
             )
@@ -661,8 +648,8 @@ class PostgresStore:
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL WHERE id = ANY(ARRAY("
-                "SELECT id FROM msgbatch.jobs WHERE state = 1 AND lease_until < %s ORDER BY id "
-                "FOR UPDATE SKIP LOCKED)) AND state = 1",
+                "SELECT id FROM msgbatch.jobs WHERE state = 1 AND lease_until < %s FOR UPDATE SKIP LOCKED)) "
+                "AND state = 1",
                 (now,),
             )
             reaped = cur.rowcount
@@ -687,8 +674,7 @@ class PostgresStore:
                 if row is None:
                     continue
                 batch_id, first, total = row
-                cur = await conn.execute(_EXPIRE_ALL, {"first": first, "stop": first + total})
-                await self._count(conn, {seq: [0, 0, 0, cur.rowcount]})
+                await conn.execute(_EXPIRE_ALL, {"first": first, "stop": first + total, "seq": seq})
                 await conn.execute(
                     "UPDATE msgbatch.batches SET status = %s, ended_at = %s WHERE seq = %s", (ENDED, now, seq)
                 )

@@ -1,0 +1,154 @@
+"""End-to-end throughput of the scale-out shape on PostgreSQL.
+
+One `msgbatch serve --no-worker` API server and 1, 2, 4 `msgbatch worker` processes (instant
+simulator) on a fresh database each time. For each shape: the time to create a batch of
+`--requests` requests over HTTP (the POST, client side), and the throughput from the batch's
+`created_at` to its `ended_at` (as the server recorded them).
+
+    python bench/bench_postgres.py                      # 100,000 requests; 1, 2 and 4 workers
+    python bench/bench_postgres.py --workers 2 --repeat 3
+    MSGBATCH_BENCH_POSTGRES=postgresql://user@host:5432/postgres python bench/bench_postgres.py
+
+The server named by MSGBATCH_BENCH_POSTGRES (default: postgres@127.0.0.1:5432, database `test`)
+must let the user create and drop databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import msgspec
+import psycopg
+from psycopg import sql
+
+ADMIN_URL = os.environ.get("MSGBATCH_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+HEADERS = {"x-api-key": "bench", "content-type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def body(n: int) -> bytes:
+    return msgspec.json.encode(
+        {
+            "requests": [
+                {
+                    "custom_id": f"req-{i:06d}",
+                    "params": {
+                        "model": "claude-sonnet-4-5-20250929",
+                        "max_tokens": 256,
+                        "messages": [{"role": "user", "content": f"Summarise item {i} of the benchmark in a line."}],
+                    },
+                }
+                for i in range(n)
+            ]
+        }
+    )
+
+
+def parse_time(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class Database:
+    def __init__(self) -> None:
+        self.name = f"msgbatch_bench_{uuid.uuid4().hex[:10]}"
+        self.url = urlunsplit(urlsplit(ADMIN_URL)._replace(path="/" + self.name))
+
+    def __enter__(self) -> Database:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen([sys.executable, "-m", "msgbatch", *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the API server exited")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("the API server did not start")
+
+
+def run_once(workers: int, requests: int, payload: bytes, logs: Path) -> tuple[float, float]:
+    with Database() as db:
+        subprocess.run([sys.executable, "-m", "msgbatch", "migrate", "--database", db.url], check=True, capture_output=True)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        procs = [start(["serve", "--no-worker", "--port", str(port), "--database", db.url], logs / "serve.log")]
+        try:
+            procs += [start(["worker", "--database", db.url], logs / f"worker-{i}.log") for i in range(workers)]
+            wait_healthy(url, procs[0])
+            time.sleep(1.0)  # let the workers connect and LISTEN
+            with httpx.Client(base_url=url, headers=HEADERS, timeout=120) as client:
+                t0 = time.perf_counter()
+                response = client.post("/v1/messages/batches", content=payload)
+                create_s = time.perf_counter() - t0
+                response.raise_for_status()
+                batch = response.json()
+                while batch["processing_status"] != "ended":
+                    time.sleep(0.05)
+                    batch = client.get(f"/v1/messages/batches/{batch['id']}").json()
+            counts = batch["request_counts"]
+            assert counts["succeeded"] == requests, counts
+            elapsed = parse_time(batch["ended_at"]) - parse_time(batch["created_at"])
+            return create_s, requests / elapsed
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per shape; the median is shown")
+    args = parser.parse_args()
+    payload = body(args.requests)
+    print(f"{args.requests:,} requests ({len(payload) / 1e6:.1f} MB body), instant simulator, {os.cpu_count()} cores")
+    print(f"{'workers':>7}  {'create (s)':>10}  {'requests/s':>10}")
+    with tempfile.TemporaryDirectory(prefix="msgbatch-bench-") as tmp:
+        for workers in args.workers:
+            runs = [run_once(workers, args.requests, payload, Path(tmp)) for _ in range(args.repeat)]
+            create_s = statistics.median(r[0] for r in runs)
+            rate = statistics.median(r[1] for r in runs)
+            print(f"{workers:>7}  {create_s:>10.2f}  {rate:>10,.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
