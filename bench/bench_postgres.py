@@ -102,7 +102,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 def run_once(workers: int, requests: int, payload: bytes, logs: Path) -> tuple[float, float]:
     with Database() as db:
-        subprocess.run([sys.executable, "-m", "msgbatch", "migrate", "--database", db.url], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "msgbatch", "migrate", "--database", db.url], check=True, capture_output=True
+        )
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         procs = [start(["serve", "--no-worker", "--port", str(port), "--database", db.url], logs / "serve.log")]

@@ -24,7 +24,6 @@ from msgbatch.models import (
     CANCELING,
     ENDED,
     ERRORED,
-    EXPIRED,
     IN_PROGRESS,
     SUCCEEDED,
     Batch,
@@ -405,9 +404,7 @@ async def test_iter_results_pages_and_filters(store: Store) -> None:
     assert len(pages) > 1 and sum(map(len, pages)) == 4500
     errored = await results_of(store, final, result_type=ERRORED)
     assert len(errored) == 1500 and all(r["result"]["type"] == "errored" for r in errored)  # type: ignore[index]
-    assert await results_of(store, final, custom_id="r42") == [
-        {"custom_id": "r42", "result": {"type": "errored"}}
-    ]
+    assert await results_of(store, final, custom_id="r42") == [{"custom_id": "r42", "result": {"type": "errored"}}]
     assert await results_of(store, final, custom_id="r43", result_type=ERRORED) == []
     assert await results_of(store, final, custom_id="nope") == []
 
