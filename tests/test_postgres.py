@@ -1,0 +1,170 @@
+"""The scale-out shape in process: API servers, workers and migrations on one PostgreSQL database.
+
+Through the official SDK (over ASGI) against a MsgBatchServer on PostgreSQL; an API server with
+no dispatcher and a separate Worker sharing one database; a worker handing back its work on
+shutdown; and `msgbatch migrate` run by several processes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anthropic
+import psycopg
+import pytest
+
+from conftest import (
+    RecorderBackend,
+    async_client_for,
+    make_settings,
+    running_server,
+    simple_request,
+    wait_ended,
+    wait_until,
+)
+from msgbatch.backends.router import Router
+from msgbatch.clock import now_us
+from msgbatch.engine.worker import Worker
+from msgbatch.store import open_store
+from msgbatch.store.postgres import SCHEMA_VERSION, PostgresStore
+
+
+async def test_open_store_picks_postgres_for_urls(pg_url: str) -> None:
+    assert isinstance(open_store(pg_url), PostgresStore)
+    assert isinstance(open_store(pg_url.replace("postgresql://", "postgres://", 1)), PostgresStore)
+
+
+async def test_sdk_round_trip_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    settings = make_settings(tmp_path, database=pg_url)
+    async with running_server(settings) as srv:
+        client = async_client_for(srv)
+        try:
+            bad = {"custom_id": "bad", "params": {"model": "m"}}  # no messages: errored, later
+            batch = await client.messages.batches.create(requests=[simple_request("ok-1"), simple_request("ok-2"), bad])
+            assert batch.processing_status == "in_progress" and batch.request_counts.processing == 3
+            ended = await wait_ended(client, batch.id)
+            counts = ended.request_counts
+            assert (counts.processing, counts.succeeded, counts.errored) == (0, 2, 1)
+            assert ended.results_url == f"http://testserver/v1/messages/batches/{batch.id}/results"
+            results = {r.custom_id: r.result async for r in await client.messages.batches.results(batch.id)}
+            assert results["ok-1"].type == "succeeded" and results["bad"].type == "errored"
+
+            more = [await client.messages.batches.create(requests=[simple_request("x")]) for _ in range(3)]
+            listed = [b.id async for b in client.messages.batches.list(limit=2)]
+            assert listed == [b.id for b in reversed([batch, *more])]
+
+            for b in more:
+                await wait_ended(client, b.id)
+            deleted = await client.messages.batches.delete(more[0].id)
+            assert deleted.type == "message_batch_deleted"
+            with pytest.raises(anthropic.NotFoundError):
+                await client.messages.batches.retrieve(more[0].id)
+        finally:
+            await client.close()
+
+
+async def test_cancel_on_postgres_lets_running_requests_finish(tmp_path: Path, pg_url: str) -> None:
+    gate = asyncio.Semaphore(0)
+    backend = RecorderBackend(gate)
+    settings = make_settings(tmp_path, database=pg_url, concurrency=2)
+    async with running_server(settings, router=Router([], backend)) as srv:
+        client = async_client_for(srv)
+        try:
+            batch = await client.messages.batches.create(requests=[simple_request(f"r{i}") for i in range(10)])
+            await wait_until(lambda: backend.started == 2, what="two requests running")
+            canceling = await client.messages.batches.cancel(batch.id)
+            assert canceling.processing_status == "canceling"
+            assert (canceling.request_counts.canceled, canceling.request_counts.processing) == (8, 2)
+            gate.release()
+            gate.release()
+            ended = await wait_ended(client, batch.id)
+            assert (ended.request_counts.succeeded, ended.request_counts.canceled) == (2, 8)
+            assert backend.started == 2
+        finally:
+            await client.close()
+
+
+async def test_api_server_and_worker_share_one_database(tmp_path: Path, pg_url: str) -> None:
+    """`serve --no-worker` and `worker`, in process: the worker is woken by NOTIFY, not polling."""
+    api_settings = make_settings(tmp_path, database=pg_url, worker=False)
+    worker_settings = make_settings(tmp_path, database=pg_url, poll_interval=30.0)
+    async with running_server(api_settings) as api:
+        assert api.dispatcher is None
+        worker = Worker(worker_settings)
+        await worker.start()
+        client = async_client_for(api)
+        try:
+            await asyncio.sleep(0.3)  # the worker's first (empty) claim is behind it: it waits 30 s now
+            started = time.monotonic()
+            batch = await client.messages.batches.create(requests=[simple_request(f"r{i}") for i in range(50)])
+            ended = await wait_ended(client, batch.id, timeout=10)
+            assert ended.request_counts.succeeded == 50
+            assert time.monotonic() - started < 5, "the worker was not woken by the create"
+        finally:
+            await client.close()
+            await worker.stop()
+
+
+async def test_worker_shutdown_finishes_or_hands_back_work(tmp_path: Path, pg_url: str) -> None:
+    gate = asyncio.Semaphore(0)
+    backend = RecorderBackend(gate)
+    settings = make_settings(tmp_path, database=pg_url, concurrency=4, grace_seconds=0.3)
+    worker = Worker(settings, router=Router([], backend))
+    await worker.start()
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        async with running_server(make_settings(tmp_path, database=pg_url, worker=False)) as api:
+            client = async_client_for(api)
+            try:
+                batch = await client.messages.batches.create(requests=[simple_request(f"r{i}") for i in range(4)])
+                await wait_until(lambda: backend.started == 4, what="four requests running")
+                gate.release()
+                gate.release()  # two finish; the other two are still running when the grace runs out
+                await wait_until(lambda: len(worker.dispatcher._running) == 2, what="two finished")
+                await worker.stop()
+                after = await client.messages.batches.retrieve(batch.id)
+                assert (after.request_counts.succeeded, after.request_counts.processing) == (2, 2)
+            finally:
+                await client.close()
+        # Everything unfinished is claimable at once by another worker, the attempt unspent.
+        jobs = await store.claim("next-worker", 10, now_us(), now_us() + 60_000_000)
+        assert len(jobs) == 2 and all(j.attempts == 1 for j in jobs)
+    finally:
+        await store.close()
+        await worker.stop()
+
+
+def test_migrate_command_is_safe_to_run_at_once(pg_url: str) -> None:
+    cmd = [sys.executable, "-m", "msgbatch", "migrate", "--database", pg_url]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(3)]
+    outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert all("is up to date" in out for out in outputs)
+    with psycopg.connect(pg_url) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM msgbatch.migrations")]
+        assert versions == [SCHEMA_VERSION]
+        assert conn.execute("SELECT count(*) FROM msgbatch.batches").fetchone() == (0,)
+
+
+async def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO msgbatch.migrations (version, name) VALUES (%s, 'from the future')", (999,))
+    with pytest.raises(RuntimeError, match="newer msgbatch"):
+        await PostgresStore(pg_url).open()
+
+
+def test_worker_command_help_documents_the_shape() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "msgbatch", "worker", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in ("--database", "--concurrency", "--lease", "--grace", "--simulate-latency"):
+        assert flag in out
+    assert "serve --no-worker" in out
