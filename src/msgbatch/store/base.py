@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from msgbatch.models import Batch, Job, Outcome
+
+# The batches table's columns, in the order `batch_from_row` reads them (same in every dialect).
+BATCH_COLUMNS = (
+    "seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at, "
+    "total, processing, succeeded, errored, canceled, expired, first_request, betas"
+)
+
+
+def batch_from_row(row: Sequence[Any]) -> Batch:
+    return Batch(
+        seq=row[0],
+        id=row[1],
+        workspace=row[2],
+        status=row[3],
+        created_at=row[4],
+        expires_at=row[5],
+        ended_at=row[6],
+        cancel_initiated_at=row[7],
+        archived_at=row[8],
+        total=row[9],
+        processing=row[10],
+        succeeded=row[11],
+        errored=row[12],
+        canceled=row[13],
+        expired=row[14],
+        first_request=row[15],
+        betas=row[16],
+    )
 
 
 class Store(Protocol):

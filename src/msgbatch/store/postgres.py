@@ -35,11 +35,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from msgbatch.clock import now_us
 from msgbatch.models import CANCELED, CANCELING, ENDED, EXPIRED, IN_PROGRESS, RESULT_NAMES, Batch, Job, Outcome
+from msgbatch.store.base import BATCH_COLUMNS, batch_from_row
 
 log = logging.getLogger("msgbatch.store.postgres")
 
 CHANNEL = "msgbatch"
-_MIGRATION_LOCK = 0x6D7367_6261746368  # "msgbatch": one key for every msgbatch schema in a database
+_MIGRATION_LOCK = 0x6D73676261746368  # "msgbatch" in ASCII: the advisory lock migrations hold
 
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (
@@ -111,33 +112,6 @@ INSERT INTO msgbatch.counters VALUES ('request_ids', 0);
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-_BATCH_COLUMNS = (
-    "seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at, "
-    "total, processing, succeeded, errored, canceled, expired, first_request, betas"
-)
-
-
-def _row_to_batch(row: tuple[Any, ...]) -> Batch:
-    return Batch(
-        seq=row[0],
-        id=row[1],
-        workspace=row[2],
-        status=row[3],
-        created_at=row[4],
-        expires_at=row[5],
-        ended_at=row[6],
-        cancel_initiated_at=row[7],
-        archived_at=row[8],
-        total=row[9],
-        processing=row[10],
-        succeeded=row[11],
-        errored=row[12],
-        canceled=row[13],
-        expired=row[14],
-        first_request=row[15],
-        betas=row[16],
-    )
 
 
 # -- statements ------------------------------------------------------------------------------
@@ -400,8 +374,9 @@ class PostgresStore:
                     delay = 0.5
                     on_work()  # whatever was announced while we were not listening
                     async for note in conn.notifies():
-                        if note.payload.startswith("cancel:"):
-                            on_canceled(int(note.payload[7:]))
+                        kind, _, seq = note.payload.partition(":")
+                        if kind == "cancel" and seq.isdigit():
+                            on_canceled(int(seq))
                         else:
                             on_work()
             except asyncio.CancelledError:
@@ -444,7 +419,7 @@ class PostgresStore:
                 row = await cur.fetchone()
                 assert row is not None
                 seq = row[0]
-                async with conn.cursor().copy(_COPY_REQUESTS) as copy:
+                async with conn.cursor() as cursor, cursor.copy(_COPY_REQUESTS) as copy:
                     # Made as they are sent: the server stores one chunk while we encode the next.
                     for chunk in _copy_chunks(first, requests):
                         await copy.write(chunk)
@@ -456,23 +431,23 @@ class PostgresStore:
         return msgspec.structs.replace(batch, seq=seq, first_request=first, processing=total)
 
     async def get_batch(self, batch_id: str) -> Batch | None:
-        rows = await self._fetchall(f"SELECT {_BATCH_COLUMNS} FROM msgbatch.batches WHERE id = %s", (batch_id,))
-        return _row_to_batch(rows[0]) if rows else None
+        rows = await self._fetchall(f"SELECT {BATCH_COLUMNS} FROM msgbatch.batches WHERE id = %s", (batch_id,))
+        return batch_from_row(rows[0]) if rows else None
 
     async def list_batches(
         self, workspace: str, limit: int, *, after_id: str | None, before_id: str | None
     ) -> tuple[list[Batch], bool]:
-        base = f"SELECT {_BATCH_COLUMNS} FROM msgbatch.batches WHERE workspace = %s"
+        base = f"SELECT {BATCH_COLUMNS} FROM msgbatch.batches WHERE workspace = %s"
         if before_id is not None:
             rows = await self._fetchall(f"{base} AND id > %s ORDER BY id LIMIT %s", (workspace, before_id, limit + 1))
-            return [_row_to_batch(r) for r in reversed(rows[:limit])], len(rows) > limit
+            return [batch_from_row(r) for r in reversed(rows[:limit])], len(rows) > limit
         if after_id is not None:
             rows = await self._fetchall(
                 f"{base} AND id < %s ORDER BY id DESC LIMIT %s", (workspace, after_id, limit + 1)
             )
         else:
             rows = await self._fetchall(f"{base} ORDER BY id DESC LIMIT %s", (workspace, limit + 1))
-        return [_row_to_batch(r) for r in rows[:limit]], len(rows) > limit
+        return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
 
     async def cancel_batch(self, seq: int, now: int) -> None:
         async with self.pool.connection() as conn, conn.transaction():

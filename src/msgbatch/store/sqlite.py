@@ -13,11 +13,12 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
 from msgbatch.models import CANCELED, CANCELING, ENDED, EXPIRED, IN_PROGRESS, Batch, Job, Outcome
+from msgbatch.store.base import BATCH_COLUMNS, batch_from_row
 
 T = TypeVar("T")
 
@@ -76,37 +77,11 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
-_BATCH_COLUMNS = (
-    "seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at, "
-    "total, processing, succeeded, errored, canceled, expired, first_request, betas"
-)
 
 _COUNT_COLUMNS = ("succeeded", "errored", "canceled", "expired")
 
 # custom_id is restricted to [a-zA-Z0-9_-], so it can be spliced into JSON without escaping.
 _TERMINAL_LINE_SQL = 'CAST(\'{"custom_id":"\' || r.custom_id || \'","result":{"type":"{kind}"}}\' AS BLOB)'
-
-
-def _row_to_batch(row: tuple[Any, ...]) -> Batch:
-    return Batch(
-        seq=row[0],
-        id=row[1],
-        workspace=row[2],
-        status=row[3],
-        created_at=row[4],
-        expires_at=row[5],
-        ended_at=row[6],
-        cancel_initiated_at=row[7],
-        archived_at=row[8],
-        total=row[9],
-        processing=row[10],
-        succeeded=row[11],
-        errored=row[12],
-        canceled=row[13],
-        expired=row[14],
-        first_request=row[15],
-        betas=row[16],
-    )
 
 
 class SQLiteStore:
@@ -249,8 +224,8 @@ class SQLiteStore:
         # A primary-key read takes microseconds and never waits in WAL mode: do it on the loop
         # rather than queueing it behind slower reads.
         assert self._inline is not None
-        row = self._inline.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)).fetchone()
-        return _row_to_batch(row) if row else None
+        row = self._inline.execute(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        return batch_from_row(row) if row else None
 
     async def list_batches(
         self, workspace: str, limit: int, *, after_id: str | None, before_id: str | None
@@ -258,22 +233,22 @@ class SQLiteStore:
         def query(conn: sqlite3.Connection) -> tuple[list[Batch], bool]:
             if before_id is not None:
                 rows = conn.execute(
-                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE workspace = ? AND id > ? ORDER BY id LIMIT ?",
+                    f"SELECT {BATCH_COLUMNS} FROM batches WHERE workspace = ? AND id > ? ORDER BY id LIMIT ?",
                     (workspace, before_id, limit + 1),
                 ).fetchall()
                 more = len(rows) > limit
-                return [_row_to_batch(r) for r in reversed(rows[:limit])], more
+                return [batch_from_row(r) for r in reversed(rows[:limit])], more
             if after_id is not None:
                 rows = conn.execute(
-                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE workspace = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                    f"SELECT {BATCH_COLUMNS} FROM batches WHERE workspace = ? AND id < ? ORDER BY id DESC LIMIT ?",
                     (workspace, after_id, limit + 1),
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE workspace = ? ORDER BY id DESC LIMIT ?",
+                    f"SELECT {BATCH_COLUMNS} FROM batches WHERE workspace = ? ORDER BY id DESC LIMIT ?",
                     (workspace, limit + 1),
                 ).fetchall()
-            return [_row_to_batch(r) for r in rows[:limit]], len(rows) > limit
+            return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
 
         return await self._read(query)
 
