@@ -20,13 +20,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anthropic
 import httpx2
+import msgspec
 import psycopg
 import pytest
 import uvicorn
 from psycopg import sql
 
 from msgbatch.api.app import MsgBatchServer
+from msgbatch.clock import now_us
 from msgbatch.config import Settings, load_settings
+from msgbatch.ids import new_batch_id
+from msgbatch.models import IN_PROGRESS, Batch
+from msgbatch.store import Store
 
 TEST_KEY = "sk-test-key"
 
@@ -263,6 +268,33 @@ def pg_url() -> Iterator[str]:
 
 
 # -- helpers shared by the test modules ------------------------------------------------------
+
+
+def draft(total: int, *, workspace: str = "w", expires_in: int = 24 * 3600 * 1_000_000, betas: str = "") -> Batch:
+    """A batch as the manager hands it to `Store.create_batch`."""
+    now = now_us()
+    return Batch(
+        seq=0,
+        id=new_batch_id(),
+        workspace=workspace,
+        status=IN_PROGRESS,
+        created_at=now,
+        expires_at=now + expires_in,
+        total=total,
+        processing=total,
+        first_request=0,
+        betas=betas,
+    )
+
+
+def params_of(i: int) -> bytes:
+    return msgspec.json.encode({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": f"q{i}"}]})
+
+
+async def make_batch(store: Store, n: int, prefix: str = "r", **kwargs: Any) -> Batch:
+    """A batch of `n` requests (`{prefix}0`...) created straight in a store."""
+    requests: list[tuple[str, msgspec.Raw | bytes]] = [(f"{prefix}{i}", params_of(i)) for i in range(n)]
+    return await store.create_batch(draft(n, **kwargs), requests)
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ shutdown; and `msgbatch migrate` run by several processes at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ import pytest
 from conftest import (
     RecorderBackend,
     async_client_for,
+    draft,
+    make_batch,
     make_settings,
     running_server,
     simple_request,
@@ -168,3 +171,66 @@ def test_worker_command_help_documents_the_shape() -> None:
     for flag in ("--database", "--concurrency", "--lease", "--grace", "--simulate-latency"):
         assert flag in out
     assert "serve --no-worker" in out
+
+
+async def test_listen_hears_other_processes(pg_url: str) -> None:
+    listener, other = PostgresStore(pg_url), PostgresStore(pg_url)
+    await listener.open()
+    await other.open()
+    woken: list[str] = []
+    canceled: list[int] = []
+    try:
+        await listener.listen(lambda: woken.append("work"), canceled.append)
+        await wait_until(lambda: woken, what="the first wake-up, on connecting")
+        woken.clear()
+        batch = await make_batch(other, 3)
+        await wait_until(lambda: woken, what="a wake-up for the new batch")
+        await other.cancel_batch(batch.seq, now_us())
+        await wait_until(lambda: canceled == [batch.seq], what="the cancel")
+    finally:
+        await listener.close()
+        await other.close()
+
+
+def test_worker_process_hands_back_work_on_sigterm(tmp_path: Path, pg_url: str) -> None:
+    """A real `msgbatch worker`: SIGTERM, running requests outlast the grace, the leases go back."""
+    slow = [simple_request(f"r{i}", "[[simulate latency=30]] take your time") for i in range(3)]
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "msgbatch", "worker", "--database", pg_url, "--grace", "0.5"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        async def create() -> None:
+            store = PostgresStore(pg_url)
+            await store.open()
+            try:
+                await store.create_batch(draft(3), [(r["custom_id"], json.dumps(r["params"]).encode()) for r in slow])
+            finally:
+                await store.close()
+
+        def leased() -> int:
+            with psycopg.connect(pg_url) as conn:
+                row = conn.execute("SELECT count(*) FROM msgbatch.jobs WHERE state = 1").fetchone()
+                return int(row[0]) if row else 0
+
+        asyncio.run(create())
+        deadline = time.monotonic() + 20
+        while leased() < 3:
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
+            time.sleep(0.05)
+        started = time.monotonic()
+        worker.terminate()
+        assert worker.wait(15) == 0, log.read_text()
+        assert time.monotonic() - started < 5
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT state, owner, attempts FROM msgbatch.jobs ORDER BY id").fetchall()
+        assert rows == [(0, None, 0)] * 3
+        assert "released=0 unfinished=3" in log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from conftest import fresh_pg_database
+from conftest import draft, fresh_pg_database, make_batch, params_of
 from msgbatch.clock import now_us
 from msgbatch.ids import new_batch_id
 from msgbatch.models import (
@@ -25,6 +25,8 @@ from msgbatch.models import (
     ENDED,
     ERRORED,
     IN_PROGRESS,
+    RESULT_CODES,
+    RESULT_NAMES,
     SUCCEEDED,
     Batch,
     Job,
@@ -41,7 +43,7 @@ StoreFactory = Callable[[], Awaitable[Store]]
 @pytest.fixture(params=["sqlite", "postgres"])
 async def open_another(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Opens stores on one database for this test (each one stands for a process)."""
-    with contextlib_for(request.param, tmp_path) as database:
+    with database_for(request.param, tmp_path) as database:
         opened: list[Store] = []
 
         async def factory() -> Store:
@@ -57,7 +59,8 @@ async def open_another(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
                 await store.close()
 
 
-def contextlib_for(kind: str, tmp_path: Path) -> contextlib.AbstractContextManager[str]:
+def database_for(kind: str, tmp_path: Path) -> contextlib.AbstractContextManager[str]:
+    """A SQLite file, or a fresh PostgreSQL database dropped afterwards."""
     if kind == "sqlite":
         return contextlib.nullcontext(str(tmp_path / "contract.db"))
     return fresh_pg_database()
@@ -68,38 +71,12 @@ async def store(open_another: StoreFactory) -> Store:
     return await open_another()
 
 
-def draft(total: int, *, workspace: str = "w", expires_in: int = 24 * HOUR, betas: str = "") -> Batch:
-    now = now_us()
-    return Batch(
-        seq=0,
-        id=new_batch_id(),
-        workspace=workspace,
-        status=IN_PROGRESS,
-        created_at=now,
-        expires_at=now + expires_in,
-        total=total,
-        processing=total,
-        first_request=0,
-        betas=betas,
-    )
-
-
-def params_of(i: int) -> bytes:
-    return msgspec.json.encode({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": f"q{i}"}]})
-
-
-async def make_batch(store: Store, n: int, prefix: str = "r", **kwargs: object) -> Batch:
-    requests = [(f"{prefix}{i}", params_of(i)) for i in range(n)]
-    return await store.create_batch(draft(n, **kwargs), requests)  # type: ignore[arg-type]
-
-
 def line(job: Job, kind: str = "succeeded") -> bytes:
     return b'{"custom_id":"' + job.custom_id.encode() + b'","result":{"type":"' + kind.encode() + b'"}}'
 
 
 def done(job: Job, result: int = SUCCEEDED) -> Outcome:
-    kind = ("succeeded", "errored", "canceled", "expired")[result]
-    return Outcome(job.id, job.batch, result, line(job, kind))
+    return Outcome(job.id, job.batch, result, line(job, RESULT_NAMES[result]))
 
 
 async def claim_all(store: Store, owner: str = "w1", *, lease: int = 60 * SECOND, limit: int = 100_000) -> list[Job]:
@@ -126,7 +103,7 @@ async def check_consistent(store: Store, batch: Batch) -> Batch:
     tally = [0, 0, 0, 0]
     for r in lines:
         kind = r["result"]["type"]  # type: ignore[index]
-        tally[("succeeded", "errored", "canceled", "expired").index(kind)] += 1
+        tally[RESULT_CODES[kind]] += 1
     assert tuple(tally) == counts
     if fresh.processing == 0:
         assert len(ids) == fresh.total
