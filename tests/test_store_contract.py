@@ -470,3 +470,18 @@ async def test_racing_archive_and_delete(open_another: StoreFactory) -> None:
     assert set(first + second) <= {b.id for b in batches}
     for batch in batches[1:]:
         assert (await a.get_batch(batch.id)).archived_at == later  # type: ignore[union-attr]
+
+
+async def test_dispatcher_writes_one_outcome_per_request(store: Store) -> None:
+    """A request whose lease lapsed can run twice in one process; only one outcome is written."""
+    from msgbatch.backends.router import Router
+    from msgbatch.engine.dispatcher import Dispatcher
+
+    batch = await make_batch(store, 2)
+    dispatcher = Dispatcher(store, Router([], None), owner="w1")
+    jobs = await claim_all(store, "w1")
+    dispatcher._done = [done(jobs[0]), done(jobs[0], ERRORED), done(jobs[1])]
+    await dispatcher._flush()
+    assert dispatcher._done == []
+    final = await check_consistent(store, batch)
+    assert (final.status, final.succeeded, final.errored) == (ENDED, 2, 0)

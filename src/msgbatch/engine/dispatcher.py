@@ -209,7 +209,8 @@ class Dispatcher:
                 log.exception("dispatcher.run_failed request=%d", job.id)
                 outcome = Outcome(job.id, job.batch, ERRORED, errored_line(job.custom_id, "api_error", str(exc)))
             self._done.append(outcome)
-            del self._running[job.id]
+            # pop: a lapsed lease may have brought the same request back to this process meanwhile
+            self._running.pop(job.id, None)
             if len(self._done) >= self.flush_max:
                 self._flush_now.set()
             self._flushed.set()
@@ -272,6 +273,10 @@ class Dispatcher:
         if not self._done:
             return
         outcomes, self._done = self._done, []
+        if len({o.job for o in outcomes}) < len(outcomes):
+            # A request ran twice here (its lease lapsed and this process claimed it again): one
+            # outcome per request, or the results' primary key would refuse the whole group.
+            outcomes = list({o.job: o for o in reversed(outcomes)}.values())
         try:
             _, ended = await self.store.complete(self.owner, outcomes, now_us())
         except BaseException:
