@@ -864,8 +864,7 @@ def test_beta_error_handling_example(sync_client: Anthropic, capsys: pytest.Capt
             except Exception as e:
                 print(f"Error processing {response.custom_id}: {e}")
         elif response.result.type == "errored":
-            # The document reads `.error.message`; the SDK's type nests it one level down.
-            print(f"Request {response.custom_id} failed: {response.result.error.error.message}")
+            print(f"Request {response.custom_id} failed: {response.result.error.message}")  # type: ignore[attr-defined]
         elif response.result.type == "canceled":
             print(f"Request {response.custom_id} was canceled")
         elif response.result.type == "expired":

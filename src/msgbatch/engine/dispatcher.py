@@ -42,9 +42,11 @@ def errored_line(custom_id: str, error_type: str, message: str) -> bytes:
     if error_type not in RESULT_ERROR_TYPES:
         # An HTTP-only type (request_too_large) would fail the SDK's validation of the line.
         error_type = "invalid_request_error" if error_type == "request_too_large" else "api_error"
-    return result_line(
-        custom_id, b'{"type":"errored","error":' + error_body(error_type, message, new_request_id()) + b"}"
-    )
+    envelope = error_body(error_type, message, new_request_id())
+    # The spec documents' examples read `result.error.message`; the SDK's ErrorResponse keeps the
+    # message one level down but allows extra keys, so repeating it there makes both spellings work.
+    envelope = envelope[:-1] + b',"message":' + _encode(message) + b"}"
+    return result_line(custom_id, b'{"type":"errored","error":' + envelope + b"}")
 
 
 _CANCELED = b'{"type":"canceled"}'
