@@ -144,13 +144,16 @@ class BatchesClient:
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.ConnectError as exc:
-                error: ClientError = ClientError(
+                # Not retried: a refused connection is almost always a wrong address or a stopped
+                # server, and `watch` rides out restarts on its own.
+                raise ClientError(
                     f"cannot connect to {self.base_url} ({exc}). Is the server running? "
                     "Set --base-url or ANTHROPIC_BASE_URL."
-                )
-                retry_after = None
+                ) from None
             except httpx.TimeoutException as exc:
-                error = ClientError(f"{method} {path}: the server did not answer in time ({type(exc).__name__})")
+                error: ClientError = ClientError(
+                    f"{method} {path}: the server did not answer in time ({type(exc).__name__})"
+                )
                 retry_after = None
                 if body is not None:  # it may have been stored: never send a create twice
                     raise error from None

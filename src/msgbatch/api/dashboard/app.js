@@ -160,6 +160,7 @@
       await api("/v1/messages/batches?limit=1");
     } catch (err) {
       if (!(err instanceof ApiError && err.status === 401)) $("#login-error").textContent = String(err.message);
+      $("#key").select();
       return;
     }
     sessionStorage.setItem(KEY_NAME, key);
@@ -271,7 +272,7 @@
       h("td", { class: "status" }, statusPill(b.processing_status)),
       h("td", { class: "wide" }, progressBar(c, b.processing_status)),
       ...KINDS.map((k) => h("td", { class: `num ${k}${c[k] ? "" : " zero"}`, text: fmt(c[k]) })),
-      h("td", { title: absolute(b.created_at), text: relative(b.created_at) }),
+      h("td", { class: "nowrap", title: absolute(b.created_at), text: relative(b.created_at) }),
       h("td", { class: "actions" }, action),
     );
   }
@@ -319,7 +320,10 @@
       ["Created", b.created_at],
       ["Cancel initiated", b.cancel_initiated_at],
       ["Ended", b.ended_at],
-      [Date.parse(b.expires_at) > Date.now() ? "Expires" : "Expiry", b.expires_at],
+      [
+        !b.ended_at ? "Expires" : Date.parse(b.ended_at) >= Date.parse(b.expires_at) ? "Expired" : "Expiry (ended before)",
+        b.expires_at,
+      ],
       ["Archived (results removed)", b.archived_at],
     ].filter(([, at]) => at);
     events.sort((x, y) => Date.parse(x[1]) - Date.parse(y[1]));
@@ -342,8 +346,12 @@
     const el = $("#rate");
     if (b.processing_status === "ended") {
       const seconds = (Date.parse(b.ended_at) - Date.parse(b.created_at)) / 1000;
-      el.textContent = `Ran ${fmt(total)} requests in ${duration(seconds)}` +
-        (seconds > 0 ? ` (${fmt(Math.round(total / seconds))}/s overall).` : ".");
+      const c = b.request_counts;
+      const ran = c.succeeded + c.errored;
+      el.textContent = b.cancel_initiated_at
+        ? `Canceled: ended ${duration(seconds)} after it was created; ${fmt(ran)} of ${fmt(total)} requests ran.`
+        : `Ended ${duration(seconds)} after it was created` +
+          (seconds > 0 ? ` (${fmt(Math.round(total / seconds))} requests/s overall).` : ".");
       return;
     }
     const now = Date.now();
