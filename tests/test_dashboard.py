@@ -13,9 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+
 from conftest import ServeProcess
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -88,7 +90,9 @@ def create(api: httpx.Client, requests: list[dict[str, Any]]) -> str:
 
 
 def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 20, what: str = "") -> Any:
-    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(condition, what)
+    # The page redraws parts of itself as it polls: an element found a moment ago may be gone.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(browser, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(condition, what)
 
 
 def shot(browser: WebDriver, name: str) -> None:
@@ -106,14 +110,30 @@ def open_signed_in(browser: WebDriver, server: ServeProcess, fragment: str = "#/
     wait(browser, lambda b: b.find_element(By.ID, section).is_displayed(), what=f"the {section} view")
 
 
-def row(browser: WebDriver, batch_id: str) -> Any:
-    found = browser.find_elements(By.CSS_SELECTOR, f'#batches tbody tr[data-id="{batch_id}"]')
-    return found[0] if found else None
+_ROW_INFO = """
+const tr = document.querySelector(`#batches tbody tr[data-id="${arguments[0]}"]`);
+if (!tr) return null;
+return {
+  status: tr.dataset.status,
+  statusText: tr.querySelector(".status").textContent,
+  done: Number(tr.querySelector("[role=progressbar]").getAttribute("aria-valuenow")),
+  label: tr.querySelector(".bar-label").textContent,
+  succeededSegments: tr.querySelectorAll(".bar .seg.succeeded").length,
+  succeeded: tr.querySelector("td.succeeded").textContent,
+  action: tr.querySelector("td.actions button").textContent,
+};
+"""
+
+
+def row(browser: WebDriver, batch_id: str) -> dict[str, Any] | None:
+    """What the list shows for a batch, read in one go (the page redraws rows as it polls)."""
+    info: dict[str, Any] | None = browser.execute_script(_ROW_INFO, batch_id)
+    return info
 
 
 def status_of(browser: WebDriver, batch_id: str) -> str | None:
     r = row(browser, batch_id)
-    return r.get_attribute("data-status") if r is not None else None
+    return r["status"] if r is not None else None
 
 
 def page_errors(browser: WebDriver) -> list[str]:
@@ -149,25 +169,24 @@ def test_list_shows_a_batch_progressing_to_ended(browser: WebDriver, server: Ser
     batch_id = create(api, [request(f"p-{i}", f"Progress {i}") for i in range(total)])
     open_signed_in(browser, server)
 
-    def partly_done(b: WebDriver) -> bool:
+    def partly_done(b: WebDriver) -> dict[str, Any] | None:
         r = row(b, batch_id)
-        if r is None or r.get_attribute("data-status") != "in_progress":
-            return False
-        done = int(r.find_element(By.CSS_SELECTOR, "[role=progressbar]").get_attribute("aria-valuenow"))
-        return 0 < done < total
+        return r if r is not None and r["status"] == "in_progress" and 0 < r["done"] < total else None
 
-    wait(browser, partly_done, what="a partly done progress bar")
-    r = row(browser, batch_id)
-    assert r.find_element(By.CSS_SELECTOR, ".status").text == "in progress"
-    assert r.find_elements(By.CSS_SELECTOR, ".bar .seg.succeeded")
+    r = wait(browser, partly_done, what="a partly done progress bar")
     shot(browser, "list-in-progress")
+    assert r["statusText"] == "in progress"
+    assert r["succeededSegments"] == 1
 
     wait(browser, lambda b: status_of(b, batch_id) == "ended", timeout=30, what="ended")
     r = row(browser, batch_id)
-    assert r.find_element(By.CSS_SELECTOR, "td.succeeded").text == f"{total:,}"
-    assert r.find_element(By.CSS_SELECTOR, "[role=progressbar]").get_attribute("aria-valuenow") == str(total)
-    assert f"{total} / {total} · 100%" in r.find_element(By.CSS_SELECTOR, ".bar-label").text
-    assert r.find_element(By.CSS_SELECTOR, "td.actions button").text == "Delete"
+    assert r is not None
+    assert (r["succeeded"], r["done"], r["label"], r["action"]) == (
+        f"{total:,}",
+        total,
+        f"{total} / {total} · 100%",
+        "Delete",
+    )
     shot(browser, "list-ended")
     assert page_errors(browser) == []
 
