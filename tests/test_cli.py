@@ -32,7 +32,7 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    proc = ServeProcess(tmp_path_factory.mktemp("cli-server")).start()
+    proc = ServeProcess(tmp_path_factory.mktemp("cli-server"), env={"MSGBATCH_API_KEYS": f"{KEY}=team"}).start()
     try:
         yield proc
     finally:
@@ -65,6 +65,31 @@ class CLI:
 @pytest.fixture
 def cli(server: ServeProcess, tmp_path: Path) -> CLI:
     return CLI(server.base_url, tmp_path)
+
+
+class InProcessCLI(CLI):
+    """The same commands through click's runner: no interpreter start-up, for the many small cases."""
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
+        from click.testing import CliRunner
+
+        from msgbatch.cli import main
+
+        full_env = {"ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": KEY, **(env or {})}
+        old = os.getcwd()
+        os.chdir(self.cwd)
+        try:
+            result = CliRunner().invoke(main, list(args), env=full_env, input=stdin)
+        finally:
+            os.chdir(old)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def quick_cli(server: ServeProcess, tmp_path: Path) -> CLI:
+    return InProcessCLI(server.base_url, tmp_path)
 
 
 def batch_count(cli: CLI) -> int:
@@ -115,7 +140,7 @@ def test_submit_from_stdin(cli: CLI) -> None:
     assert batch["request_counts"]["processing"] + batch["request_counts"]["succeeded"] == 1
 
 
-def test_results_only_errored_and_custom_id(cli: CLI, tmp_path: Path) -> None:
+def test_results_only_errored_and_custom_id(cli: CLI, quick_cli: CLI, tmp_path: Path) -> None:
     errored = {"e-3", "e-10", "e-17"}
     fail = " [[simulate error=overloaded_error]]"
     rows = [
@@ -134,6 +159,8 @@ def test_results_only_errored_and_custom_id(cli: CLI, tmp_path: Path) -> None:
     assert {line["custom_id"] for line in lines} == errored
     assert {line["result"]["error"]["error"]["type"] for line in lines} == {"overloaded_error"}
 
+    # The other variants in process (same commands, same server; no interpreter start-up each).
+    cli = quick_cli
     table = cli("results", batch["id"], "--only", "errored")
     assert table.returncode == 0
     assert table.stdout.splitlines()[0].split() == ["CUSTOM_ID", "RESULT", "DETAILS"]
@@ -166,8 +193,9 @@ def test_results_only_errored_and_custom_id(cli: CLI, tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_bad_input_files_name_the_line_and_exit_2(
-    cli: CLI, tmp_path: Path, content: str, line: int, message: str
+    quick_cli: CLI, tmp_path: Path, content: str, line: int, message: str
 ) -> None:
+    cli = quick_cli
     before = batch_count(cli)
     source = tmp_path / "bad.jsonl"
     source.write_text(content)
@@ -177,7 +205,16 @@ def test_bad_input_files_name_the_line_and_exit_2(
     assert batch_count(cli) == before  # nothing was sent
 
 
-def test_usage_errors_exit_2(cli: CLI, tmp_path: Path) -> None:
+def test_a_bad_file_exits_2_from_a_real_process(cli: CLI, tmp_path: Path) -> None:
+    source = tmp_path / "typo.jsonl"
+    source.write_text(json.dumps({"custom_id": "a", "params": params("x")}) + "\n{oops\n")
+    done = cli("submit", str(source))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"Error: {source}: line 2: not valid JSON")
+
+
+def test_usage_errors_exit_2(quick_cli: CLI, tmp_path: Path) -> None:
+    cli = quick_cli
     assert cli("submit", str(tmp_path / "absent.jsonl")).returncode == 2
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
@@ -187,22 +224,19 @@ def test_usage_errors_exit_2(cli: CLI, tmp_path: Path) -> None:
     assert no_key.returncode == 2 and "no API key" in no_key.stderr
 
 
-def test_batches_list_get_cancel_delete(cli: CLI, tmp_path: Path) -> None:
-    rows = [{"custom_id": f"c-{i}", "params": params(f"Slow {i} [[simulate latency=2]]")} for i in range(3000)]
+def test_batches_list_get_cancel_delete(cli: CLI, quick_cli: CLI, tmp_path: Path) -> None:
+    # 256 requests at a time, 1 s each: 20 s of work, canceled long before it is done.
+    rows = [{"custom_id": f"c-{i}", "params": params(f"Slow {i} [[simulate latency=1]]")} for i in range(5000)]
     source = write_jsonl(tmp_path / "slow.jsonl", rows)
     (batch,) = cli.json("submit", str(source), "-q")["batches"]
     batch_id = batch["id"]
 
     listed = cli.json("batches", "list", "--limit", "5")
     assert listed["data"][0]["id"] == batch_id and len(listed["data"]) <= 5
-    assert cli("batches", "list").stdout.splitlines()[0].split()[:3] == ["ID", "STATUS", "DONE"]
-
     got = cli.json("batches", "get", batch_id)
     assert got["id"] == batch_id and got["processing_status"] == "in_progress"
-    human = cli("batches", "get", batch_id).stdout
-    assert "processing_status" in human and "in_progress" in human
 
-    refused = cli("batches", "delete", batch_id)
+    refused = quick_cli("batches", "delete", batch_id)
     assert refused.returncode == 1 and "In progress batches cannot be deleted" in refused.stderr
 
     canceled = cli.json("batches", "cancel", batch_id)
@@ -213,15 +247,36 @@ def test_batches_list_get_cancel_delete(cli: CLI, tmp_path: Path) -> None:
     assert ended["processing_status"] == "ended"
     assert ended["request_counts"]["canceled"] > 0  # the requests that had not started
     assert cli.json("batches", "delete", batch_id) == {"id": batch_id, "type": "message_batch_deleted"}
-    gone = cli("batches", "get", batch_id)
+    gone = quick_cli("batches", "get", batch_id)
     assert gone.returncode == 1
     assert "HTTP 404 not_found_error: Message Batch ID not found." in gone.stderr and "request-id req_" in gone.stderr
 
 
-def test_watch_shows_progress_and_times_out(cli: CLI, tmp_path: Path) -> None:
+def test_human_tables(quick_cli: CLI, tmp_path: Path) -> None:
+    cli = quick_cli
+    source = write_jsonl(tmp_path / "h.jsonl", [{"custom_id": "h1", "params": params("Human readable")}])
+    done = cli("submit", str(source), "--wait", "--poll-interval", "0.05")
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()
+    assert header.split() == ["ID", "STATUS", "DONE", "SUCCEEDED", "ERRORED", "CANCELED", "EXPIRED", "CREATED"]
+    batch_id = row.split()[0]
+    assert row.split()[1:6] == ["ended", "1/1", "1", "0", "0"]
+    listed = cli("batches", "list", "--limit", "1").stdout.splitlines()
+    assert listed[1].startswith(batch_id)
+    details = dict(line.split(None, 1) for line in cli("batches", "get", batch_id).stdout.splitlines())
+    assert details["id"] == batch_id and details["processing_status"] == "ended"
+    assert details["requests"] == "1 (1 done, 100.0%)" and details["results_url"].endswith("/results")
+    results = cli("results", batch_id).stdout.splitlines()
+    assert results[1].split()[:2] == ["h1", "succeeded"] and 'Regarding "Human readable"' in results[1]
+    dry = cli("submit", str(source), "--dry-run", "--max-requests", "1")
+    assert dry.returncode == 0 and dry.stdout.splitlines()[1].split()[:3] == ["1", "1-1", "1"]
+    assert cli("batches", "delete", batch_id).stdout.strip() == f"deleted {batch_id}"
+
+
+def test_watch_shows_progress_and_times_out(cli: CLI, quick_cli: CLI, tmp_path: Path) -> None:
     rows = [{"custom_id": f"w-{i}", "params": params(f"W {i} [[simulate latency=0.5]]")} for i in range(10)]
-    (batch,) = cli.json("submit", str(write_jsonl(tmp_path / "w.jsonl", rows)), "-q")["batches"]
-    early = cli("watch", batch["id"], "--timeout", "0.1", "--poll-interval", "0.05")
+    (batch,) = quick_cli.json("submit", str(write_jsonl(tmp_path / "w.jsonl", rows)), "-q")["batches"]
+    early = quick_cli("watch", batch["id"], "--timeout", "0.1", "--poll-interval", "0.05")
     if early.returncode != 0:  # it may have ended already on a fast machine
         assert early.returncode == 4 and "timed out" in early.stderr
     done = cli("watch", batch["id"], "--poll-interval", "0.1")
@@ -231,15 +286,14 @@ def test_watch_shows_progress_and_times_out(cli: CLI, tmp_path: Path) -> None:
 
 
 def test_unreachable_server_exits_1(tmp_path: Path) -> None:
-    cli = CLI(f"http://127.0.0.1:{free_port()}", tmp_path)
+    cli = InProcessCLI(f"http://127.0.0.1:{free_port()}", tmp_path)
     done = cli("batches", "list")
     assert done.returncode == 1
     assert "cannot connect to http://127.0.0.1:" in done.stderr
 
 
-def test_wrong_key_exits_1_with_the_api_message(tmp_path: Path, serve_process: Any) -> None:
-    proc = serve_process(env={"MSGBATCH_API_KEYS": "right-key=team"})
-    done = CLI(proc.base_url, tmp_path)("batches", "list")
+def test_wrong_key_exits_1_with_the_api_message(quick_cli: CLI) -> None:
+    done = quick_cli("batches", "list", env={"ANTHROPIC_API_KEY": "wrong-key"})
     assert done.returncode == 1
     assert "HTTP 401 authentication_error: invalid x-api-key" in done.stderr
 

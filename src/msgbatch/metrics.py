@@ -11,10 +11,10 @@ as Prometheus expects of counters.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import time
+from bisect import bisect_left as _bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,8 +82,11 @@ class Counter(_Metric):
         self.values: dict[Labels, float] = {} if self.labels else {(): 0.0}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        key = labels if len(labels) == len(self.labels) else self._key(labels)
-        self.values[key] = self.values.get(key, 0.0) + amount
+        values = self.values
+        if labels in values:
+            values[labels] += amount
+        else:
+            values[self._key(labels)] = amount
 
     def get(self, *labels: str) -> float:
         return self.values.get(tuple(labels), 0.0)
@@ -132,13 +135,13 @@ class Histogram(_Metric):
         self.series: dict[Labels, tuple[list[int], list[float]]] = {}
 
     def observe(self, value: float, *labels: str) -> None:
-        key = labels if len(labels) == len(self.labels) else self._key(labels)
-        series = self.series.get(key)
+        series = self.series.get(labels)
         if series is None:
-            series = self.series[key] = ([0] * (len(self.bounds) + 1), [0.0, 0.0])
-        series[0][bisect.bisect_left(self.bounds, value)] += 1
-        series[1][0] += value
-        series[1][1] += 1
+            series = self.series[self._key(labels)] = ([0] * (len(self.bounds) + 1), [0.0, 0.0])
+        series[0][_bisect_left(self.bounds, value)] += 1
+        totals = series[1]
+        totals[0] += value
+        totals[1] += 1
 
     def count(self, *labels: str) -> int:
         series = self.series.get(tuple(labels))
@@ -155,10 +158,12 @@ class Histogram(_Metric):
             yield f"{self.name}_count{_label_text(self.labels, key)} {_number(count)}"
 
 
-@dataclass
+@dataclass(slots=True)
 class BackendTiming:
     """Time one batch spent on one backend (every call, retries included)."""
 
+    first_call: float  # perf_counter() when the first call started
+    last_call: float = 0.0  # ... and when the last one ended
     calls: int = 0
     errors: int = 0
     total_seconds: float = 0.0
@@ -167,9 +172,9 @@ class BackendTiming:
 
 @dataclass
 class BatchTiming:
-    first_call_at: float = 0.0  # wall clock, seconds
-    last_call_at: float = 0.0
-    backends: dict[str, BackendTiming] | None = None
+    first_call_at: float  # wall clock, seconds since the epoch
+    last_call_at: float
+    backends: dict[str, BackendTiming]
 
 
 def _error_type_of(line: bytes) -> str:
@@ -265,7 +270,7 @@ class Metrics:
         # Per-job note from the backend call to the outcome: (backend, "ok" or error type).
         self._calls: dict[int, tuple[str, str]] = {}
         self._batch_ids: OrderedDict[int, str] = OrderedDict()
-        self._timings: OrderedDict[int, BatchTiming] = OrderedDict()
+        self._timings: OrderedDict[int, dict[str, BackendTiming]] = OrderedDict()
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -294,29 +299,30 @@ class Metrics:
         return self._batch_ids.get(seq) or f"seq:{seq}"
 
     def backend_call(self, job: Job, backend: str, started: float, status: str) -> None:
-        """A backend call ended (`status` is "ok" or the error type); `started` is a perf_counter()."""
-        elapsed = time.perf_counter() - started
+        """A backend call ended (`status` is "ok" or the error type); `started` is a perf_counter().
+
+        On the dispatcher's hot path: a few dict look-ups, nothing more.
+        """
+        now = time.perf_counter()
+        elapsed = now - started
         self.backend_latency.observe(elapsed, backend)
-        if status != "ok":
-            self.backend_errors.inc(backend, status)
         self._calls[job.id] = (backend, status)
-        timing = self._timings.get(job.batch)
-        now = time.time()
-        if timing is None:
-            timing = self._timings[job.batch] = BatchTiming(first_call_at=now - elapsed, backends={})
+        per_batch = self._timings.get(job.batch)
+        if per_batch is None:
+            per_batch = self._timings[job.batch] = {}
             while len(self._timings) > self.max_batches:
                 self._timings.popitem(last=False)
-        timing.last_call_at = now
-        assert timing.backends is not None
-        per_backend = timing.backends.get(backend)
-        if per_backend is None:
-            per_backend = timing.backends[backend] = BackendTiming()
-        per_backend.calls += 1
-        per_backend.total_seconds += elapsed
-        if elapsed > per_backend.max_seconds:
-            per_backend.max_seconds = elapsed
+        timing = per_batch.get(backend)
+        if timing is None:
+            timing = per_batch[backend] = BackendTiming(first_call=started)
+        timing.last_call = now
+        timing.calls += 1
+        timing.total_seconds += elapsed
+        if elapsed > timing.max_seconds:
+            timing.max_seconds = elapsed
         if status != "ok":
-            per_backend.errors += 1
+            timing.errors += 1
+            self.backend_errors.inc(backend, status)
 
     def finished(self, job: Job, outcome: Outcome) -> None:
         """The dispatcher is done with a job: a result, or a retry to come."""
@@ -339,7 +345,15 @@ class Metrics:
     # -- reading -----------------------------------------------------------------------------
 
     def batch_timing(self, seq: int) -> BatchTiming | None:
-        return self._timings.get(seq)
+        per_batch = self._timings.get(seq)
+        if not per_batch:
+            return None
+        wall = time.time() - time.perf_counter()  # perf_counter() -> seconds since the epoch
+        return BatchTiming(
+            first_call_at=wall + min(t.first_call for t in per_batch.values()),
+            last_call_at=wall + max(t.last_call for t in per_batch.values()),
+            backends=dict(per_batch),
+        )
 
     def render(self) -> bytes:
         lines: list[str] = []

@@ -247,6 +247,8 @@ def submit(
     one batch allows (--max-requests, --max-bytes) becomes several batches. The file is streamed,
     never loaded whole.
     """
+    if output == "-" and as_json:
+        raise click.UsageError("--output - and --json would both write to stdout; pick one")
     from_stdin = file == "-"
     if not from_stdin and (problem := is_readable(file)):
         raise CLIError(problem, EXIT_USAGE)
