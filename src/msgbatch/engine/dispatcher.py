@@ -49,6 +49,10 @@ def errored_line(custom_id: str, error_type: str, message: str) -> bytes:
     )
 
 
+def backend_name(backend: object) -> str:
+    return str(getattr(backend, "name", None) or type(backend).__name__)
+
+
 _CANCELED = b'{"type":"canceled"}'
 _EXPIRED = b'{"type":"expired"}'
 
@@ -110,7 +114,7 @@ class Dispatcher:
             in_flight=lambda: len(self._running), queued=self._queue.qsize, unwritten=lambda: len(self._done)
         )
         for backend in router.backends:
-            self.metrics.set_backend_limit(backend.name, concurrency)
+            self.metrics.set_backend_limit(backend_name(backend), concurrency)
 
     # -- signals from the manager ------------------------------------------------------------
 
@@ -241,21 +245,21 @@ class Dispatcher:
             return self._errored(job, "not_found_error", f"model: {model}")
         # Nothing runs past the batch's expiry: by then the request is `expired` whatever happens.
         budget = (job.expires_at - now) / 1_000_000
-        started = time.perf_counter()
+        name, started = backend_name(backend), time.perf_counter()
         try:
             async with asyncio.timeout(budget):
                 message = await backend.create_message(params, job.betas.split(",") if job.betas else [])
         except TimeoutError:
-            self.metrics.backend_call(job, backend.name, started, "timeout")
+            self.metrics.backend_call(job, name, started, "timeout")
             return Outcome(job.id, job.batch, EXPIRED, result_line(job.custom_id, _EXPIRED))
         except BackendError as exc:
-            self.metrics.backend_call(job, backend.name, started, exc.error_type)
+            self.metrics.backend_call(job, name, started, exc.error_type)
             if exc.retryable and job.attempts < self.retry.max_attempts:
                 not_before = now_us() + int(self.retry.delay(job.attempts, exc.retry_after) * 1_000_000)
                 if not_before < job.expires_at:
                     return Outcome(job.id, job.batch, None, not_before=not_before)
             return self._errored(job, exc.error_type, exc.message)
-        self.metrics.backend_call(job, backend.name, started, "ok")
+        self.metrics.backend_call(job, name, started, "ok")
         return Outcome(job.id, job.batch, SUCCEEDED, succeeded_line(job.custom_id, message))
 
     @staticmethod
@@ -288,11 +292,11 @@ class Dispatcher:
         except BaseException:
             self._done[:0] = outcomes  # keep them for the next try; leases still hold
             raise
-        for batch_id in ended:
-            await self._log_ended(batch_id)
         if ended:
             for callback in self.on_ended:
                 callback(ended)
+        for batch_id in ended:
+            await self._log_ended(batch_id)
 
     async def _log_ended(self, batch_id: str) -> None:
         batch = None
@@ -301,10 +305,16 @@ class Dispatcher:
         if batch is None:
             log.info("batch.ended id=%s", batch_id)
             return
+        if batch.cancel_initiated_at is not None:
+            reason = "canceled"
+        elif batch.expired and (batch.ended_at or 0) >= batch.expires_at:
+            reason = "expired"
+        else:
+            reason = "completed"
         log.info(
             "batch.ended id=%s reason=%s succeeded=%d errored=%d canceled=%d expired=%d",
             batch_id,
-            "canceled" if batch.cancel_initiated_at is not None else "completed",
+            reason,
             batch.succeeded,
             batch.errored,
             batch.canceled,
