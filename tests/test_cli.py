@@ -231,9 +231,9 @@ def test_batches_list_get_cancel_delete(cli: CLI, quick_cli: CLI, tmp_path: Path
     (batch,) = cli.json("submit", str(source), "-q")["batches"]
     batch_id = batch["id"]
 
-    listed = cli.json("batches", "list", "--limit", "5")
+    listed = quick_cli.json("batches", "list", "--limit", "5")
     assert listed["data"][0]["id"] == batch_id and len(listed["data"]) <= 5
-    got = cli.json("batches", "get", batch_id)
+    got = quick_cli.json("batches", "get", batch_id)
     assert got["id"] == batch_id and got["processing_status"] == "in_progress"
 
     refused = quick_cli("batches", "delete", batch_id)
@@ -354,3 +354,66 @@ def test_client_retries_overload_and_reports_the_error_envelope() -> None:
     assert len(calls) == 3
     assert caught.value.message == "HTTP 404 not_found_error: gone (request-id req_1)"
     assert calls[0].headers["x-api-key"] == "k" and calls[0].headers["anthropic-version"] == "2023-06-01"
+
+
+def test_client_reports_a_non_api_error_body() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text="<html>Bad Gateway</html>")
+
+    client = BatchesClient("http://x", "k", transport=httpx.MockTransport(handler), sleep=lambda _s: None)
+    with pytest.raises(ClientError, match=r"^HTTP 502 api_error: <html>Bad Gateway</html>$"):
+        client.list()
+
+
+def test_progress_lines_and_live_bars() -> None:
+    import io
+
+    from msgbatch.client.progress import Display, wait_for
+
+    states = iter(
+        [
+            {"processing_status": "in_progress", "request_counts": {"processing": 100}},
+            {"processing_status": "in_progress", "request_counts": {"processing": 60, "succeeded": 38, "errored": 2}},
+            {"processing_status": "ended", "request_counts": {"succeeded": 97, "errored": 3}},
+        ]
+    )
+    now = [0.0]
+
+    class FakeClient:
+        def retrieve(self, batch_id: str) -> dict[str, Any]:
+            return {"id": batch_id, **next(states)}
+
+    plain = io.StringIO()
+    final = wait_for(
+        FakeClient(),  # type: ignore[arg-type]
+        ["msgbatch_a"],
+        display=Display(plain, live=False),
+        poll_interval=10,
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )
+    assert final[0]["processing_status"] == "ended"
+    assert plain.getvalue().splitlines() == [
+        "msgbatch_a: 0/100 (0.0%), 0 succeeded, 0 errored",
+        "msgbatch_a: 40/100 (40.0%), 38 succeeded, 2 errored, 4.0/s, ETA 15s",
+        "msgbatch_a: 100/100 (100.0%), 97 succeeded, 3 errored, ended",
+    ]
+
+    live = io.StringIO()
+    display = Display(live, live=True)
+    from msgbatch.client.progress import Tracked
+
+    tracked = [
+        Tracked(
+            {
+                "id": "msgbatch_b",
+                "processing_status": "in_progress",
+                "request_counts": {"processing": 4, "succeeded": 4},
+            }
+        )
+    ]
+    display.update(tracked, 0)
+    display.update(tracked, 1)
+    first, second = live.getvalue().split("\n", 1)
+    assert first == "\x1b[2Kmsgbatch_b  [############------------]  4/8 (50.0%)  4 succeeded, 0 errored"
+    assert second.startswith("\x1b[1F\x1b[2Kmsgbatch_b")  # redrawn in place
