@@ -8,6 +8,7 @@ import sys
 import click
 
 from msgbatch import __version__
+from msgbatch.client.commands import register as register_client_commands
 from msgbatch.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
 
 
@@ -130,6 +131,8 @@ def serve(
         h11_max_incomplete_event_size=None,
     )
 
+
+register_client_commands(main)
 
 if __name__ == "__main__":
     main()

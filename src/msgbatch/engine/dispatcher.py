@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.errors import RESULT_ERROR_TYPES, error_body
 from msgbatch.ids import new_request_id
+from msgbatch.metrics import Metrics
 from msgbatch.models import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Batch, Job, Outcome
 from msgbatch.store.base import Store
 from msgbatch.validation import validate_params
@@ -47,6 +49,10 @@ def errored_line(custom_id: str, error_type: str, message: str) -> bytes:
     # message one level down but allows extra keys, so repeating it there makes both spellings work.
     envelope = envelope[:-1] + b',"message":' + _encode(message) + b"}"
     return result_line(custom_id, b'{"type":"errored","error":' + envelope + b"}")
+
+
+def backend_name(backend: object) -> str:
+    return str(getattr(backend, "name", None) or type(backend).__name__)
 
 
 _CANCELED = b'{"type":"canceled"}'
@@ -80,6 +86,7 @@ class Dispatcher:
         flush_interval: float = 0.005,
         flush_max: int = 1000,
         claim_max: int = 1000,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -105,6 +112,12 @@ class Dispatcher:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_dispatcher(
+            in_flight=lambda: len(self._running), queued=self._queue.qsize, unwritten=lambda: len(self._done)
+        )
+        for backend in router.backends:
+            self.metrics.set_backend_limit(backend_name(backend), concurrency)
 
     # -- signals from the manager ------------------------------------------------------------
 
@@ -214,6 +227,7 @@ class Dispatcher:
             except Exception as exc:  # a bug must cost one request, not the worker
                 log.exception("dispatcher.run_failed request=%d", job.id)
                 outcome = Outcome(job.id, job.batch, ERRORED, errored_line(job.custom_id, "api_error", str(exc)))
+            self.metrics.finished(job, outcome)
             self._done.append(outcome)
             del self._running[job.id]
             if len(self._done) >= self.flush_max:
@@ -238,14 +252,17 @@ class Dispatcher:
         backend = self.router.route(model)
         if backend is None:
             return self._errored(job, "not_found_error", f"model: {model}")
+        name, started = backend_name(backend), time.perf_counter()
         try:
             message = await backend.create_message(params, job.betas.split(",") if job.betas else [])
         except BackendError as exc:
+            self.metrics.backend_call(job, name, started, exc.error_type)
             if exc.retryable and job.attempts < self.retry.max_attempts:
                 not_before = now_us() + int(self.retry.delay(job.attempts, exc.retry_after) * 1_000_000)
                 if not_before < job.expires_at:
                     return Outcome(job.id, job.batch, None, not_before=not_before)
             return self._errored(job, exc.error_type, exc.message)
+        self.metrics.backend_call(job, name, started, "ok")
         return Outcome(job.id, job.batch, SUCCEEDED, succeeded_line(job.custom_id, message))
 
     @staticmethod
@@ -278,11 +295,34 @@ class Dispatcher:
         except BaseException:
             self._done[:0] = outcomes  # keep them for the next try; leases still hold
             raise
-        for batch_id in ended:
-            log.info("batch.ended id=%s", batch_id)
         if ended:
             for callback in self.on_ended:
                 callback(ended)
+        for batch_id in ended:
+            await self._log_ended(batch_id)
+
+    async def _log_ended(self, batch_id: str) -> None:
+        batch = None
+        with contextlib.suppress(Exception):
+            batch = await self.store.get_batch(batch_id)
+        if batch is None:
+            log.info("batch.ended id=%s", batch_id)
+            return
+        if batch.cancel_initiated_at is not None:
+            reason = "canceled"
+        elif batch.expired and (batch.ended_at or 0) >= batch.expires_at:
+            reason = "expired"
+        else:
+            reason = "completed"
+        log.info(
+            "batch.ended id=%s reason=%s succeeded=%d errored=%d canceled=%d expired=%d",
+            batch_id,
+            reason,
+            batch.succeeded,
+            batch.errored,
+            batch.canceled,
+            batch.expired,
+        )
 
     async def _expiry_loop(self) -> None:
         """Nothing runs past its batch's expiry: by then the request is `expired` whatever happens.
