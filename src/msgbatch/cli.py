@@ -62,10 +62,16 @@ def main() -> None:
     help="Default latency of the simulator backend per request (e.g. 0.5, 2s).  [default: 0]",
 )
 @click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
-@click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
 @click.option(
-    "--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]"
+    "--upstream",
+    default=None,
+    metavar="TYPE=URL",
+    help="Run every model on one upstream: anthropic=http://127.0.0.1:8000 (POST /v1/messages) or "
+    "openai=http://127.0.0.1:8000/v1 (POST /v1/chat/completions). Its key: MSGBATCH_UPSTREAM_API_KEY; "
+    "its concurrency: --concurrency.",
 )
+@click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
+@click.option("--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]")
 @click.option("--expiry", type=Duration(), default=None, help="How long a batch may run.  [default: 24h]")
 @click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
 @click.option("--no-worker", is_flag=True, default=False, help="Serve the API only; run no requests here.")
@@ -76,6 +82,7 @@ def serve(
     database: str | None,
     simulate_latency: float | None,
     config: str | None,
+    upstream: str | None,
     public_url: str | None,
     concurrency: int | None,
     expiry: float | None,
@@ -101,6 +108,7 @@ def serve(
         port=port,
         database=database,
         simulate_latency=simulate_latency,
+        upstream=upstream,
         public_url=public_url,
         concurrency=concurrency,
         expiry_seconds=expiry,
@@ -113,7 +121,10 @@ def serve(
             "NO API KEYS CONFIGURED: any non-empty API key is accepted and every client shares one "
             "workspace. Set MSGBATCH_API_KEYS or [workspaces] in the config file before exposing this server."
         )
-    server = MsgBatchServer(settings)
+    try:
+        server = MsgBatchServer(settings)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     log.info(
         "msgbatch %s listening on http://%s:%d database=%s worker=%s",
         __version__,

@@ -108,9 +108,9 @@ async def ready(request: Request) -> Response:
 
 
 def build_router(settings: Settings) -> Router:
-    from msgbatch.backends.simulate import SimulatorBackend
+    from msgbatch.backends.config import build_router as from_settings
 
-    return Router([], SimulatorBackend(default_latency=settings.simulate_latency))
+    return from_settings(settings)
 
 
 class MsgBatchServer:
@@ -142,9 +142,7 @@ class MsgBatchServer:
             )
             self.manager.on_created.append(self.dispatcher.wake)
             self.manager.on_canceled.append(self.dispatcher.batch_canceled)
-        routes: list[BaseRoute] = [
-            Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes
-        ]
+        routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes]
         routes += [Route("/health", health), Route("/ready", ready)]
         routes += extra_routes or []
         self.app = Starlette(

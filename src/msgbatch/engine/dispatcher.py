@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from msgbatch.backends.base import BackendError
+from msgbatch.backends.base import BackendError, RequestCanceled, request_canceled
 from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.errors import RESULT_ERROR_TYPES, error_body
@@ -202,9 +202,7 @@ class Dispatcher:
                 raise
             except Exception as exc:  # a bug must cost one request, not the worker
                 log.exception("dispatcher.run_failed request=%d", job.id)
-                outcome = Outcome(
-                    job.id, job.batch, ERRORED, errored_line(job.custom_id, "api_error", str(exc))
-                )
+                outcome = Outcome(job.id, job.batch, ERRORED, errored_line(job.custom_id, "api_error", str(exc)))
             self._done.append(outcome)
             del self._running[job.id]
             if len(self._done) >= self.flush_max:
@@ -231,14 +229,19 @@ class Dispatcher:
             return self._errored(job, "not_found_error", f"model: {model}")
         # Nothing runs past the batch's expiry: by then the request is `expired` whatever happens.
         budget = (job.expires_at - now) / 1_000_000
+        # A backend that holds requests back (the limiter) drops them once their batch is canceled.
+        request_canceled.set(lambda: job.batch in self._canceled)
         try:
             async with asyncio.timeout(budget):
                 message = await backend.create_message(params, job.betas.split(",") if job.betas else [])
         except TimeoutError:
             return Outcome(job.id, job.batch, EXPIRED, result_line(job.custom_id, _EXPIRED))
+        except RequestCanceled:
+            return Outcome(job.id, job.batch, CANCELED, result_line(job.custom_id, _CANCELED))
         except BackendError as exc:
-            if exc.retryable and job.attempts < self.retry.max_attempts:
-                not_before = now_us() + int(self.retry.delay(job.attempts, exc.retry_after) * 1_000_000)
+            retry: RetryPolicy = getattr(backend, "retry", None) or self.retry  # a backend may bring its own
+            if exc.retryable and job.attempts < retry.max_attempts:
+                not_before = now_us() + int(retry.delay(job.attempts, exc.retry_after) * 1_000_000)
                 if not_before < job.expires_at:
                     return Outcome(job.id, job.batch, None, not_before=not_before)
             return self._errored(job, exc.error_type, exc.message)
