@@ -106,6 +106,7 @@ class FakeUpstream:
         self.capacity = capacity
         self.overload_status = overload_status
         self.record = record
+        self.chunked = False  # answer 200s with transfer-encoding: chunked
         self.calls: list[Call] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -134,6 +135,11 @@ class FakeUpstream:
     def plan(self, key: str, faults: list[Fault]) -> None:
         with self._lock:
             self._plans[key] = list(faults)
+
+    def drop_idle(self) -> None:
+        """Close every open connection, as a server does with idle keep-alive connections."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: [w.transport.abort() for w in list(self._writers)])
 
     def calls_for(self, key: str) -> list[Call]:
         return [c for c in list(self.calls) if c.key == key]
@@ -247,7 +253,18 @@ class FakeUpstream:
                 await self._send(writer, 404, self._error(path, 404))
                 return True
             self.served += 1
-            await self._send(writer, 200, json.dumps(builder(body)).encode())
+            payload = json.dumps(builder(body)).encode()
+            if self.chunked:
+                half = len(payload) // 2
+                chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in (payload[:half], payload[half:]))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                    + chunks
+                    + b"0\r\nx-trailer: 1\r\n\r\n"
+                )
+                await writer.drain()
+            else:
+                await self._send(writer, 200, payload)
             return True
         finally:
             self.in_flight -= 1

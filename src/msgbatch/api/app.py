@@ -136,7 +136,7 @@ class MsgBatchServer:
             self.dispatcher = Dispatcher(
                 self.store,
                 self.router,
-                concurrency=settings.concurrency,
+                concurrency=self.router.dispatch_concurrency(settings.concurrency),
                 lease_seconds=settings.lease_seconds,
                 poll_interval=settings.poll_interval,
             )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import msgspec
 
 from msgbatch.backends.http import HttpBackend, malformed, normalize_base_url
@@ -76,7 +75,7 @@ class AnthropicBackend(HttpBackend):
         timeout: float = 600.0,
         concurrency: int = 64,
         headers: dict[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        client: str = "builtin",
     ) -> None:
         # The configured URL is the server's root; `.../v1` is accepted too.
         root = normalize_base_url(base_url)
@@ -95,14 +94,14 @@ class AnthropicBackend(HttpBackend):
             timeout=timeout,
             concurrency=concurrency,
             headers=fixed,
-            transport=transport,
+            client=client,
         )
-        self.url = root + "/v1/messages"
+        self.path = "/v1/messages"
         self.model = model
 
     async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
         if self.model:
             params = {**params, "model": self.model}
         headers = {"anthropic-beta": ",".join(betas)} if betas else {}
-        answer = await self.post_json(self.url, _encode(params), headers)
+        answer = await self.post_json(self.path, _encode(params), headers)
         return normalize_message(answer, params.get("model"), self.name)

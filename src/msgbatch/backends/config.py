@@ -60,6 +60,7 @@ _HTTP_KEYS = {
     "backoff",
     "backoff_cap",
     "headers",
+    "client",
 }
 _KEYS = {
     "anthropic": _COMMON_KEYS | _HTTP_KEYS | {"auth", "anthropic_version"},
@@ -136,6 +137,7 @@ def _http_backend(kind: str, table: Mapping[str, Any], where: str, env: Mapping[
         "timeout": timeout,
         "concurrency": concurrency,
         "headers": dict(headers),
+        "client": _str(table, "client", where, "builtin"),
     }
     inner: Backend
     try:
@@ -148,7 +150,7 @@ def _http_backend(kind: str, table: Mapping[str, Any], where: str, env: Mapping[
         else:
             inner = OpenAIBackend(name, url, **options)
     except ValueError as exc:
-        raise ConfigError(f"{where}.url: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     retry = RetryPolicy(
         max_attempts=_int(table, "max_attempts", where, DEFAULT_MAX_ATTEMPTS),
         base=_duration(table, "backoff", where, DEFAULT_BACKOFF),

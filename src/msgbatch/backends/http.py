@@ -1,6 +1,7 @@
-"""What the HTTP backends share: one pooled client per backend, and the mapping of everything an
-upstream can do wrong (a status, a `retry-after`, a transport fault, a body that is not JSON) to
-`BackendError`s that say whether running the request again may succeed.
+"""What the HTTP backends share: one pool of kept-alive connections per backend (`client.py`, or
+httpx with `client = "httpx"`), and the mapping of everything an upstream can do wrong (a
+status, a `retry-after`, a transport fault, a body that is not JSON) to `BackendError`s that
+say whether running the request again may succeed.
 
 | upstream says | error type | retried |
 |---|---|---|
@@ -19,9 +20,10 @@ a message: they are sent in headers only, and anything echoed back is redacted.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +31,7 @@ import httpx
 import msgspec
 
 from msgbatch.backends.base import BackendError
+from msgbatch.backends.client import ConnectFailed, HTTPClient, ProtocolFault, RawResponse
 from msgbatch.errors import RESULT_ERROR_TYPES
 
 __all__ = [
@@ -88,7 +91,7 @@ def is_overload(exc: BackendError) -> bool:
     return exc.error_type in _OVERLOAD_TYPES
 
 
-def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
@@ -145,9 +148,9 @@ def _describe(body: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def upstream_error(response: httpx.Response, *, backend: str, secrets: Iterable[str] = ()) -> BackendError:
+def upstream_error(response: RawResponse, *, backend: str, secrets: Iterable[str] = ()) -> BackendError:
     """The BackendError for an upstream's non-2xx answer: its error type and message, if it gave them."""
-    status = response.status_code
+    status = response.status
     try:
         body = _decode(response.content)
     except msgspec.DecodeError:
@@ -158,7 +161,7 @@ def upstream_error(response: httpx.Response, *, backend: str, secrets: Iterable[
         error_type = "invalid_request_error"
     if not message:
         text = response.content[:300].decode("utf-8", "replace").strip()
-        reason = response.reason_phrase or "error"
+        reason = response.reason or "error"
         message = f"upstream {backend} answered HTTP {status} {reason}" + (f": {text}" if text else "")
     retryable = is_retryable_status(status)
     should = response.headers.get("x-should-retry")
@@ -175,18 +178,19 @@ def upstream_error(response: httpx.Response, *, backend: str, secrets: Iterable[
     )
 
 
-def transport_error(exc: httpx.HTTPError, *, backend: str, timeout: float) -> BackendError:
-    """A fault below HTTP: the upstream timed out, refused, or dropped the connection."""
-    if isinstance(exc, httpx.PoolTimeout):
-        return BackendError(
-            "timeout_error", f"upstream {backend}: no connection free within {timeout:g}s", retryable=True
-        )
-    if isinstance(exc, httpx.TimeoutException):
+def transport_error(exc: BaseException, *, backend: str, timeout: float) -> BackendError:
+    """A fault below HTTP: the upstream timed out, refused, dropped the connection or spoke nonsense."""
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return BackendError("timeout_error", f"upstream {backend} did not answer within {timeout:g}s", retryable=True)
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, ConnectFailed | httpx.ConnectError):
         return BackendError("api_error", f"cannot connect to upstream {backend}", retryable=True)
+    if isinstance(exc, ProtocolFault | httpx.RemoteProtocolError | httpx.DecodingError):
+        return BackendError("api_error", f"upstream {backend} answered with something that is not HTTP", retryable=True)
     kind = type(exc).__name__
     return BackendError("api_error", f"connection to upstream {backend} failed ({kind})", retryable=True)
+
+
+_TRANSPORT_FAULTS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolFault, httpx.HTTPError)
 
 
 def malformed(backend: str, what: str) -> BackendError:
@@ -207,8 +211,8 @@ def normalize_base_url(url: str, *, default_path: str = "") -> str:
 class HttpBackend:
     """A backend that POSTs JSON to one upstream over a pool of kept-alive connections.
 
-    Subclasses build the request and read the answer; this class owns the client, the
-    timeouts and the mapping of every failure to a BackendError.
+    Subclasses build the request and read the answer; this class owns the connections, the
+    timeout and the mapping of every failure to a BackendError.
     """
 
     name: str
@@ -222,30 +226,44 @@ class HttpBackend:
         timeout: float = 600.0,
         concurrency: int = 64,
         headers: dict[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        client: str = "builtin",
     ) -> None:
         self.name = name
         self.base_url = base_url
         self.timeout = timeout
         self.concurrency = concurrency
         self._secrets = tuple(s for s in (api_key,) if s)
-        self.client = httpx.AsyncClient(
-            headers=headers or {},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
-            limits=httpx.Limits(
-                max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
-            ),
-            transport=transport,
-            follow_redirects=False,
-        )
+        self._client: HTTPClient | None = None
+        self._httpx: httpx.AsyncClient | None = None
+        if client == "httpx":
+            self._httpx = httpx.AsyncClient(
+                base_url=base_url,
+                headers=headers or {},
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
+                limits=httpx.Limits(
+                    max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=4.0
+                ),
+                follow_redirects=False,
+            )
+        elif client == "builtin":
+            self._client = HTTPClient(base_url, headers=headers, timeout=timeout, max_connections=concurrency)
+        else:
+            raise ValueError(f"unknown HTTP client {client!r} (builtin or httpx)")
 
-    async def post_json(self, url: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
-        """POST `body`; the decoded JSON object of a 2xx answer, else a BackendError."""
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> RawResponse:
+        if self._client is not None:
+            return await self._client.post(path, body, headers)
+        assert self._httpx is not None
+        response = await self._httpx.post(self.base_url + path, content=body, headers=headers)
+        return RawResponse(response.status_code, response.reason_phrase, dict(response.headers), response.content)
+
+    async def post_json(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        """POST `body` to `base_url + path`; the decoded JSON object of a 2xx answer, else a BackendError."""
         try:
-            response = await self.client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            response = await self._post(path, body, headers)
+        except _TRANSPORT_FAULTS as exc:  # TimeoutError included: ours; the dispatcher's expiry cancels
             raise transport_error(exc, backend=self.name, timeout=self.timeout) from None
-        if not 200 <= response.status_code < 300:
+        if not 200 <= response.status < 300:
             raise upstream_error(response, backend=self.name, secrets=self._secrets)
         try:
             answer = _decode(response.content)
@@ -259,4 +277,7 @@ class HttpBackend:
         return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        if self._httpx is not None:
+            await self._httpx.aclose()

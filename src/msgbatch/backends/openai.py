@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import msgspec
 
 from msgbatch.backends.base import BackendError
@@ -29,7 +28,7 @@ class OpenAIBackend(HttpBackend):
         timeout: float = 600.0,
         concurrency: int = 64,
         headers: dict[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        client: str = "builtin",
     ) -> None:
         # OpenAI-style base URLs end in /v1 (`http://host:8000/v1`); a bare host gets it added.
         base = normalize_base_url(base_url, default_path="/v1")
@@ -37,9 +36,9 @@ class OpenAIBackend(HttpBackend):
         if api_key:
             fixed["authorization"] = f"Bearer {api_key}"
         super().__init__(
-            name, base, api_key=api_key, timeout=timeout, concurrency=concurrency, headers=fixed, transport=transport
+            name, base, api_key=api_key, timeout=timeout, concurrency=concurrency, headers=fixed, client=client
         )
-        self.url = base + "/chat/completions"
+        self.path = "/chat/completions"
         self.model = model
 
     async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
@@ -47,5 +46,5 @@ class OpenAIBackend(HttpBackend):
             body = to_chat_completion(params, self.model)
         except Untranslatable as exc:
             raise BackendError("invalid_request_error", str(exc)) from None
-        answer = await self.post_json(self.url, _encode(body), {})
+        answer = await self.post_json(self.path, _encode(body), {})
         return from_chat_completion(answer, params, self.name)

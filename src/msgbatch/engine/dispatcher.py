@@ -242,8 +242,8 @@ class Dispatcher:
             retry: RetryPolicy = getattr(backend, "retry", None) or self.retry  # a backend may bring its own
             if exc.retryable and job.attempts < retry.max_attempts:
                 not_before = now_us() + int(retry.delay(job.attempts, exc.retry_after) * 1_000_000)
-                if not_before < job.expires_at:
-                    return Outcome(job.id, job.batch, None, not_before=not_before)
+                # A retry due past the expiry waits for it instead, and ends `expired`, not `errored`.
+                return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at))
             return self._errored(job, exc.error_type, exc.message)
         return Outcome(job.id, job.batch, SUCCEEDED, succeeded_line(job.custom_id, message))
 
