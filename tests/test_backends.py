@@ -296,6 +296,22 @@ async def test_cancel_reaches_a_request_waiting_for_its_retry(msgbatch: MsgBatch
     assert len(fake.calls_for("waits")) == 1
 
 
+async def test_cancel_reaches_requests_queued_for_a_backend_slot(tmp_path: Path) -> None:
+    with FakeUpstream(latency=0.3) as fake:
+        settings = settings_for(tmp_path, "anthropic", fake.url, concurrency=1)
+        async with running_server(settings, router=build_router(settings, env={"UPSTREAM_KEY": "k"})) as srv:
+            client = async_client_for(srv)
+            batch = await client.messages.batches.create(requests=[request(f"q{i}") for i in range(6)])  # type: ignore[misc]
+            await wait_until(lambda: fake.in_flight == 1, what="the first request upstream")
+            limiter = srv.router.default
+            assert isinstance(limiter, AdaptiveLimiter) and limiter.waiting == 5  # claimed, queued
+            await client.messages.batches.cancel(batch.id)
+            ended = await wait_ended(client, batch.id, 5)
+            await client.close()
+    assert ended.request_counts.succeeded == 1 and ended.request_counts.canceled == 5
+    assert len(fake.calls) == 1  # none of the queued ones reached the upstream
+
+
 async def test_expiry_reaches_a_request_waiting_for_its_retry(tmp_path: Path, fake: FakeUpstream) -> None:
     fake.plan("waits", [(429, {"retry-after": "5"})])
     settings = replace(settings_for(tmp_path, "anthropic", fake.url), expiry_seconds=1.0)
@@ -362,10 +378,27 @@ async def test_adaptive_limit_backs_off_an_overloaded_upstream_and_recovers(tmp_
         per_key = Counter(c.key for c in fake.calls)
         assert sum(per_key.values()) - 300 == fake.overloaded  # every extra call was an overload answer
         assert fake.overloaded < 300  # far fewer rejections than requests
-    # Additive recovery: successes grow the limit back towards the configured ceiling.
-    for _ in range(200):
-        limiter._limit = min(float(limiter.max_limit), limiter._limit + 1 / limiter._limit)
-    assert limiter.limit > lowest
+
+
+async def test_httpx_client_option_maps_the_same_faults(tmp_path: Path, fake: FakeUpstream) -> None:
+    cases: dict[str, list[Fault]] = {
+        "limited": [(429, {"retry-after": "0"})],
+        "reset": ["reset"],
+        "timeout": ["timeout"],
+        "garbled": ["malformed"],
+        "refused": [400],
+    }
+    for key, faults in cases.items():
+        fake.plan(key, faults)
+    settings = settings_for(tmp_path, "anthropic", fake.url, client="httpx")
+    async with running_server(settings, router=build_router(settings, env={"UPSTREAM_KEY": UPSTREAM_KEY})) as srv:
+        client = async_client_for(srv)
+        _, results = await run_batch(client, [request(k) for k in cases])
+        await client.close()
+    for key in ("limited", "reset", "timeout", "garbled"):
+        assert results[key].type == "succeeded" and len(fake.calls_for(key)) == 2, key
+    assert results["refused"].type == "errored" and results["refused"].error.error.type == "invalid_request_error"
+    assert fake.calls[0].headers["x-api-key"] == UPSTREAM_KEY
 
 
 # --- the real command line --------------------------------------------------------------------
