@@ -171,6 +171,12 @@ class FakeUpstream:
         loop.run_until_complete(self.serve())
         self._ready.set()
         loop.run_forever()
+        pending = asyncio.all_tasks(loop)
+
+        async def drain() -> None:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        loop.run_until_complete(drain())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 

@@ -202,7 +202,11 @@ class Scripted:
             failure = self.failure
             if failure is not None:
                 raise BackendError(
-                    failure.error_type, failure.message, retryable=failure.retryable, status=failure.status
+                    failure.error_type,
+                    failure.message,
+                    retryable=failure.retryable,
+                    retry_after=failure.retry_after,
+                    status=failure.status,
                 )
             return {"ok": True}
         finally:
@@ -254,6 +258,30 @@ async def test_limiter_never_goes_below_its_floor_and_ignores_other_errors() -> 
     with pytest.raises(BackendError):
         await fixed.create_message({}, [])
     assert fixed.limit == 8
+
+
+async def test_limiter_holds_every_request_back_for_a_retry_after() -> None:
+    inner = Scripted()
+    inner.gate.set()
+    limiter = AdaptiveLimiter(inner, 4)
+    inner.failure = BackendError("rate_limit_error", "slow down", retryable=True, retry_after=0.3, status=429)
+    with pytest.raises(BackendError):
+        await limiter.create_message({}, [])
+    inner.failure = None
+    start = time.monotonic()
+    await asyncio.gather(*(limiter.create_message({}, []) for _ in range(3)))
+    assert time.monotonic() - start >= 0.28
+    start = time.monotonic()
+    await limiter.create_message({}, [])
+    assert time.monotonic() - start < 0.1  # the pause is over
+    capped = AdaptiveLimiter(inner, 4, max_pause=0.05)
+    inner.failure = BackendError("overloaded_error", "x", retryable=True, retry_after=3600, status=529)
+    with pytest.raises(BackendError):
+        await capped.create_message({}, [])
+    inner.failure = None
+    start = time.monotonic()
+    await capped.create_message({}, [])
+    assert time.monotonic() - start < 0.5
 
 
 async def test_limiter_drops_a_waiting_request_whose_batch_was_canceled() -> None:

@@ -5,8 +5,10 @@ a 504 or a timeout) it is cut multiplicatively — once per generation of reques
 failures from requests that were all sent under the old limit counts once — and every success
 grows it additively (+1 per `limit` successes, about one step per round trip) back up to the
 maximum. A small server is neither hammered nor left idle; a big one runs at the configured
-limit. Requests beyond the limit wait here, first come first served; one whose batch was
-canceled while it waited is dropped before it is sent (`RequestCanceled`).
+limit. An overload answer with a `retry-after` also holds back every request of this backend
+until then (at most `max_pause` seconds; the failed request itself waits in the store). Requests
+beyond the limit wait here, first come first served; one whose batch was canceled while it
+waited is dropped before it is sent (`RequestCanceled`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class AdaptiveLimiter:
         backoff: float = 0.7,
         adaptive: bool = True,
         retry: Any = None,
+        max_pause: float = 60.0,
     ) -> None:
         if max_limit < 1 or not 1 <= min_limit <= max_limit:
             raise ValueError("limits must satisfy 1 <= min_limit <= max_limit")
@@ -47,6 +50,8 @@ class AdaptiveLimiter:
         self.adaptive = adaptive
         # The dispatcher's RetryPolicy for requests on this backend (None: the dispatcher's own).
         self.retry = retry
+        self.max_pause = max_pause
+        self.paused_until = 0.0  # loop time before which nothing is sent
         self.in_flight = 0
         self._limit = float(max_limit)
         self._epoch = 0
@@ -67,14 +72,22 @@ class AdaptiveLimiter:
     async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
         await self._acquire()
         try:
+            loop = asyncio.get_running_loop()
+            pause = self.paused_until - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
             if request_canceled.get()():
                 raise RequestCanceled()
             epoch = self._epoch
             try:
                 message = await self.inner.create_message(params, betas)
             except BackendError as exc:
-                if self.adaptive and is_overload(exc):
-                    self._overloaded(epoch, exc)
+                if is_overload(exc):
+                    if exc.retry_after:
+                        until = loop.time() + min(exc.retry_after, self.max_pause)
+                        self.paused_until = max(self.paused_until, until)
+                    if self.adaptive:
+                        self._overloaded(epoch, exc)
                 raise
             if self.adaptive and self._limit < self.max_limit:
                 self._limit = min(float(self.max_limit), self._limit + 1.0 / self._limit)
