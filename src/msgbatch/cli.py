@@ -62,6 +62,14 @@ def main() -> None:
     help="Default latency of the simulator backend per request (e.g. 0.5, 2s).  [default: 0]",
 )
 @click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
+@click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
+@click.option(
+    "--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]"
+)
+@click.option("--expiry", type=Duration(), default=None, help="How long a batch may run.  [default: 24h]")
+@click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
+@click.option("--no-worker", is_flag=True, default=False, help="Serve the API only; run no requests here.")
+@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
 @click.option(
     "--upstream",
     default=None,
@@ -70,25 +78,19 @@ def main() -> None:
     "openai=http://127.0.0.1:8000/v1 (POST /v1/chat/completions). Its key: MSGBATCH_UPSTREAM_API_KEY; "
     "its concurrency: --concurrency.",
 )
-@click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
-@click.option("--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]")
-@click.option("--expiry", type=Duration(), default=None, help="How long a batch may run.  [default: 24h]")
-@click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
-@click.option("--no-worker", is_flag=True, default=False, help="Serve the API only; run no requests here.")
-@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
 def serve(
     host: str | None,
     port: int | None,
     database: str | None,
     simulate_latency: float | None,
     config: str | None,
-    upstream: str | None,
     public_url: str | None,
     concurrency: int | None,
     expiry: float | None,
     retention: float | None,
     no_worker: bool,
     log_level: str,
+    upstream: str | None,
 ) -> None:
     """Run the API server (and, unless --no-worker, the dispatcher) in this process.
 

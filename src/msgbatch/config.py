@@ -131,7 +131,9 @@ def _coerce(name: str, kind: object, value: object) -> Any:
     return value
 
 
-def load_settings(config_file: str | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    config_file: str | None = None, env: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
     """Build settings from file, env and explicit overrides (flags); later sources win."""
     env = dict(os.environ) if env is None else env
     values: dict[str, Any] = {}

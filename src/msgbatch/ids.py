@@ -60,4 +60,6 @@ def new_message_id() -> str:
 
 
 def is_batch_id(value: str) -> bool:
-    return len(value) == 9 + _WIDTH and value.startswith("msgbatch_") and all(c in _ALPHABET for c in value[9:])
+    return (
+        len(value) == 9 + _WIDTH and value.startswith("msgbatch_") and all(c in _ALPHABET for c in value[9:])
+    )

@@ -89,7 +89,9 @@ def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -
     for i, req in enumerate(requests):
         cid = req.custom_id
         if fullmatch(cid) is None:
-            raise InvalidRequest(f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
+            raise InvalidRequest(
+                f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+            )
         if cid in seen:
             raise InvalidRequest(
                 f"requests: custom_id's must be unique within a batch. Duplicate custom_id found: {cid}"
@@ -162,7 +164,9 @@ class BatchManager:
         if after_id is not None and before_id is not None:
             raise InvalidRequest("Cannot specify both `before_id` and `after_id`.")
         if not 1 <= limit <= 1000:
-            raise InvalidRequest("limit: Input should be greater than or equal to 1 and less than or equal to 1000")
+            raise InvalidRequest(
+                "limit: Input should be greater than or equal to 1 and less than or equal to 1000"
+            )
         return await self.store.list_batches(workspace, limit, after_id=after_id, before_id=before_id)
 
     # -- transitions -------------------------------------------------------------------------
@@ -189,7 +193,9 @@ class BatchManager:
     async def delete(self, workspace: str, batch_id: str) -> Batch:
         batch = await self.get(workspace, batch_id)
         if batch.status != ENDED:
-            raise InvalidRequest("In progress batches cannot be deleted. Consider canceling the batch instead.")
+            raise InvalidRequest(
+                "In progress batches cannot be deleted. Consider canceling the batch instead."
+            )
         await self.store.delete_batch(batch.seq)
         log.info("batch.deleted id=%s", batch.id)
         return batch
@@ -222,5 +228,7 @@ class BatchManager:
             "ended_at": rfc3339(batch.ended_at),
             "cancel_initiated_at": rfc3339(batch.cancel_initiated_at),
             "archived_at": rfc3339(batch.archived_at),
-            "results_url": f"{base_url}/v1/messages/batches/{batch.id}/results" if batch.status == ENDED else None,
+            "results_url": f"{base_url}/v1/messages/batches/{batch.id}/results"
+            if batch.status == ENDED
+            else None,
         }

@@ -142,7 +142,9 @@ class MsgBatchServer:
             )
             self.manager.on_created.append(self.dispatcher.wake)
             self.manager.on_canceled.append(self.dispatcher.batch_canceled)
-        routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes]
+        routes: list[BaseRoute] = [
+            Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes
+        ]
         routes += [Route("/health", health), Route("/ready", ready)]
         routes += extra_routes or []
         self.app = Starlette(

@@ -29,7 +29,9 @@ def base_url(request: Request) -> str:
         return configured.rstrip("/")
     headers = request.headers
     proto = headers.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
-    host = headers.get("x-forwarded-host", "").split(",")[0].strip() or headers.get("host") or request.url.netloc
+    host = (
+        headers.get("x-forwarded-host", "").split(",")[0].strip() or headers.get("host") or request.url.netloc
+    )
     prefix = headers.get("x-forwarded-prefix", "").rstrip("/")
     return f"{proto}://{host}{prefix}"
 
@@ -72,7 +74,9 @@ def _int_param(request: Request, name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise InvalidRequest(f"{name}: Input should be a valid integer, unable to parse string as an integer") from None
+        raise InvalidRequest(
+            f"{name}: Input should be a valid integer, unable to parse string as an integer"
+        ) from None
 
 
 async def list_batches(request: Request) -> Response:

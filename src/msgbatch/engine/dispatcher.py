@@ -202,7 +202,9 @@ class Dispatcher:
                 raise
             except Exception as exc:  # a bug must cost one request, not the worker
                 log.exception("dispatcher.run_failed request=%d", job.id)
-                outcome = Outcome(job.id, job.batch, ERRORED, errored_line(job.custom_id, "api_error", str(exc)))
+                outcome = Outcome(
+                    job.id, job.batch, ERRORED, errored_line(job.custom_id, "api_error", str(exc))
+                )
             self._done.append(outcome)
             del self._running[job.id]
             if len(self._done) >= self.flush_max:

@@ -165,7 +165,9 @@ class SQLiteStore:
             conn = self._connect()
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} was written by a newer msgbatch (schema {version} > {SCHEMA_VERSION})")
+                raise RuntimeError(
+                    f"{self.path} was written by a newer msgbatch (schema {version} > {SCHEMA_VERSION})"
+                )
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._write_conn = conn
@@ -249,7 +251,9 @@ class SQLiteStore:
         # A primary-key read takes microseconds and never waits in WAL mode: do it on the loop
         # rather than queueing it behind slower reads.
         assert self._inline is not None
-        row = self._inline.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        row = self._inline.execute(
+            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
+        ).fetchone()
         return _row_to_batch(row) if row else None
 
     async def list_batches(
@@ -265,7 +269,8 @@ class SQLiteStore:
                 return [_row_to_batch(r) for r in reversed(rows[:limit])], more
             if after_id is not None:
                 rows = conn.execute(
-                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE workspace = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE workspace = ? AND id < ? "
+                    "ORDER BY id DESC LIMIT ?",
                     (workspace, after_id, limit + 1),
                 ).fetchall()
             else:
@@ -314,7 +319,8 @@ class SQLiteStore:
                     "SELECT res.line FROM requests r JOIN results res ON res.id = r.id "
                     "WHERE r.id >= ? AND r.id < ? AND r.custom_id = ?"
                     + (" AND res.type = ?" if result_type is not None else ""),
-                    (batch.first_request, end, custom_id) + ((result_type,) if result_type is not None else ()),
+                    (batch.first_request, end, custom_id)
+                    + ((result_type,) if result_type is not None else ()),
                 ).fetchall()
                 return [r[0] for r in rows]
 
@@ -425,7 +431,9 @@ class SQLiteStore:
                 # A retry for a batch being canceled is not run again: it is canceled.
                 for o in retries:
                     if o.batch not in open_batches:
-                        cid = conn.execute("SELECT custom_id FROM requests WHERE id = ?", (o.job,)).fetchone()[0]
+                        cid = conn.execute(
+                            "SELECT custom_id FROM requests WHERE id = ?", (o.job,)
+                        ).fetchone()[0]
                         line = b'{"custom_id":"' + cid.encode() + b'","result":{"type":"canceled"}}'
                         finished.append(Outcome(o.job, o.batch, CANCELED, line))
             if finished:
@@ -469,7 +477,9 @@ class SQLiteStore:
     async def recover(self) -> int:
         return await self._write(
             lambda conn: (
-                conn.execute("UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL WHERE state = 1").rowcount
+                conn.execute(
+                    "UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL WHERE state = 1"
+                ).rowcount
             )
         )
 
@@ -509,7 +519,9 @@ class SQLiteStore:
         archived = []
         for seq, batch_id, first, total in due:
 
-            def archive(conn: sqlite3.Connection, seq: int = seq, first: int = first, total: int = total) -> int:
+            def archive(
+                conn: sqlite3.Connection, seq: int = seq, first: int = first, total: int = total
+            ) -> int:
                 conn.execute("DELETE FROM results WHERE id >= ? AND id < ?", (first, first + total))
                 conn.execute("DELETE FROM requests WHERE id >= ? AND id < ?", (first, first + total))
                 return conn.execute(
@@ -543,7 +555,8 @@ def _end_if_idle(conn: sqlite3.Connection, seqs: list[int], now: int) -> list[st
     ended = []
     for seq in seqs:
         row = conn.execute(
-            "UPDATE batches SET status = ?, ended_at = ? WHERE seq = ? AND processing = 0 AND status < ? RETURNING id",
+            "UPDATE batches SET status = ?, ended_at = ? WHERE seq = ? AND processing = 0 AND status < ? "
+            "RETURNING id",
             (ENDED, now, seq, ENDED),
         ).fetchone()
         if row:
