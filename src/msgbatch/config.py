@@ -55,6 +55,8 @@ class Settings:
     lease_seconds: float = 60.0
     poll_interval: float = 0.5
     lifecycle_interval: float = 1.0
+    # `anthropic=URL` or `openai=URL`: one upstream serving every model (backends/config.py).
+    upstream: str = ""
     # Sections that later layers (backends, routes) read from the file as they are.
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +111,7 @@ _FILE_KEYS = {
     "lease": "duration",
     "poll_interval": "duration",
     "lifecycle_interval": "duration",
+    "upstream": str,
 }
 _RENAMED = {"expiry": "expiry_seconds", "retention": "retention_seconds", "lease": "lease_seconds"}
 

@@ -192,6 +192,7 @@ class Metrics:
     def __init__(self, *, max_batches: int = 2000) -> None:
         self.started_at = time.time()
         self.max_batches = max_batches
+        self.before_render = []
         self.results = Counter(
             "msgbatch_requests_total",
             "Requests finished by this process's dispatcher, by result type and backend "
@@ -273,6 +274,9 @@ class Metrics:
         self._timings: OrderedDict[int, dict[str, BackendTiming]] = OrderedDict()
 
     # -- feeding -----------------------------------------------------------------------------
+
+    # Called at each scrape, for values owned elsewhere (adaptive backend limits).
+    before_render: list[Callable[[], None]]
 
     def watch_dispatcher(
         self, *, in_flight: Callable[[], float], queued: Callable[[], float], unwritten: Callable[[], float]
@@ -356,6 +360,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        for refresh in self.before_render:
+            refresh()
         lines: list[str] = []
         for metric in self._all:
             lines.extend(metric.lines())

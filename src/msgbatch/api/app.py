@@ -114,9 +114,9 @@ async def metrics(request: Request) -> Response:
 
 
 def build_router(settings: Settings) -> Router:
-    from msgbatch.backends.simulate import SimulatorBackend
+    from msgbatch.backends.config import build_router as from_settings
 
-    return Router([], SimulatorBackend(default_latency=settings.simulate_latency))
+    return from_settings(settings)
 
 
 class MsgBatchServer:
@@ -143,7 +143,7 @@ class MsgBatchServer:
             self.dispatcher = Dispatcher(
                 self.store,
                 self.router,
-                concurrency=settings.concurrency,
+                concurrency=self.router.dispatch_concurrency(settings.concurrency),
                 lease_seconds=settings.lease_seconds,
                 poll_interval=settings.poll_interval,
                 metrics=self.metrics,

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from msgbatch.backends.base import BackendError
+from msgbatch.backends.base import BackendError, RequestCanceled, request_canceled
 from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.errors import RESULT_ERROR_TYPES, error_body
@@ -116,8 +116,13 @@ class Dispatcher:
         self.metrics.watch_dispatcher(
             in_flight=lambda: len(self._running), queued=self._queue.qsize, unwritten=lambda: len(self._done)
         )
-        for backend in router.backends:
-            self.metrics.set_backend_limit(backend_name(backend), concurrency)
+        self.metrics.before_render.append(self._report_limits)
+
+    def _report_limits(self) -> None:
+        # An adaptive limiter knows its current limit; a plain backend runs up to the dispatcher's.
+        for backend in self.router.backends:
+            limit = getattr(backend, "limit", None)
+            self.metrics.set_backend_limit(backend_name(backend), limit if isinstance(limit, int) else self.concurrency)
 
     # -- signals from the manager ------------------------------------------------------------
 
@@ -252,15 +257,20 @@ class Dispatcher:
         backend = self.router.route(model)
         if backend is None:
             return self._errored(job, "not_found_error", f"model: {model}")
+        # A backend that holds requests back (the limiter) drops them once their batch is canceled.
+        request_canceled.set(lambda: job.batch in self._canceled)
         name, started = backend_name(backend), time.perf_counter()
         try:
             message = await backend.create_message(params, job.betas.split(",") if job.betas else [])
+        except RequestCanceled:
+            return Outcome(job.id, job.batch, CANCELED, result_line(job.custom_id, _CANCELED))
         except BackendError as exc:
             self.metrics.backend_call(job, name, started, exc.error_type)
-            if exc.retryable and job.attempts < self.retry.max_attempts:
-                not_before = now_us() + int(self.retry.delay(job.attempts, exc.retry_after) * 1_000_000)
-                if not_before < job.expires_at:
-                    return Outcome(job.id, job.batch, None, not_before=not_before)
+            retry: RetryPolicy = getattr(backend, "retry", None) or self.retry  # a backend may bring its own
+            if exc.retryable and job.attempts < retry.max_attempts:
+                not_before = now_us() + int(retry.delay(job.attempts, exc.retry_after) * 1_000_000)
+                # A retry due past the expiry waits for it instead, and ends `expired`, not `errored`.
+                return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at))
             return self._errored(job, exc.error_type, exc.message)
         self.metrics.backend_call(job, name, started, "ok")
         return Outcome(job.id, job.batch, SUCCEEDED, succeeded_line(job.custom_id, message))
