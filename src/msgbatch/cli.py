@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from msgbatch import __version__
+from msgbatch.client.commands import register as register_client_commands
 from msgbatch.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
 
 T = TypeVar("T")
@@ -78,6 +79,14 @@ def main() -> None:
 @click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
 @click.option("--no-worker", is_flag=True, default=False, help="Serve the API only; run no requests here.")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+@click.option(
+    "--upstream",
+    default=None,
+    metavar="TYPE=URL",
+    help="Run every model on one upstream: anthropic=http://127.0.0.1:8000 (POST /v1/messages) or "
+    "openai=http://127.0.0.1:8000/v1 (POST /v1/chat/completions). Its key: MSGBATCH_UPSTREAM_API_KEY; "
+    "its concurrency: --concurrency.",
+)
 def serve(
     host: str | None,
     port: int | None,
@@ -90,6 +99,7 @@ def serve(
     retention: float | None,
     no_worker: bool,
     log_level: str,
+    upstream: str | None,
 ) -> None:
     """Run the API server (and, unless --no-worker, the dispatcher) in this process.
 
@@ -109,6 +119,7 @@ def serve(
         port=port,
         database=database,
         simulate_latency=simulate_latency,
+        upstream=upstream,
         public_url=public_url,
         concurrency=concurrency,
         expiry_seconds=expiry,
@@ -121,7 +132,10 @@ def serve(
             "NO API KEYS CONFIGURED: any non-empty API key is accepted and every client shares one "
             "workspace. Set MSGBATCH_API_KEYS or [workspaces] in the config file before exposing this server."
         )
-    server = MsgBatchServer(settings)
+    try:
+        server = MsgBatchServer(settings)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     log.info(
         "msgbatch %s listening on http://%s:%d database=%s worker=%s",
         __version__,
@@ -239,6 +253,8 @@ def migrate(database: str | None, config: str | None) -> None:
     _run(run())
     click.echo(f"msgbatch {__version__}: schema of {_shown(settings.database)} is up to date")
 
+
+register_client_commands(main)
 
 if __name__ == "__main__":
     main()

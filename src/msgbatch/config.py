@@ -57,6 +57,8 @@ class Settings:
     grace_seconds: float = 10.0
     poll_interval: float = 0.5
     lifecycle_interval: float = 1.0
+    # `anthropic=URL` or `openai=URL`: one upstream serving every model (backends/config.py).
+    upstream: str = ""
     # Sections that later layers (backends, routes) read from the file as they are.
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -112,6 +114,7 @@ _FILE_KEYS = {
     "grace": "duration",
     "poll_interval": "duration",
     "lifecycle_interval": "duration",
+    "upstream": str,
 }
 _RENAMED = {
     "expiry": "expiry_seconds",

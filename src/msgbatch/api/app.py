@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from msgbatch.api import batches
+from msgbatch.api import batches, dashboard
 from msgbatch.backends.router import Router
 from msgbatch.config import Settings
 from msgbatch.engine.dispatcher import Dispatcher
@@ -23,6 +23,7 @@ from msgbatch.engine.lifecycle import Lifecycle
 from msgbatch.errors import STATUS_BY_TYPE, APIError, InternalError, error_body
 from msgbatch.ids import new_request_id
 from msgbatch.manager import BatchManager
+from msgbatch.metrics import CONTENT_TYPE, Metrics
 from msgbatch.store import Store, open_store
 
 log = logging.getLogger("msgbatch.api")
@@ -107,10 +108,15 @@ async def ready(request: Request) -> Response:
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 
-def build_router(settings: Settings) -> Router:
-    from msgbatch.backends.simulate import SimulatorBackend
+async def metrics(request: Request) -> Response:
+    server: MsgBatchServer = request.app.state.server
+    return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
-    return Router([], SimulatorBackend(default_latency=settings.simulate_latency))
+
+def build_router(settings: Settings) -> Router:
+    from msgbatch.backends.config import build_router as from_settings
+
+    return from_settings(settings)
 
 
 class MsgBatchServer:
@@ -128,6 +134,7 @@ class MsgBatchServer:
         self.store = store or open_store(settings.database)
         self.router = router or build_router(settings)
         self.manager = BatchManager(self.store, settings)
+        self.metrics = Metrics()
         self.dispatcher: Dispatcher | None = None
         self.lifecycle = Lifecycle(
             self.store, retention_seconds=settings.retention_seconds, interval=settings.lifecycle_interval
@@ -136,14 +143,16 @@ class MsgBatchServer:
             self.dispatcher = Dispatcher(
                 self.store,
                 self.router,
-                concurrency=settings.concurrency,
+                concurrency=self.router.dispatch_concurrency(settings.concurrency),
                 lease_seconds=settings.lease_seconds,
                 poll_interval=settings.poll_interval,
+                metrics=self.metrics,
             )
             self.manager.on_created.append(self.dispatcher.wake)
             self.manager.on_canceled.append(self.dispatcher.batch_canceled)
         routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes]
-        routes += [Route("/health", health), Route("/ready", ready)]
+        routes += [Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)]
+        routes += dashboard.routes
         routes += extra_routes or []
         self.app = Starlette(
             routes=routes,
@@ -154,6 +163,7 @@ class MsgBatchServer:
         self.app.state.manager = self.manager
         self.app.state.settings = settings
         self.app.state.server = self
+        self.app.state.metrics = self.metrics
         self._started = False
 
     async def start(self) -> None:

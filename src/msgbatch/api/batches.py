@@ -62,6 +62,7 @@ async def create(request: Request) -> Response:
     workspace = workspace_of(request, manager.settings)
     body = await read_body(request, manager.settings.max_body_bytes)
     batch = await manager.create(workspace, body, parse_betas(request.headers.getlist("anthropic-beta")))
+    request.app.state.metrics.batch_created(batch, len(body))
     return _json(manager.render(batch, base_url(request)))
 
 
@@ -134,10 +135,14 @@ async def results(request: Request) -> Response:
         custom_id=request.query_params.get("custom_id") or None,
     )
 
+    counted = request.app.state.metrics.results_bytes
+
     async def body() -> AsyncIterator[bytes]:
         # One chunk per page of lines: a chunk per line caps any server near 95k lines/s.
         async for lines in pages:
-            yield b"\n".join(lines) + b"\n"
+            chunk = b"\n".join(lines) + b"\n"
+            counted.inc(amount=len(chunk))
+            yield chunk
 
     return StreamingResponse(body(), media_type="application/x-jsonl")
 

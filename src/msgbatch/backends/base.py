@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 
@@ -44,3 +46,17 @@ class Backend(Protocol):
     async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
+
+
+class RequestCanceled(Exception):
+    """Raised by a backend that queues requests (the limiter) when it drops one whose batch was
+    canceled while it waited: the request never reached the upstream and ends `canceled`."""
+
+
+def _never() -> bool:
+    return False
+
+
+# Set by the dispatcher around each call: a callable that turns true once the request's batch is
+# canceled. Backends that hold requests back before sending them check it when they let one go.
+request_canceled: ContextVar[Callable[[], bool]] = ContextVar("msgbatch_request_canceled", default=_never)

@@ -39,6 +39,19 @@ class Router:
                 seen.append(backend)
         return seen
 
+    @property
+    def capacity(self) -> int:
+        """Requests the backends can have in flight at once (those that declare a limit)."""
+        return sum(getattr(backend, "max_limit", 0) for backend in self.backends)
+
+    def dispatch_concurrency(self, configured: int) -> int:
+        """How many requests a dispatcher should hold: at least `configured`, and twice what the
+        backends can run, so that a freed backend slot is refilled at once from requests already
+        claimed (waiting in the backend's limiter) rather than after a round trip to the store.
+        (The dispatcher claims more once a quarter of its slots are free: with twice the
+        capacity, that happens while half of it is still waiting.)"""
+        return max(configured, 2 * self.capacity)
+
     async def aclose(self) -> None:
         for backend in self.backends:
             await backend.aclose()

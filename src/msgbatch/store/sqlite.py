@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import msgspec
 
+from msgbatch.clock import now_us
 from msgbatch.models import CANCELED, CANCELING, ENDED, EXPIRED, IN_PROGRESS, Batch, Job, Outcome
 from msgbatch.store.base import BATCH_COLUMNS, batch_from_row
 
@@ -433,33 +434,38 @@ class SQLiteStore:
         )
 
     async def release(self, owner: str, job_ids: Sequence[int]) -> None:
-        await self._write(
-            lambda conn: conn.executemany(
+        def release(conn: sqlite3.Connection) -> None:
+            conn.executemany(
                 "UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL, attempts = attempts - 1 "
                 "WHERE id = ? AND owner = ? AND state = 1",
                 [(j, owner) for j in job_ids],
             )
-        )
+            _settle_canceling(conn, now_us())
+
+        await self._write(release)
 
     async def recover(self) -> int:
-        return await self._write(
-            lambda conn: (
-                conn.execute("UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL WHERE state = 1").rowcount
-            )
-        )
+        def recover(conn: sqlite3.Connection) -> int:
+            n = conn.execute("UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL WHERE state = 1").rowcount
+            _settle_canceling(conn, now_us())
+            return n
+
+        return await self._write(recover)
 
     async def listen(self, on_work: Callable[[], None], on_canceled: Callable[[int], None]) -> None:
         return None  # one process owns the file: the manager's callbacks reach the dispatcher directly
 
     async def reap_leases(self, now: int) -> int:
-        return await self._write(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL WHERE state = 1 AND lease_until < ?",
-                    (now,),
-                ).rowcount
-            )
-        )
+        def reap(conn: sqlite3.Connection) -> int:
+            n = conn.execute(
+                "UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL WHERE state = 1 AND lease_until < ?",
+                (now,),
+            ).rowcount
+            if n:
+                _settle_canceling(conn, now)
+            return n
+
+        return await self._write(reap)
 
     async def expire_due(self, now: int) -> list[str]:
         def expire(conn: sqlite3.Connection) -> list[str]:
@@ -515,6 +521,21 @@ def _finish_jobs(conn: sqlite3.Connection, seq: int, result: int, kind: str, whe
             (n, n, seq),
         )
     return n
+
+
+def _settle_canceling(conn: sqlite3.Connection, now: int) -> list[str]:
+    """Jobs that went back to the queue (released, reaped, recovered) of a batch being canceled
+    will never be claimed again: they are canceled, and the batch ends if nothing else runs."""
+    seqs = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT j.batch FROM jobs j JOIN batches b ON b.seq = j.batch WHERE b.status = ? AND j.state = 0",
+            (CANCELING,),
+        )
+    ]
+    for seq in seqs:
+        _finish_jobs(conn, seq, CANCELED, "canceled", "j.state = 0")
+    return _end_if_idle(conn, seqs, now)
 
 
 def _end_if_idle(conn: sqlite3.Connection, seqs: list[int], now: int) -> list[str]:

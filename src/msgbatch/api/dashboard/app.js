@@ -1,0 +1,588 @@
+// msgbatch dashboard: vanilla JS over the Message Batches JSON API. No build step.
+// Every call carries the API key the user entered; without a valid key the API answers 401
+// and the page shows nothing but the key form. Data is only ever written with textContent.
+"use strict";
+
+(() => {
+  const KEY_NAME = "msgbatch.apiKey";
+  const POLL_MS = 1000;
+  const PAGE = 50;
+  const RESULTS_SHOWN = 200;
+  const KINDS = ["succeeded", "errored", "canceled", "expired"];
+
+  const $ = (selector) => document.querySelector(selector);
+  const state = {
+    key: null,
+    timer: null,
+    route: null,
+    older: [], // batches loaded with "Show older", below the live first page
+    lastList: "",
+    samples: [], // [ms, done] for the batch on the detail page: rate and ETA
+    batch: null,
+    resultsLoadedFor: null,
+  };
+
+  // -- small helpers -------------------------------------------------------------------------
+
+  function h(tag, attrs = {}, ...children) {
+    const el = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") el.className = value;
+      else if (name === "text") el.textContent = value;
+      else if (name === "dataset") Object.assign(el.dataset, value);
+      else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+      else el.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      el.append(child instanceof Node ? child : String(child));
+    }
+    return el;
+  }
+
+  const fmt = (n) => Number(n).toLocaleString("en-US");
+
+  function relative(iso) {
+    if (!iso) return "";
+    const seconds = (Date.parse(iso) - Date.now()) / 1000;
+    const abs = Math.abs(seconds);
+    const [value, unit] =
+      abs < 60 ? [abs, "s"] : abs < 3600 ? [abs / 60, "min"] : abs < 86400 ? [abs / 3600, "h"] : [abs / 86400, "d"];
+    const text = `${Math.round(value)} ${unit}`;
+    return seconds >= 0 ? `in ${text}` : `${text} ago`;
+  }
+
+  function absolute(iso) {
+    return iso ? new Date(iso).toLocaleString(undefined, { hour12: false }) : "";
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
+    if (seconds < 1) return `${(seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1)} ms`;
+    if (seconds < 120) return `${seconds.toFixed(2)} s`;
+    if (seconds < 7200) return `${(seconds / 60).toFixed(1)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  const totals = (c) => {
+    const total = c.processing + c.succeeded + c.errored + c.canceled + c.expired;
+    return { total, done: total - c.processing };
+  };
+
+  function show(id) {
+    for (const section of ["login", "list", "detail"]) $(`#${section}`).hidden = section !== id;
+    $("#signout").hidden = id === "login";
+  }
+
+  function banner(message) {
+    const el = $("#banner");
+    el.textContent = message || "";
+    el.hidden = !message;
+  }
+
+  function notice(message) {
+    const el = $("#notice");
+    el.textContent = message;
+    el.hidden = false;
+    clearTimeout(notice.timer);
+    notice.timer = setTimeout(() => (el.hidden = true), 4000);
+  }
+
+  // -- the API -------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, type, message, requestId) {
+      super(message);
+      this.status = status;
+      this.type = type;
+      this.requestId = requestId;
+    }
+    describe() {
+      return `${this.type}: ${this.message}` + (this.requestId ? ` (request-id ${this.requestId})` : "");
+    }
+  }
+
+  async function api(path, { method = "GET", raw = false } = {}) {
+    let res;
+    try {
+      res = await fetch(path, {
+        method,
+        cache: "no-store",
+        headers: { "x-api-key": state.key, "anthropic-version": "2023-06-01" },
+      });
+    } catch (err) {
+      throw new ApiError(0, "connection_error", `cannot reach the server (${err.message})`, null);
+    }
+    if (!res.ok) {
+      let type = "api_error";
+      let message = `HTTP ${res.status}`;
+      let requestId = res.headers.get("request-id");
+      try {
+        const body = await res.json();
+        type = body.error.type;
+        message = body.error.message;
+        requestId = body.request_id || requestId;
+      } catch (_) {
+        // not the API's error shape: keep the HTTP status
+      }
+      const error = new ApiError(res.status, type, message, requestId);
+      if (res.status === 401) signOut(`The server refused this key: ${message}`);
+      throw error;
+    }
+    return raw ? res : res.json();
+  }
+
+  function reportError(err) {
+    if (err instanceof ApiError && err.status === 401) return; // already back at the key form
+    banner(err instanceof ApiError ? err.describe() : String(err));
+  }
+
+  // -- key -----------------------------------------------------------------------------------
+
+  function signOut(message) {
+    sessionStorage.removeItem(KEY_NAME);
+    localStorage.removeItem(KEY_NAME);
+    state.key = null;
+    stopPolling();
+    banner("");
+    $("#login-error").textContent = message || "";
+    show("login");
+    $("#key").focus();
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const key = $("#key").value.trim();
+    if (!key) return;
+    state.key = key;
+    try {
+      await api("/v1/messages/batches?limit=1");
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 401)) $("#login-error").textContent = String(err.message);
+      $("#key").select();
+      return;
+    }
+    sessionStorage.setItem(KEY_NAME, key);
+    if ($("#remember").checked) localStorage.setItem(KEY_NAME, key);
+    $("#key").value = "";
+    $("#login-error").textContent = "";
+    route();
+  }
+
+  // -- polling -------------------------------------------------------------------------------
+
+  function stopPolling() {
+    clearTimeout(state.timer);
+    state.timer = null;
+  }
+
+  function poll(fn) {
+    stopPolling();
+    const token = {};
+    state.pollToken = token;
+    const tick = async () => {
+      if (state.pollToken !== token) return;
+      if (!document.hidden) {
+        let again = true;
+        try {
+          again = (await fn()) !== false;
+          $("#updated").textContent = `updated ${new Date().toLocaleTimeString(undefined, { hour12: false })}`;
+        } catch (err) {
+          reportError(err);
+        }
+        if (!again || state.pollToken !== token || !state.key) return;
+      }
+      state.timer = setTimeout(tick, POLL_MS);
+    };
+    tick();
+  }
+
+  // -- shared pieces -------------------------------------------------------------------------
+
+  function statusPill(status) {
+    return h("span", { class: `pill status-${status}`, text: status.replace("_", " ") });
+  }
+
+  function progressBar(counts, status) {
+    const { total, done } = totals(counts);
+    const pct = total ? (100 * done) / total : 0;
+    const bar = h("div", {
+      class: `bar${status !== "ended" ? " live" : ""}`,
+      role: "progressbar",
+      "aria-valuemin": 0,
+      "aria-valuemax": total,
+      "aria-valuenow": done,
+    });
+    for (const kind of KINDS) {
+      if (!counts[kind]) continue;
+      const seg = h("span", { class: `seg ${kind}`, title: `${fmt(counts[kind])} ${kind}` });
+      seg.style.width = `${(100 * counts[kind]) / total}%`;
+      bar.append(seg);
+    }
+    const label = h("span", {
+      class: "bar-label",
+      text: `${fmt(done)} / ${fmt(total)} · ${pct >= 99.95 || pct === 0 ? pct.toFixed(0) : pct.toFixed(1)}%`,
+    });
+    return h("div", { class: "progress" }, bar, label);
+  }
+
+  async function cancelBatch(id) {
+    if (!confirm(`Cancel batch ${id}? Requests not started yet will not run.`)) return;
+    try {
+      const batch = await api(`/v1/messages/batches/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+      notice(`Cancel requested for ${id}: now ${batch.processing_status.replace("_", " ")}.`);
+      refreshNow();
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  async function deleteBatch(id) {
+    if (!confirm(`Delete batch ${id} and its results? This cannot be undone.`)) return;
+    try {
+      await api(`/v1/messages/batches/${encodeURIComponent(id)}`, { method: "DELETE" });
+      notice(`Deleted ${id}.`);
+      state.older = state.older.filter((b) => b.id !== id);
+      if (location.hash !== "#/") location.hash = "#/";
+      else refreshNow();
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  function refreshNow() {
+    state.lastList = "";
+    route();
+  }
+
+  // -- the list ------------------------------------------------------------------------------
+
+  function batchRow(b) {
+    const c = b.request_counts;
+    const action =
+      b.processing_status === "ended"
+        ? h("button", { class: "small danger ghost", type: "button", text: "Delete", onclick: () => deleteBatch(b.id) })
+        : h("button", { class: "small danger ghost", type: "button", text: "Cancel", onclick: () => cancelBatch(b.id) });
+    if (b.processing_status === "canceling") action.disabled = true;
+    return h(
+      "tr",
+      { dataset: { id: b.id, status: b.processing_status } },
+      h("td", {}, h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id })),
+      h("td", { class: "status" }, statusPill(b.processing_status)),
+      h("td", { class: "wide" }, progressBar(c, b.processing_status)),
+      ...KINDS.map((k) => h("td", { class: `num ${k}${c[k] ? "" : " zero"}`, text: fmt(c[k]) })),
+      h("td", { class: "nowrap", title: absolute(b.created_at), text: relative(b.created_at) }),
+      h("td", { class: "actions" }, action),
+    );
+  }
+
+  async function refreshList() {
+    const page = await api(`/v1/messages/batches?limit=${PAGE}`);
+    const seen = new Set(page.data.map((b) => b.id));
+    const older = state.older.filter((b) => !seen.has(b.id));
+    const all = page.data.concat(older);
+    const fingerprint = JSON.stringify(all) + Math.floor(Date.now() / 30000); // relative times age too
+    if (fingerprint !== state.lastList) {
+      state.lastList = fingerprint;
+      $("#batches tbody").replaceChildren(...all.map(batchRow));
+    }
+    $("#empty").hidden = all.length > 0;
+    $("#batches").hidden = all.length === 0;
+    const running = all.filter((b) => b.processing_status !== "ended").length;
+    $("#list-summary").textContent = all.length
+      ? `${fmt(all.length)} shown · ${fmt(running)} in progress or canceling`
+      : "";
+    const last = older.length ? older[older.length - 1] : page.data[page.data.length - 1];
+    const more = older.length ? state.olderHasMore : page.has_more;
+    $("#older").hidden = !more;
+    $("#older").dataset.after = last ? last.id : "";
+  }
+
+  async function loadOlder() {
+    const after = $("#older").dataset.after;
+    if (!after) return;
+    try {
+      const page = await api(`/v1/messages/batches?limit=${PAGE}&after_id=${encodeURIComponent(after)}`);
+      state.older = state.older.concat(page.data);
+      state.olderHasMore = page.has_more;
+      state.lastList = "";
+      await refreshList();
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  // -- one batch -----------------------------------------------------------------------------
+
+  function renderTimeline(b) {
+    const events = [
+      ["Created", b.created_at],
+      ["Cancel initiated", b.cancel_initiated_at],
+      ["Ended", b.ended_at],
+      [
+        !b.ended_at ? "Expires" : Date.parse(b.ended_at) >= Date.parse(b.expires_at) ? "Expired" : "Expiry (ended before)",
+        b.expires_at,
+      ],
+      ["Archived (results removed)", b.archived_at],
+    ].filter(([, at]) => at);
+    events.sort((x, y) => Date.parse(x[1]) - Date.parse(y[1]));
+    const now = Date.now();
+    $("#timeline").replaceChildren(
+      ...events.map(([label, at]) =>
+        h(
+          "li",
+          { class: Date.parse(at) > now ? "future" : "past", dataset: { event: label.split(" ")[0].toLowerCase() } },
+          h("span", { class: "when", text: absolute(at) }),
+          h("span", { class: "what", text: label }),
+          h("span", { class: "muted", text: relative(at) }),
+        ),
+      ),
+    );
+  }
+
+  function renderRate(b) {
+    const { total, done } = totals(b.request_counts);
+    const el = $("#rate");
+    if (b.processing_status === "ended") {
+      const seconds = (Date.parse(b.ended_at) - Date.parse(b.created_at)) / 1000;
+      const c = b.request_counts;
+      const ran = c.succeeded + c.errored;
+      el.textContent = b.cancel_initiated_at
+        ? `Canceled: ended ${duration(seconds)} after it was created; ${fmt(ran)} of ${fmt(total)} requests ran.`
+        : `Ended ${duration(seconds)} after it was created` +
+          (seconds > 0 ? ` (${fmt(Math.round(total / seconds))} requests/s overall).` : ".");
+      return;
+    }
+    const now = Date.now();
+    state.samples.push([now, done]);
+    state.samples = state.samples.filter(([t]) => now - t <= 15000);
+    const [t0, d0] = state.samples[0];
+    const rate = now > t0 ? ((done - d0) * 1000) / (now - t0) : 0;
+    if (rate > 0) {
+      el.textContent = `${rate.toFixed(rate < 10 ? 1 : 0)} requests/s · about ${duration((total - done) / rate)} left`;
+    } else {
+      el.textContent = b.processing_status === "canceling" ? "Canceling: waiting for running requests." : "Waiting for progress…";
+    }
+  }
+
+  function renderTiming(stats) {
+    $("#timing tbody").replaceChildren(
+      ...stats.backends.map((t) =>
+        h(
+          "tr",
+          { dataset: { backend: t.backend } },
+          h("td", { class: "mono", text: t.backend }),
+          h("td", { class: "num", text: fmt(t.calls) }),
+          h("td", { class: "num", text: fmt(t.errors) }),
+          h("td", { class: "num", text: duration(t.mean_seconds) }),
+          h("td", { class: "num", text: duration(t.max_seconds) }),
+          h("td", { class: "num", text: duration(t.total_seconds) }),
+        ),
+      ),
+    );
+    $("#timing").hidden = stats.backends.length === 0;
+    $("#timing-note").textContent =
+      (stats.backends.length ? "" : "No backend calls recorded for this batch. ") +
+      `Measured in memory by this server process since it started (${absolute(stats.since)}); ` +
+      "requests run by another worker process or before a restart are not included.";
+  }
+
+  function renderDetail(b) {
+    state.batch = b;
+    $("#batch-id").textContent = b.id;
+    const pill = statusPill(b.processing_status);
+    $("#batch-status").className = pill.className;
+    $("#batch-status").textContent = pill.textContent;
+    $("#batch-status").dataset.status = b.processing_status;
+    $("#detail-progress").replaceChildren(progressBar(b.request_counts, b.processing_status));
+    const c = b.request_counts;
+    $("#counts").replaceChildren(
+      ...["processing", ...KINDS].flatMap((k) => [
+        h("dt", { class: k, text: k }),
+        h("dd", { class: k, dataset: { count: k }, text: fmt(c[k]) }),
+      ]),
+    );
+    $("#cancel").hidden = b.processing_status === "ended";
+    $("#cancel").disabled = b.processing_status === "canceling";
+    $("#delete").hidden = b.processing_status !== "ended";
+    $("#download").hidden = !b.results_url || !!b.archived_at;
+    renderTimeline(b);
+    renderRate(b);
+  }
+
+  async function refreshDetail(id) {
+    const [b, stats] = await Promise.all([
+      api(`/v1/messages/batches/${encodeURIComponent(id)}`),
+      api(`/v1/messages/batches/${encodeURIComponent(id)}/stats`).catch(() => null),
+    ]);
+    renderDetail(b);
+    if (stats) renderTiming(stats);
+    if (b.processing_status === "ended") {
+      if (state.resultsLoadedFor !== id) {
+        state.resultsLoadedFor = id;
+        await loadResults();
+      }
+      return false; // nothing changes any more: stop polling
+    }
+    $("#results-note").textContent = "Results are available once the batch has ended.";
+    $("#results tbody").replaceChildren();
+    return true;
+  }
+
+  function resultDetails(r) {
+    const result = r.result;
+    let summary = "";
+    if (result.type === "succeeded") {
+      const m = result.message;
+      const text = (m.content || [])
+        .map((block) => block.text || (block.type === "tool_use" ? `[tool_use ${block.name}]` : `[${block.type}]`))
+        .join(" ");
+      summary = `${text.length > 160 ? text.slice(0, 160) + "…" : text}  ·  ${m.stop_reason}, ` +
+        `${fmt(m.usage.input_tokens)} in / ${fmt(m.usage.output_tokens)} out`;
+    } else if (result.type === "errored") {
+      const e = result.error.error || result.error;
+      summary = `${e.type}: ${e.message}`;
+    } else {
+      summary = result.type === "canceled" ? "not run: the batch was canceled" : "not run before the batch expired";
+    }
+    return h(
+      "details",
+      {},
+      h("summary", { text: summary }),
+      h("pre", { text: JSON.stringify(r, null, 2) }),
+    );
+  }
+
+  async function loadResults() {
+    const b = state.batch;
+    const note = $("#results-note");
+    const tbody = $("#results tbody");
+    if (!b || b.processing_status !== "ended") return;
+    if (b.archived_at) {
+      note.textContent = "This batch is archived: its results are no longer kept.";
+      tbody.replaceChildren();
+      return;
+    }
+    const query = new URLSearchParams();
+    const type = $("#filter-type").value;
+    const customId = $("#filter-custom-id").value.trim();
+    if (type) query.set("type", type);
+    if (customId) query.set("custom_id", customId);
+    note.textContent = "Loading…";
+    const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results?${query}`, { raw: true });
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    const rows = [];
+    let buffer = "";
+    let more = false;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) {
+        buffer += decoder.decode();
+        break;
+      }
+      buffer += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        if (!line.trim()) continue;
+        if (rows.length === RESULTS_SHOWN) {
+          more = true;
+          break;
+        }
+        rows.push(JSON.parse(line));
+      }
+      if (more) {
+        reader.cancel();
+        break;
+      }
+    }
+    if (!more && buffer.trim() && rows.length < RESULTS_SHOWN) rows.push(JSON.parse(buffer));
+    tbody.replaceChildren(
+      ...rows.map((r) =>
+        h(
+          "tr",
+          { dataset: { customId: r.custom_id, type: r.result.type } },
+          h("td", { class: "mono", text: r.custom_id }),
+          h("td", {}, h("span", { class: `pill result-${r.result.type}`, text: r.result.type })),
+          h("td", { class: "wide" }, resultDetails(r)),
+        ),
+      ),
+    );
+    const what = [type || "all results", customId ? `custom_id ${customId}` : ""].filter(Boolean).join(", ");
+    note.textContent = rows.length === 0
+      ? `No results match (${what}).`
+      : more
+        ? `Showing the first ${fmt(rows.length)} (${what}); download the JSONL for all of them.`
+        : `${fmt(rows.length)} result${rows.length === 1 ? "" : "s"} (${what}).`;
+  }
+
+  async function download() {
+    const b = state.batch;
+    if (!b) return;
+    try {
+      const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results`, { raw: true });
+      const blob = await res.blob();
+      const url = URL.createObjectURL(blob);
+      const a = h("a", { href: url, download: `${b.id}_results.jsonl` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  // -- routing -------------------------------------------------------------------------------
+
+  function route() {
+    banner("");
+    if (!state.key) {
+      signOut("");
+      return;
+    }
+    const match = location.hash.match(/^#\/batch\/([A-Za-z0-9_-]+)$/);
+    if (match) {
+      const id = match[1];
+      if (state.route !== id) {
+        state.route = id;
+        state.samples = [];
+        state.resultsLoadedFor = null;
+        state.batch = null;
+        $("#batch-id").textContent = id;
+        $("#results tbody").replaceChildren();
+        $("#timing tbody").replaceChildren();
+        $("#filter-type").value = "";
+        $("#filter-custom-id").value = "";
+      }
+      show("detail");
+      poll(() => refreshDetail(id));
+    } else {
+      state.route = "list";
+      show("list");
+      poll(refreshList);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("#login-form").addEventListener("submit", signIn);
+    $("#signout").addEventListener("click", () => signOut("Key forgotten."));
+    $("#older").addEventListener("click", loadOlder);
+    $("#cancel").addEventListener("click", () => state.batch && cancelBatch(state.batch.id));
+    $("#delete").addEventListener("click", () => state.batch && deleteBatch(state.batch.id));
+    $("#download").addEventListener("click", download);
+    $("#filter").addEventListener("submit", (event) => {
+      event.preventDefault();
+      loadResults().catch(reportError);
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && state.key) route();
+    });
+    window.addEventListener("hashchange", route);
+    state.key = sessionStorage.getItem(KEY_NAME) || localStorage.getItem(KEY_NAME);
+    route();
+  });
+})();

@@ -1,0 +1,107 @@
+"""The `anthropic` backend: any server that speaks `POST /v1/messages` (vLLM >= 0.11.1, the
+llama.cpp server, Ollama >= 0.14, LiteLLM, the hosted API).
+
+The request's params go upstream as they were received, unknown keys included, with
+`anthropic-version`, the batch's `anthropic-beta` values and the configured key. The upstream's
+Message is the result, made to parse as the SDK's `Message`: `usage.service_tier` is `batch`,
+missing token counts are 0, and the few fields compatible servers leave out are filled in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from msgbatch.backends.http import HttpBackend, malformed, normalize_base_url
+from msgbatch.ids import new_message_id
+
+__all__ = ["AnthropicBackend", "normalize_message"]
+
+STOP_REASONS = frozenset(
+    {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal", "model_context_window_exceeded"}
+)
+# What OpenAI-flavoured servers put in stop_reason when they get it wrong.
+_STOP_REASON_ALIASES = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "eos": "end_turn"}
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+_encode = msgspec.json.encode
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def normalize_message(answer: dict[str, Any], model: object, backend: str) -> dict[str, Any]:
+    """Make an upstream's Message one the SDK parses strictly; a body that is not a Message at all
+    raises a retryable BackendError (a proxy's error page, a truncated answer)."""
+    if answer.get("type", "message") != "message" or not isinstance(answer.get("content"), list):
+        raise malformed(backend, "not a Message")
+    for block in answer["content"]:
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise malformed(backend, "a content block without a type")
+    answer["type"] = "message"
+    answer["role"] = "assistant"
+    if not isinstance(answer.get("id"), str) or not answer["id"]:
+        answer["id"] = new_message_id()
+    if not isinstance(answer.get("model"), str):
+        answer["model"] = model if isinstance(model, str) else ""
+    stop_reason = answer.get("stop_reason")
+    if stop_reason is not None and stop_reason not in STOP_REASONS:
+        answer["stop_reason"] = _STOP_REASON_ALIASES.get(str(stop_reason), "end_turn")
+    if not isinstance(answer.get("stop_sequence"), str):
+        answer["stop_sequence"] = None
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):
+        usage = answer["usage"] = {}
+    for key in _TOKEN_FIELDS:
+        value = usage.get(key)
+        if not _is_int(value):
+            usage[key] = int(value) if isinstance(value, float) and value == value else 0
+    usage["service_tier"] = "batch"
+    return answer
+
+
+class AnthropicBackend(HttpBackend):
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        api_key: str = "",
+        auth: str = "x-api-key",
+        anthropic_version: str = "2023-06-01",
+        model: str | None = None,
+        timeout: float = 600.0,
+        concurrency: int = 64,
+        headers: dict[str, str] | None = None,
+        client: str = "builtin",
+    ) -> None:
+        # The configured URL is the server's root; `.../v1` is accepted too.
+        root = normalize_base_url(base_url)
+        if root.endswith("/v1"):
+            root = root[:-3]
+        fixed = {"anthropic-version": anthropic_version, "content-type": "application/json", **(headers or {})}
+        if api_key:
+            if auth == "bearer":
+                fixed["authorization"] = f"Bearer {api_key}"
+            else:
+                fixed["x-api-key"] = api_key
+        super().__init__(
+            name,
+            root,
+            api_key=api_key,
+            timeout=timeout,
+            concurrency=concurrency,
+            headers=fixed,
+            client=client,
+        )
+        self.path = "/v1/messages"
+        self.model = model
+
+    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+        if self.model:
+            params = {**params, "model": self.model}
+        headers = {"anthropic-beta": ",".join(betas)} if betas else {}
+        answer = await self.post_json(self.path, _encode(params), headers)
+        return normalize_message(answer, params.get("model"), self.name)

@@ -1,0 +1,253 @@
+"""The web dashboard in a real headless Chromium (Debian's `chromium` + `chromium-driver`, via Selenium).
+
+Skips when either is missing. Screenshots land in tests/artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import ServeProcess
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Chromium is not installed (apt-get install chromium chromium-driver) - browser tests skipped",
+)
+
+KEY = "dash-key"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+MODEL = "claude-sonnet-4-5-20250929"
+
+
+def request(custom_id: str, text: str = "Hello there") -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "params": {"model": MODEL, "max_tokens": 24, "messages": [{"role": "user", "content": text}]},
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    # 4 requests at a time, 50 ms each: a few hundred requests take seconds, so progress shows.
+    proc = ServeProcess(
+        tmp_path_factory.mktemp("dashboard"),
+        "--concurrency", "4", "--simulate-latency", "0.05",
+        env={"MSGBATCH_API_KEYS": f"{KEY}=team"},
+    ).start()  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+        "--disable-dev-shm-usage",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def api(server: ServeProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, headers={"x-api-key": KEY}, timeout=30) as client:
+        yield client
+
+
+def create(api: httpx.Client, requests: list[dict[str, Any]]) -> str:
+    response = api.post("/v1/messages/batches", content=json.dumps({"requests": requests}))
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 20, what: str = "") -> Any:
+    # The page redraws parts of itself as it polls: an element found a moment ago may be gone.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(browser, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(condition, what)
+
+
+def shot(browser: WebDriver, name: str) -> None:
+    browser.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
+
+
+def open_signed_in(browser: WebDriver, server: ServeProcess, fragment: str = "#/") -> None:
+    browser.get(f"{server.base_url}/{fragment}")
+    if browser.find_element(By.ID, "login").is_displayed():
+        field = browser.find_element(By.ID, "key")
+        field.clear()
+        field.send_keys(KEY)
+        browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    section = "detail" if fragment.startswith("#/batch/") else "list"
+    wait(browser, lambda b: b.find_element(By.ID, section).is_displayed(), what=f"the {section} view")
+
+
+_ROW_INFO = """
+const tr = document.querySelector(`#batches tbody tr[data-id="${arguments[0]}"]`);
+if (!tr) return null;
+return {
+  status: tr.dataset.status,
+  statusText: tr.querySelector(".status").textContent,
+  done: Number(tr.querySelector("[role=progressbar]").getAttribute("aria-valuenow")),
+  label: tr.querySelector(".bar-label").textContent,
+  succeededSegments: tr.querySelectorAll(".bar .seg.succeeded").length,
+  succeeded: tr.querySelector("td.succeeded").textContent,
+  action: tr.querySelector("td.actions button").textContent,
+};
+"""
+
+
+def row(browser: WebDriver, batch_id: str) -> dict[str, Any] | None:
+    """What the list shows for a batch, read in one go (the page redraws rows as it polls)."""
+    info: dict[str, Any] | None = browser.execute_script(_ROW_INFO, batch_id)
+    return info
+
+
+def status_of(browser: WebDriver, batch_id: str) -> str | None:
+    r = row(browser, batch_id)
+    return r["status"] if r is not None else None
+
+
+def page_errors(browser: WebDriver) -> list[str]:
+    """Console errors other than the failed fetches a test provoked on purpose (401)."""
+    return [
+        e["message"]
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and "status of 401" not in e["message"]
+    ]
+
+
+def test_nothing_is_visible_without_a_valid_key(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
+    create(api, [request("hidden")])
+    browser.get(f"{server.base_url}/")
+    browser.execute_script("sessionStorage.clear(); localStorage.clear();")
+    browser.get(f"{server.base_url}/")
+    assert browser.find_element(By.ID, "login").is_displayed()
+    assert not browser.find_element(By.ID, "list").is_displayed()
+    browser.find_element(By.ID, "key").send_keys("wrong-key")
+    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    error = wait(browser, lambda b: b.find_element(By.ID, "login-error").text, what="the refusal")
+    assert "invalid x-api-key" in error
+    assert browser.find_elements(By.CSS_SELECTOR, "#batches tbody tr") == []
+    assert "msgbatch_" not in browser.page_source
+    shot(browser, "login-refused")
+    open_signed_in(browser, server)
+    wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#batches tbody tr"), what="the batches")
+    assert page_errors(browser) == []
+
+
+def test_list_shows_a_batch_progressing_to_ended(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
+    total = 240  # ~3 s at 4 x 50 ms
+    batch_id = create(api, [request(f"p-{i}", f"Progress {i}") for i in range(total)])
+    open_signed_in(browser, server)
+
+    def partly_done(b: WebDriver) -> dict[str, Any] | None:
+        r = row(b, batch_id)
+        return r if r is not None and r["status"] == "in_progress" and 0 < r["done"] < total else None
+
+    r = wait(browser, partly_done, what="a partly done progress bar")
+    shot(browser, "list-in-progress")
+    assert r["statusText"] == "in progress"
+    assert r["succeededSegments"] == 1
+
+    wait(browser, lambda b: status_of(b, batch_id) == "ended", timeout=30, what="ended")
+    r = row(browser, batch_id)
+    assert r is not None
+    assert (r["succeeded"], r["done"], r["label"], r["action"]) == (
+        f"{total:,}",
+        total,
+        f"{total} / {total} · 100%",
+        "Delete",
+    )
+    shot(browser, "list-ended")
+    assert page_errors(browser) == []
+
+
+def test_cancel_from_the_batch_page(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
+    batch_id = create(api, [request(f"c-{i}", f"Cancel me {i}") for i in range(400)])  # ~5 s
+    open_signed_in(browser, server, f"#/batch/{batch_id}")
+    wait(browser, lambda b: b.find_element(By.ID, "batch-status").text == "in progress", what="in progress")
+    browser.find_element(By.ID, "cancel").click()
+    wait(browser, expected_conditions.alert_is_present(), what="the confirmation")
+    browser.switch_to.alert.accept()
+    wait(browser, lambda b: b.find_element(By.ID, "batch-status").text == "ended", what="ended after cancel")
+    canceled = int(browser.find_element(By.CSS_SELECTOR, 'dd[data-count="canceled"]').text.replace(",", ""))
+    assert canceled > 0
+    events = [li.get_attribute("data-event") for li in browser.find_elements(By.CSS_SELECTOR, "#timeline li")]
+    assert events[:3] == ["created", "cancel", "ended"]
+    assert browser.find_element(By.ID, "delete").is_displayed()
+    assert not browser.find_element(By.ID, "cancel").is_displayed()
+    shot(browser, "detail-canceled")
+    batch = api.get(f"/v1/messages/batches/{batch_id}").json()
+    assert batch["processing_status"] == "ended" and batch["cancel_initiated_at"] is not None
+    assert batch["request_counts"]["canceled"] == canceled
+    assert page_errors(browser) == []
+
+
+def test_results_filter_and_delete(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
+    failing = {3, 9, 14, 20, 27}
+    batch_id = create(
+        api,
+        [
+            request(f"r-{i}", f"Row {i}" + (" [[simulate error=overloaded_error]]" if i in failing else ""))
+            for i in range(30)
+        ],
+    )
+    open_signed_in(browser, server, f"#/batch/{batch_id}")
+    result_rows = lambda b: b.find_elements(By.CSS_SELECTOR, "#results tbody tr")  # noqa: E731
+    wait(browser, lambda b: len(result_rows(b)) == 30, what="all 30 results")
+    timing = browser.find_element(By.CSS_SELECTOR, '#timing tbody tr[data-backend="simulate"]')
+    assert timing.find_elements(By.TAG_NAME, "td")[1].text == "30"
+    assert "since it started" in browser.find_element(By.ID, "timing-note").text
+
+    Select(browser.find_element(By.ID, "filter-type")).select_by_value("errored")
+    browser.find_element(By.ID, "filter-apply").click()
+    wait(browser, lambda b: len(result_rows(b)) == 5, what="the errored results")
+    assert {r.get_attribute("data-type") for r in result_rows(browser)} == {"errored"}
+    assert {r.get_attribute("data-custom-id") for r in result_rows(browser)} == {f"r-{i}" for i in failing}
+    assert "overloaded_error" in result_rows(browser)[0].text
+    shot(browser, "results-errored")
+
+    Select(browser.find_element(By.ID, "filter-type")).select_by_value("")
+    browser.find_element(By.ID, "filter-custom-id").send_keys("r-7")
+    browser.find_element(By.ID, "filter-apply").click()
+    wait(browser, lambda b: [r.get_attribute("data-custom-id") for r in result_rows(b)] == ["r-7"], what="r-7")
+    result_rows(browser)[0].find_element(By.TAG_NAME, "summary").click()
+    assert '"custom_id": "r-7"' in result_rows(browser)[0].find_element(By.TAG_NAME, "pre").text
+    shot(browser, "results-custom-id")
+
+    browser.find_element(By.ID, "delete").click()
+    wait(browser, expected_conditions.alert_is_present(), what="the confirmation")
+    browser.switch_to.alert.accept()
+    wait(browser, lambda b: b.find_element(By.ID, "list").is_displayed(), what="back to the list")
+    wait(browser, lambda b: row(b, batch_id) is None and "Deleted" in b.find_element(By.ID, "notice").text)
+    assert api.get(f"/v1/messages/batches/{batch_id}").status_code == 404
+    assert page_errors(browser) == []
