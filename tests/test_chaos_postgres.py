@@ -85,7 +85,7 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def wait_healthy(self, timeout: float = 20.0) -> None:
+    def wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive:
@@ -131,7 +131,7 @@ def body(n: int, prefix: str) -> bytes:
 
 def call(apis: list[Proc], method: str, path: str, **kwargs: Any) -> httpx2.Response:
     """Like a client with two addresses: try the servers in random order until one answers."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         for api in random.sample(apis, len(apis)):
             try:
@@ -218,7 +218,7 @@ def test_workers_killed_at_random(cluster: tuple[list[Proc], list[Proc], str]) -
         now = time.monotonic()
         if batch["processing_status"] == "ended" and (kills >= 3 or now >= chaos_until):
             break
-        assert now < chaos_until + 30, f"the batch did not end: {batch}"
+        assert now < chaos_until + 90, f"the batch did not end: {batch}"
         if now >= next_kill and now < chaos_until:
             victim = rng.choice([w for w in workers if w.alive] or workers)
             victim.kill()
@@ -250,7 +250,7 @@ def test_api_servers_killed_while_clients_poll(cluster: tuple[list[Proc], list[P
     small = call(apis, "POST", "/v1/messages/batches", content=body(3000, "s")).json()["id"]
     watchers = [Watcher(apis, main, N), Watcher(apis, small, 3000)]
 
-    deadline = time.monotonic() + 45
+    deadline = time.monotonic() + 120
     next_kill = time.monotonic() + rng.uniform(0.3, 1.0)
     kills = 0
     canceled = False
