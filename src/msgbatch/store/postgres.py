@@ -30,7 +30,9 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg import sql
+from psycopg import postgres, sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool
 
 from msgbatch.clock import now_us
@@ -246,6 +248,38 @@ RETURNING id
 # pass, so later claims skip them cheaply. JIT compiling would cost more than any of them.
 _SESSION_OPTIONS = "-c enable_bitmapscan=off -c jit=off"
 
+
+_BYTEA = postgres.types["bytea"]
+
+
+class _ByteaArray(bytes):
+    """A bytea[] parameter, already in PostgreSQL's binary array format."""
+
+
+class _ByteaArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = _BYTEA.array_oid
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj)
+
+
+_array_head = struct.Struct("!iiiii").pack  # 1 dimension, no nulls, element type, length, lower bound
+
+
+def _bytea_array(items: Sequence[bytes]) -> _ByteaArray:
+    """Results lines as one bytea[] parameter. psycopg's generic list dumper takes ~35 µs a line,
+    a sixth of a worker's time per request; this takes about one."""
+    parts: list[bytes] = [_array_head(1, 0, _BYTEA.oid, len(items), 1)]
+    for item in items:
+        parts += (_field_len(len(item)), item)
+    return _ByteaArray(b"".join(parts))
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    conn.adapters.register_dumper(_ByteaArray, _ByteaArrayDumper)
+
+
 _COPY_REQUESTS = "COPY msgbatch.requests (id, custom_id, params) FROM STDIN (FORMAT BINARY)"
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
@@ -296,6 +330,7 @@ class PostgresStore:
             min_size=1,
             max_size=self.pool_size,
             kwargs={"autocommit": True, "options": _SESSION_OPTIONS},
+            configure=_configure,
             open=False,
             name="msgbatch",
         )
@@ -569,7 +604,7 @@ class PostgresStore:
                     args = {
                         "ids": [o.job for o in finished],
                         "types": [o.result for o in finished],
-                        "lines": [o.line for o in finished],
+                        "lines": _bytea_array([o.line for o in finished]),
                         "owner": owner,
                         "seqs": seqs,
                     }
