@@ -36,9 +36,11 @@ from msgbatch.store import open_store
 from msgbatch.store.postgres import SCHEMA_VERSION, PostgresStore
 
 
-async def test_open_store_picks_postgres_for_urls(pg_url: str) -> None:
-    assert isinstance(open_store(pg_url), PostgresStore)
-    assert isinstance(open_store(pg_url.replace("postgresql://", "postgres://", 1)), PostgresStore)
+def test_open_store_picks_postgres_for_urls() -> None:
+    for url in ("postgresql://u@db.internal:5432/msgbatch", "postgres://db.internal/msgbatch"):
+        store = open_store(url)
+        assert isinstance(store, PostgresStore) and not store.single_process
+    assert open_store("msgbatch.db").single_process
 
 
 async def test_sdk_round_trip_on_postgres(tmp_path: Path, pg_url: str) -> None:
@@ -234,3 +236,42 @@ def test_worker_process_hands_back_work_on_sigterm(tmp_path: Path, pg_url: str) 
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+async def test_dropped_database_connections_lose_nothing(tmp_path: Path, pg_url: str) -> None:
+    """Every session of the server is cut twice mid-batch (a failover, a restart): the pool and
+    the listener reconnect, and each request still ends with exactly one result."""
+    settings = make_settings(tmp_path, database=pg_url, concurrency=16)
+    async with running_server(settings) as srv:
+        client = async_client_for(srv)
+        try:
+            requests = [simple_request(f"r{i}", f"[[simulate latency=0.01]] item {i}") for i in range(3000)]
+            batch = await client.messages.batches.create(requests=requests)
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                for _ in range(2):
+                    await asyncio.sleep(0.4)
+                    cut = admin.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    ).fetchone()
+                    assert cut is not None and cut[0] >= 2
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    current = await client.messages.batches.retrieve(batch.id)
+                except anthropic.InternalServerError:  # a request that met a cut connection
+                    current = None
+                if current is not None and current.processing_status == "ended":
+                    break
+                assert time.monotonic() < deadline, f"the batch did not end: {current}"
+                await asyncio.sleep(0.05)
+            assert current.request_counts.succeeded == 3000
+            for attempt in range(5):  # as the SDK's own retries would (this client has them off)
+                try:
+                    seen = [r.custom_id async for r in await client.messages.batches.results(batch.id)]
+                    break
+                except anthropic.InternalServerError:
+                    assert attempt < 4
+            assert sorted(seen) == sorted(f"r{i}" for i in range(3000))
+        finally:
+            await client.close()
