@@ -170,7 +170,7 @@ def test_worker_command_help_documents_the_shape() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "msgbatch", "worker", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for flag in ("--database", "--concurrency", "--lease", "--grace", "--simulate-latency"):
+    for flag in ("--database", "--concurrency", "--lease", "--grace", "--simulate-latency", "--upstream"):
         assert flag in out
     assert "serve --no-worker" in out
 

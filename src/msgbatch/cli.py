@@ -47,6 +47,33 @@ def _setup_logging(level: str) -> None:
     )
 
 
+# Options that `serve` and `worker` share.
+_simulate_latency_option = click.option(
+    "--simulate-latency",
+    type=Duration(),
+    default=None,
+    help="Default latency of the simulator backend per request (e.g. 0.5, 2s).  [default: 0]",
+)
+_config_option = click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
+_concurrency_option = click.option(
+    "--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]"
+)
+_retention_option = click.option(
+    "--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]"
+)
+_upstream_option = click.option(
+    "--upstream",
+    default=None,
+    metavar="TYPE=URL",
+    help="Run every model on one upstream: anthropic=http://127.0.0.1:8000 (POST /v1/messages) or "
+    "openai=http://127.0.0.1:8000/v1 (POST /v1/chat/completions). Its key: MSGBATCH_UPSTREAM_API_KEY; "
+    "its concurrency: --concurrency.",
+)
+_log_level_option = click.option(
+    "--log-level", default="info", show_default=True, help="debug, info, warning or error."
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="msgbatch")
 def main() -> None:
@@ -66,27 +93,15 @@ def main() -> None:
     default=None,
     help="SQLite file path, or a postgresql:// URL.  [default: msgbatch.db]",
 )
-@click.option(
-    "--simulate-latency",
-    type=Duration(),
-    default=None,
-    help="Default latency of the simulator backend per request (e.g. 0.5, 2s).  [default: 0]",
-)
-@click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
+@_simulate_latency_option
+@_config_option
 @click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
-@click.option("--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]")
+@_concurrency_option
 @click.option("--expiry", type=Duration(), default=None, help="How long a batch may run.  [default: 24h]")
-@click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
+@_retention_option
 @click.option("--no-worker", is_flag=True, default=False, help="Serve the API only; run no requests here.")
-@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
-@click.option(
-    "--upstream",
-    default=None,
-    metavar="TYPE=URL",
-    help="Run every model on one upstream: anthropic=http://127.0.0.1:8000 (POST /v1/messages) or "
-    "openai=http://127.0.0.1:8000/v1 (POST /v1/chat/completions). Its key: MSGBATCH_UPSTREAM_API_KEY; "
-    "its concurrency: --concurrency.",
-)
+@_log_level_option
+@_upstream_option
 def serve(
     host: str | None,
     port: int | None,
@@ -171,14 +186,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     default=None,
     help="A postgresql:// URL (or a SQLite file path, for one machine).  [default: msgbatch.db]",
 )
-@click.option(
-    "--simulate-latency",
-    type=Duration(),
-    default=None,
-    help="Default latency of the simulator backend per request (e.g. 0.5, 2s).  [default: 0]",
-)
-@click.option("--config", "config", default=None, help="A TOML configuration file (see the README).")
-@click.option("--concurrency", type=int, default=None, help="Requests run at once by this process.  [default: 256]")
+@_simulate_latency_option
+@_config_option
+@_concurrency_option
 @click.option(
     "--lease",
     type=Duration(),
@@ -192,8 +202,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     default=None,
     help="On SIGTERM/SIGINT, how long running requests may take to finish before they are handed back.  [default: 10s]",
 )
-@click.option("--retention", type=Duration(), default=None, help="How long results are kept.  [default: 29d]")
-@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+@_retention_option
+@_log_level_option
+@_upstream_option
 def worker(
     database: str | None,
     simulate_latency: float | None,
@@ -203,6 +214,7 @@ def worker(
     grace: float | None,
     retention: float | None,
     log_level: str,
+    upstream: str | None,
 ) -> None:
     """Run requests, with no HTTP API: the worker of the scale-out shape.
 
@@ -220,6 +232,7 @@ def worker(
         config,
         database=database,
         simulate_latency=simulate_latency,
+        upstream=upstream,
         concurrency=concurrency,
         lease_seconds=lease,
         grace_seconds=grace,
