@@ -8,8 +8,10 @@ Faults are planned per *key*, the text of the request's last user message (a pla
 `fake.plan("k1", [429, 529, "reset"])` makes the first three attempts of that request fail that
 way, then it succeeds. A fault is a status (`429`), a status with headers
 (`(429, {"retry-after": "0.2"})`), `"timeout"` (hang for `hang` seconds), `"reset"` (close the
-connection without answering), `"malformed"` (200 with a truncated body) or `"html"` (502 with an
-HTML page). `capacity` answers `overload_status` to every request beyond that many in flight.
+connection without answering), `"malformed"` (200 with a truncated body), `"html"` (502 with an
+HTML page), `"garbage"` (an answer that is not HTTP) or `"truncated"` (the connection closes
+halfway through the body). `capacity` answers `overload_status` to every request beyond that many
+in flight.
 
 Used by the tests (in a thread: `with FakeUpstream() as fake`) and by the benchmark (as a
 process: `python tests/fake_upstream.py --port 9000 --latency 0.1`).
@@ -112,6 +114,7 @@ class FakeUpstream:
         self.max_in_flight = 0
         self.overloaded = 0
         self.served = 0
+        self.connections = 0  # connections accepted so far
         # Answer builders by path; a test may replace them to craft answers.
         self.answer: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/v1/messages": anthropic_answer,
@@ -192,6 +195,7 @@ class FakeUpstream:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        self.connections += 1
         try:
             while True:
                 try:
@@ -247,6 +251,14 @@ class FakeUpstream:
             if fault == "malformed":
                 await self._send(writer, 200, b'{"id": "msg_01", "type": "mess')
                 return True
+            if fault == "garbage":
+                writer.write(b"SSH-2.0-OpenSSH_9.6\r\nnot an answer\r\n\r\n")
+                await writer.drain()
+                return False
+            if fault == "truncated":
+                writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"id"')
+                await writer.drain()
+                return False
             if fault == "html":
                 await self._send(writer, 502, b"<html><body>Bad gateway</body></html>", ctype="text/html")
                 return True

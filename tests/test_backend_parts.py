@@ -171,6 +171,40 @@ async def test_client_reads_chunked_answers_and_rejects_header_injection() -> No
         HTTPClient("http://127.0.0.1:1", headers={"x-api-key": "k\n"})
 
 
+def ask(text: str) -> dict[str, Any]:
+    return {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": text}]}
+
+
+def text_of(message: dict[str, Any]) -> str:
+    return str(message["content"][0]["text"])
+
+
+async def test_client_sends_once_more_when_a_kept_connection_dies_unanswered() -> None:
+    with FakeUpstream() as fake:
+        backend = AnthropicBackend("up", fake.url, concurrency=4)
+        assert text_of(await backend.create_message(ask("warm"), [])) == "echo: warm"
+        # The kept connection dies before any answer (the server closed it as the request went
+        # out): the request goes out once more, on a new connection, and the caller sees nothing.
+        fake.plan("stale", ["reset"])
+        assert text_of(await backend.create_message(ask("stale"), [])) == "echo: stale"
+        assert len(fake.calls_for("stale")) == 2 and fake.connections == 2
+        # Once only: the second attempt's fault is the request's.
+        fake.plan("twice", ["reset", "reset"])
+        with pytest.raises(BackendError) as caught:
+            await backend.create_message(ask("twice"), [])
+        assert caught.value.error_type == "api_error" and caught.value.retryable
+        assert len(fake.calls_for("twice")) == 2 and fake.connections == 3
+        # On a new connection, a dropped request is not sent again here (the retry budget decides).
+        fake.plan("fresh", ["reset"])
+        with pytest.raises(BackendError) as caught:
+            await backend.create_message(ask("fresh"), [])
+        assert caught.value.error_type == "api_error" and caught.value.retryable
+        assert len(fake.calls_for("fresh")) == 1 and fake.connections == 4
+        await backend.aclose()
+        with pytest.raises(BackendError, match="cannot connect"):
+            await backend.create_message(ask("warm"), [])
+
+
 async def test_client_faults_become_backend_errors() -> None:
     backend = AnthropicBackend("up", "http://127.0.0.1:9", timeout=1.0)  # nothing listens on port 9
     with pytest.raises(BackendError) as caught:
@@ -178,6 +212,24 @@ async def test_client_faults_become_backend_errors() -> None:
     assert caught.value.error_type == "api_error" and caught.value.retryable
     assert "cannot connect" in caught.value.message
     await backend.aclose()
+    cases = {
+        "timeout": ("timeout_error", "did not answer within 0.3s"),
+        "garbage": ("api_error", "answered with something that is not HTTP"),
+        "truncated": ("api_error", "connection to upstream up failed"),
+        "malformed": ("api_error", "answered with a malformed body"),
+    }
+    with FakeUpstream(hang=1.0) as fake:
+        backend = AnthropicBackend("up", fake.url, timeout=0.3)
+        assert text_of(await backend.create_message(ask("warm"), [])) == "echo: warm"  # a kept connection
+        for key, (error_type, message) in cases.items():
+            fake.plan(key, [key])
+            with pytest.raises(BackendError) as caught:
+                await backend.create_message(ask(key), [])
+            error = caught.value
+            assert (error.error_type, error.retryable, error.status) == (error_type, True, None), key
+            assert message in error.message, (key, error.message)
+            assert len(fake.calls_for(key)) == 1, key  # none of these is sent again by the client
+        await backend.aclose()
 
 
 # --- the limiter ------------------------------------------------------------------------------
