@@ -11,20 +11,11 @@ from typing import Any, TypeVar
 import click
 
 from msgbatch import __version__
+from msgbatch.click_types import Duration
 from msgbatch.client.commands import register as register_client_commands
-from msgbatch.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
+from msgbatch.config import DEFAULT_PORT, ConfigError, Settings, load_settings
 
 T = TypeVar("T")
-
-
-class Duration(click.ParamType[float]):
-    name = "duration"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            return parse_duration(value, name=param.name if param and param.name else "value")
-        except ConfigError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 def _settings(config: str | None, **flags: object) -> Settings:

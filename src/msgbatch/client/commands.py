@@ -14,6 +14,7 @@ from typing import IO, Any, TypeVar
 import click
 import msgspec
 
+from msgbatch.click_types import Duration
 from msgbatch.client.http import (
     DEFAULT_BASE_URL,
     EXIT_FAILED_REQUESTS,
@@ -34,7 +35,6 @@ from msgbatch.client.submit import (
     stdin_to_file,
 )
 from msgbatch.client.tables import batch_details, batches_table, result_summary, table
-from msgbatch.config import ConfigError, parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,16 +74,6 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         click.echo("\ninterrupted; batches already submitted keep running on the server", err=True)
         sys.exit(130)
-
-
-class DurationType(click.ParamType[float]):
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            return parse_duration(value, name=param.name if param and param.name else "value")
-        except ConfigError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|k|m|g)?\s*$", re.IGNORECASE)
@@ -212,10 +202,8 @@ def _download(client: BatchesClient, batches: list[dict[str, Any]], output: str)
     help="Bytes per create body at most (256MiB, 100MB, ...).",
 )
 @click.option("--beta", "betas", multiple=True, metavar="NAME", help="An anthropic-beta value (repeatable).")
-@click.option(
-    "--poll-interval", type=DurationType(), default=2.0, show_default=True, help="Seconds between status checks."
-)
-@click.option("--timeout", type=DurationType(), default=None, help="Stop waiting after this long (exit 4).")
+@click.option("--poll-interval", type=Duration(), default=2.0, show_default=True, help="Seconds between status checks.")
+@click.option("--timeout", type=Duration(), default=None, help="Stop waiting after this long (exit 4).")
 @click.option(
     "--fail-on-errors", is_flag=True, help="Exit 3 if any request errored, expired or was canceled. Implies --wait."
 )
@@ -320,10 +308,8 @@ def submit(
 
 @click.command(epilog=EXIT_CODES)
 @click.argument("batch_ids", nargs=-1, required=True, metavar="BATCH_ID...")
-@click.option(
-    "--poll-interval", type=DurationType(), default=2.0, show_default=True, help="Seconds between status checks."
-)
-@click.option("--timeout", type=DurationType(), default=None, help="Stop waiting after this long (exit 4).")
+@click.option("--poll-interval", type=Duration(), default=2.0, show_default=True, help="Seconds between status checks.")
+@click.option("--timeout", type=Duration(), default=None, help="Stop waiting after this long (exit 4).")
 @click.option("--fail-on-errors", is_flag=True, help="Exit 3 if any request errored, expired or was canceled.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output on stderr.")
 @json_option
