@@ -253,3 +253,27 @@ async def test_one_log_line_per_transition_and_per_failed_request(
     assert f"batch.deleted id={batch.id}" in messages
     everything = caplog.text
     assert "TOP-SECRET" not in everything and TEST_KEY not in everything
+
+
+async def test_concurrency_gauge_follows_the_adaptive_limit(tmp_path: Path) -> None:
+    from msgbatch.backends.limiter import AdaptiveLimiter
+
+    class Overloaded:
+        name = "busy-upstream"
+
+        async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+            raise BackendError("overloaded_error", "Overloaded", retryable=True, status=529)
+
+        async def aclose(self) -> None:
+            pass
+
+    limiter = AdaptiveLimiter(Overloaded(), max_limit=8)
+    async with running_server(make_settings(tmp_path), router=Router([], limiter)) as srv:
+        _, samples = await scrape(srv)
+        assert total(samples, "msgbatch_backend_concurrency_limit", backend="busy-upstream") == 8
+        with pytest.raises(BackendError):
+            await limiter.create_message({}, [])
+        # An overload signal cuts the limit multiplicatively; the gauge shows the limit now in force.
+        assert limiter.limit < 8
+        _, samples = await scrape(srv)
+        assert total(samples, "msgbatch_backend_concurrency_limit", backend="busy-upstream") == limiter.limit
