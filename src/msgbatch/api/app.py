@@ -136,18 +136,9 @@ class MsgBatchServer:
         self.manager = BatchManager(self.store, settings)
         self.metrics = Metrics()
         self.dispatcher: Dispatcher | None = None
-        self.lifecycle = Lifecycle(
-            self.store, retention_seconds=settings.retention_seconds, interval=settings.lifecycle_interval
-        )
+        self.lifecycle = Lifecycle.from_settings(self.store, settings)
         if settings.worker:
-            self.dispatcher = Dispatcher(
-                self.store,
-                self.router,
-                concurrency=self.router.dispatch_concurrency(settings.concurrency),
-                lease_seconds=settings.lease_seconds,
-                poll_interval=settings.poll_interval,
-                metrics=self.metrics,
-            )
+            self.dispatcher = Dispatcher.from_settings(self.store, self.router, settings, metrics=self.metrics)
             self.manager.on_created.append(self.dispatcher.wake)
             self.manager.on_canceled.append(self.dispatcher.batch_canceled)
         routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes]

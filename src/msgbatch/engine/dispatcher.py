@@ -18,6 +18,7 @@ import msgspec
 from msgbatch.backends.base import BackendError, RequestCanceled, request_canceled
 from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
+from msgbatch.config import Settings
 from msgbatch.errors import RESULT_ERROR_TYPES, error_body
 from msgbatch.ids import new_request_id
 from msgbatch.metrics import Metrics
@@ -117,6 +118,21 @@ class Dispatcher:
             in_flight=lambda: len(self._running), queued=self._queue.qsize, unwritten=lambda: len(self._done)
         )
         self.metrics.before_render.append(self._report_limits)
+
+    @classmethod
+    def from_settings(
+        cls, store: Store, router: Router, settings: Settings, *, metrics: Metrics | None = None
+    ) -> Dispatcher:
+        """The dispatcher of `serve` and of `worker` alike."""
+        return cls(
+            store,
+            router,
+            # Enough slots for every backend's own limit, so a freed backend slot is refilled at once.
+            concurrency=router.dispatch_concurrency(settings.concurrency),
+            lease_seconds=settings.lease_seconds,
+            poll_interval=settings.poll_interval,
+            metrics=metrics,
+        )
 
     def _report_limits(self) -> None:
         # An adaptive limiter knows its current limit; a plain backend runs up to the dispatcher's.

@@ -11,6 +11,7 @@ import contextlib
 import logging
 
 from msgbatch.clock import now_us
+from msgbatch.config import Settings
 from msgbatch.store.base import Store
 
 log = logging.getLogger("msgbatch.lifecycle")
@@ -22,6 +23,10 @@ class Lifecycle:
         self.retention_us = int(retention_seconds * 1_000_000)
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, store: Store, settings: Settings) -> Lifecycle:
+        return cls(store, retention_seconds=settings.retention_seconds, interval=settings.lifecycle_interval)
 
     async def tick(self) -> None:
         now = now_us()

@@ -30,17 +30,9 @@ class Worker:
         self.settings = settings
         self.store = store or open_store(settings.database)
         self.router = router or build_router(settings)
-        self.dispatcher = Dispatcher(
-            self.store,
-            self.router,
-            concurrency=settings.concurrency,
-            lease_seconds=settings.lease_seconds,
-            poll_interval=settings.poll_interval,
-        )
+        self.dispatcher = Dispatcher.from_settings(self.store, self.router, settings)
         # Expiry, retention and lease reaping are safe to run in every process at once.
-        self.lifecycle = Lifecycle(
-            self.store, retention_seconds=settings.retention_seconds, interval=settings.lifecycle_interval
-        )
+        self.lifecycle = Lifecycle.from_settings(self.store, settings)
         self._started = False
 
     async def start(self) -> None:
