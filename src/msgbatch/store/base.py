@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -109,3 +109,25 @@ class Store(Protocol):
     async def archive_due(self, created_before: int, now: int) -> list[str]:
         """Archive ended batches created before the cutoff: drop their requests and results."""
         ...
+
+
+RESULTS_PAGE = 2000
+
+
+async def keyset_pages(
+    fetch: Callable[[int, int], Awaitable[Sequence[tuple[int, bytes]]]], start: int, end: int
+) -> AsyncIterator[list[bytes]]:
+    """Results lines with ids in [start, end), a page at a time, in id order.
+
+    `fetch(cursor, limit)` returns up to `limit` (id, line) rows with cursor <= id < end. Each
+    page is its own short query, so a slow reader holds no connection or snapshot open.
+    """
+    cursor = start
+    while cursor < end:
+        rows = await fetch(cursor, RESULTS_PAGE)
+        if not rows:
+            return
+        yield [r[1] for r in rows]
+        if len(rows) < RESULTS_PAGE:
+            return
+        cursor = rows[-1][0] + 1

@@ -37,7 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from msgbatch.clock import now_us
 from msgbatch.models import CANCELED, CANCELING, ENDED, EXPIRED, IN_PROGRESS, RESULT_NAMES, Batch, Job, Outcome
-from msgbatch.store.base import BATCH_COLUMNS, batch_from_row
+from msgbatch.store.base import BATCH_COLUMNS, batch_from_row, keyset_pages
 
 log = logging.getLogger("msgbatch.store.postgres")
 
@@ -527,18 +527,14 @@ class PostgresStore:
             if rows:
                 yield [r[0] for r in rows]
             return
-        # Keyset pages, each on a pooled connection for a moment: a slow reader holds nothing.
-        page = 2000
+        # Each page on a pooled connection for a moment: a slow reader holds nothing.
         query = f"SELECT id, line FROM msgbatch.results WHERE id >= %s AND id < %s{type_clause} ORDER BY id LIMIT %s"
-        cursor = batch.first_request
-        while cursor < end:
-            rows = await self._fetchall(query, (cursor, end, *extra, page))
-            if not rows:
-                return
-            yield [r[1] for r in rows]
-            if len(rows) < page:
-                return
-            cursor = rows[-1][0] + 1
+
+        async def fetch(cursor: int, limit: int) -> list[tuple[int, bytes]]:
+            return await self._fetchall(query, (cursor, end, *extra, limit))
+
+        async for lines in keyset_pages(fetch, batch.first_request, end):
+            yield lines
 
     # -- the queue ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import msgspec
 
 from msgbatch.clock import now_us
 from msgbatch.models import CANCELED, CANCELING, ENDED, EXPIRED, IN_PROGRESS, Batch, Job, Outcome
-from msgbatch.store.base import BATCH_COLUMNS, batch_from_row
+from msgbatch.store.base import BATCH_COLUMNS, batch_from_row, keyset_pages
 
 T = TypeVar("T")
 
@@ -299,24 +299,15 @@ class SQLiteStore:
                 yield lines
             return
 
-        page = 2000
-        cursor = batch.first_request
         type_clause = " AND type = ?" if result_type is not None else ""
         extra: tuple[int, ...] = (result_type,) if result_type is not None else ()
         sql = f"SELECT id, line FROM results WHERE id >= ? AND id < ?{type_clause} ORDER BY id LIMIT ?"
-        while cursor < end:
-            start = cursor
 
-            def fetch(conn: sqlite3.Connection, start: int = start) -> list[tuple[int, bytes]]:
-                return conn.execute(sql, (start, end, *extra, page)).fetchall()
+        async def fetch(cursor: int, limit: int) -> list[tuple[int, bytes]]:
+            return await self._read(lambda conn: conn.execute(sql, (cursor, end, *extra, limit)).fetchall())
 
-            rows = await self._read(fetch)
-            if not rows:
-                return
-            yield [r[1] for r in rows]
-            if len(rows) < page:
-                return
-            cursor = rows[-1][0] + 1
+        async for lines in keyset_pages(fetch, batch.first_request, end):
+            yield lines
 
     # -- the queue ---------------------------------------------------------------------------
 
