@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import os
 import signal
 import socket
@@ -27,6 +26,9 @@ import uvicorn
 from psycopg import sql
 
 from msgbatch.api.app import MsgBatchServer
+from msgbatch.backends.base import CallContext
+from msgbatch.backends.mock import MockBackend
+from msgbatch.backends.simulate import simulate
 from msgbatch.clock import now_us
 from msgbatch.config import Settings, load_settings
 from msgbatch.ids import new_batch_id
@@ -313,32 +315,16 @@ def raw_client(srv: MsgBatchServer, **kwargs: Any) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=srv.app), base_url="http://testserver", **kwargs)
 
 
-class RecorderBackend:
-    """Answers like the simulator, and records the params and betas of every call (deep copies).
+def gated_simulator(gate: asyncio.Semaphore | None = None) -> MockBackend:
+    """Answers like the simulator; `calls` records every call. With a `gate`, each call first
+    acquires a permit: a test holds requests "running" until it releases permits."""
 
-    `gate`, when set, is acquired once per call before answering: a test holds requests
-    "running" until it releases permits. `started` counts calls that reached the backend.
-    """
+    async def answer(params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        if gate is not None:
+            await gate.acquire()
+        return simulate(params)[0]
 
-    name = "recorder"
-
-    def __init__(self, gate: asyncio.Semaphore | None = None) -> None:
-        self.calls: list[tuple[dict[str, Any], list[str]]] = []
-        self.gate = gate
-        self.started = 0
-
-    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
-        from msgbatch.backends.simulate import simulate
-
-        self.calls.append((copy.deepcopy(params), list(betas)))
-        self.started += 1
-        if self.gate is not None:
-            await self.gate.acquire()
-        message, _latency = simulate(params)
-        return message
-
-    async def aclose(self) -> None:
-        return None
+    return MockBackend(answer, name="recorder")
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:

@@ -15,15 +15,17 @@ import pytest
 from conftest import make_settings
 from fake_upstream import FakeUpstream
 from msgbatch.backends.anthropic import AnthropicBackend, normalize_message
-from msgbatch.backends.base import BackendError, RequestCanceled, request_canceled
+from msgbatch.backends.base import CallContext, RequestCanceled, request_canceled
 from msgbatch.backends.client import HTTPClient, RawResponse
 from msgbatch.backends.config import build_router, parse_upstream
 from msgbatch.backends.http import error_type_for_status, is_overload, parse_retry_after, upstream_error
 from msgbatch.backends.limiter import AdaptiveLimiter
+from msgbatch.backends.mock import MockBackend
 from msgbatch.backends.openai import OpenAIBackend
+from msgbatch.backends.retry import RetryPolicy
 from msgbatch.backends.simulate import SimulatorBackend
 from msgbatch.config import ConfigError
-from msgbatch.engine.dispatcher import RetryPolicy
+from msgbatch.errors import MsgbatchError, error_for_type
 
 KEY = "sk-secret-abcdef"
 
@@ -58,7 +60,7 @@ def response(status: int, body: bytes = b"", **headers: str) -> RawResponse:
 def test_status_mapping(status: int, error_type: str, retryable: bool) -> None:
     assert error_type_for_status(status) == error_type
     error = upstream_error(response(status, b"not json"), backend="up")
-    assert (error.error_type, error.retryable, error.status) == (error_type, retryable, status)
+    assert (error.type, error.retryable, error.upstream_status) == (error_type, retryable, status)
     assert f"HTTP {status}" in error.message and "not json" in error.message
 
 
@@ -98,7 +100,7 @@ def test_retry_after_forms() -> None:
 )
 def test_error_bodies_of_known_servers(body: bytes, error_type: str, message: str) -> None:
     error = upstream_error(response(500, body), backend="up")
-    assert error.error_type == error_type and error.message == message
+    assert error.type == error_type and error.message == message
 
 
 def test_should_retry_header_and_key_redaction() -> None:
@@ -110,13 +112,13 @@ def test_should_retry_header_and_key_redaction() -> None:
 
 
 def test_overload_signals() -> None:
-    assert is_overload(BackendError("rate_limit_error", "", retryable=True, status=429))
-    assert is_overload(BackendError("overloaded_error", "", retryable=True, status=529))
-    assert is_overload(BackendError("overloaded_error", "", retryable=True, status=503))
-    assert is_overload(BackendError("timeout_error", "", retryable=True))  # a transport timeout
-    assert not is_overload(BackendError("api_error", "", retryable=True, status=500))
-    assert not is_overload(BackendError("api_error", "", retryable=True))  # a reset
-    assert not is_overload(BackendError("invalid_request_error", "", status=400))
+    assert is_overload(error_for_type("rate_limit_error", "", retryable=True, upstream_status=429))
+    assert is_overload(error_for_type("overloaded_error", "", retryable=True, upstream_status=529))
+    assert is_overload(error_for_type("overloaded_error", "", retryable=True, upstream_status=503))
+    assert is_overload(error_for_type("timeout_error", "", retryable=True))  # a transport timeout
+    assert not is_overload(error_for_type("api_error", "", retryable=True, upstream_status=500))
+    assert not is_overload(error_for_type("api_error", "", retryable=True))  # a reset
+    assert not is_overload(error_for_type("invalid_request_error", "", upstream_status=400))
 
 
 def test_normalize_message_fills_what_compatible_servers_leave_out() -> None:
@@ -133,7 +135,7 @@ def test_normalize_message_fills_what_compatible_servers_leave_out() -> None:
         "service_tier": "batch",
     }
     for broken in ({"type": "error"}, {"content": "text"}, {"content": [{"text": "no type"}]}):
-        with pytest.raises(BackendError) as caught:
+        with pytest.raises(MsgbatchError) as caught:
             normalize_message(dict(broken), "m", "up")
         assert caught.value.retryable
 
@@ -182,34 +184,34 @@ def text_of(message: dict[str, Any]) -> str:
 async def test_client_sends_once_more_when_a_kept_connection_dies_unanswered() -> None:
     with FakeUpstream() as fake:
         backend = AnthropicBackend("up", fake.url, concurrency=4)
-        assert text_of(await backend.create_message(ask("warm"), [])) == "echo: warm"
+        assert text_of(await backend.create_message(ask("warm"), CallContext())) == "echo: warm"
         # The kept connection dies before any answer (the server closed it as the request went
         # out): the request goes out once more, on a new connection, and the caller sees nothing.
         fake.plan("stale", ["reset"])
-        assert text_of(await backend.create_message(ask("stale"), [])) == "echo: stale"
+        assert text_of(await backend.create_message(ask("stale"), CallContext())) == "echo: stale"
         assert len(fake.calls_for("stale")) == 2 and fake.connections == 2
         # Once only: the second attempt's fault is the request's.
         fake.plan("twice", ["reset", "reset"])
-        with pytest.raises(BackendError) as caught:
-            await backend.create_message(ask("twice"), [])
-        assert caught.value.error_type == "api_error" and caught.value.retryable
+        with pytest.raises(MsgbatchError) as caught:
+            await backend.create_message(ask("twice"), CallContext())
+        assert caught.value.type == "api_error" and caught.value.retryable
         assert len(fake.calls_for("twice")) == 2 and fake.connections == 3
         # On a new connection, a dropped request is not sent again here (the retry budget decides).
         fake.plan("fresh", ["reset"])
-        with pytest.raises(BackendError) as caught:
-            await backend.create_message(ask("fresh"), [])
-        assert caught.value.error_type == "api_error" and caught.value.retryable
+        with pytest.raises(MsgbatchError) as caught:
+            await backend.create_message(ask("fresh"), CallContext())
+        assert caught.value.type == "api_error" and caught.value.retryable
         assert len(fake.calls_for("fresh")) == 1 and fake.connections == 4
         await backend.aclose()
-        with pytest.raises(BackendError, match="cannot connect"):
-            await backend.create_message(ask("warm"), [])
+        with pytest.raises(MsgbatchError, match="cannot connect"):
+            await backend.create_message(ask("warm"), CallContext())
 
 
 async def test_client_faults_become_backend_errors() -> None:
     backend = AnthropicBackend("up", "http://127.0.0.1:9", timeout=1.0)  # nothing listens on port 9
-    with pytest.raises(BackendError) as caught:
-        await backend.create_message({"model": "m", "messages": []}, [])
-    assert caught.value.error_type == "api_error" and caught.value.retryable
+    with pytest.raises(MsgbatchError) as caught:
+        await backend.create_message({"model": "m", "messages": []}, CallContext())
+    assert caught.value.type == "api_error" and caught.value.retryable
     assert "cannot connect" in caught.value.message
     await backend.aclose()
     cases = {
@@ -220,13 +222,13 @@ async def test_client_faults_become_backend_errors() -> None:
     }
     with FakeUpstream(hang=1.0) as fake:
         backend = AnthropicBackend("up", fake.url, timeout=0.3)
-        assert text_of(await backend.create_message(ask("warm"), [])) == "echo: warm"  # a kept connection
+        assert text_of(await backend.create_message(ask("warm"), CallContext())) == "echo: warm"  # a kept connection
         for key, (error_type, message) in cases.items():
             fake.plan(key, [key])
-            with pytest.raises(BackendError) as caught:
-                await backend.create_message(ask(key), [])
+            with pytest.raises(MsgbatchError) as caught:
+                await backend.create_message(ask(key), CallContext())
             error = caught.value
-            assert (error.error_type, error.retryable, error.status) == (error_type, True, None), key
+            assert (error.type, error.retryable, error.upstream_status) == (error_type, True, None), key
             assert message in error.message, (key, error.message)
             assert len(fake.calls_for(key)) == 1, key  # none of these is sent again by the client
         await backend.aclose()
@@ -236,45 +238,41 @@ async def test_client_faults_become_backend_errors() -> None:
 
 
 class Scripted:
-    """A backend whose calls wait on a gate and then fail or succeed as told."""
-
-    name = "scripted"
+    """The state of a MockBackend whose calls wait on a gate and then fail or succeed as told."""
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
-        self.failure: BackendError | None = None
+        self.failure: MsgbatchError | None = None
         self.in_flight = 0
         self.peak = 0
+        self.backend = MockBackend(self.answer, name="scripted")
 
-    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+    async def answer(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
             await self.gate.wait()
             failure = self.failure
             if failure is not None:
-                raise BackendError(
-                    failure.error_type,
+                raise error_for_type(
+                    failure.type,
                     failure.message,
                     retryable=failure.retryable,
                     retry_after=failure.retry_after,
-                    status=failure.status,
+                    upstream_status=failure.upstream_status,
                 )
             return {"ok": True}
         finally:
             self.in_flight -= 1
 
-    async def aclose(self) -> None:
-        return None
-
 
 async def test_limiter_bounds_concurrency_and_cuts_once_per_generation() -> None:
     inner = Scripted()
-    limiter = AdaptiveLimiter(inner, 10, min_limit=2)
-    calls = [asyncio.create_task(limiter.create_message({}, [])) for _ in range(30)]
+    limiter = AdaptiveLimiter(inner.backend, 10, min_limit=2)
+    calls = [asyncio.create_task(limiter.create_message({}, CallContext())) for _ in range(30)]
     await asyncio.sleep(0.01)
     assert inner.in_flight == 10 and limiter.waiting == 20
-    inner.failure = BackendError("overloaded_error", "busy", retryable=True, status=529)
+    inner.failure = error_for_type("overloaded_error", "busy", retryable=True, upstream_status=529)
     inner.gate.set()
     await asyncio.sleep(0)  # the ten in flight fail; the requests they let in must wait again
     inner.gate.clear()
@@ -285,66 +283,68 @@ async def test_limiter_bounds_concurrency_and_cuts_once_per_generation() -> None
     inner.failure = None
     inner.gate.set()
     results = await asyncio.gather(*calls, return_exceptions=True)
-    assert sum(isinstance(r, BackendError) for r in results) >= 10
+    assert sum(isinstance(r, MsgbatchError) for r in results) >= 10
     assert inner.peak == 10 and limiter.in_flight == 0
     # Successes grow it back, additively, up to the ceiling and no further.
     for _ in range(200):
-        await limiter.create_message({}, [])
+        await limiter.create_message({}, CallContext())
     assert limiter.limit == 10
 
 
 async def test_limiter_never_goes_below_its_floor_and_ignores_other_errors() -> None:
     inner = Scripted()
     inner.gate.set()
-    limiter = AdaptiveLimiter(inner, 8, min_limit=3)
-    inner.failure = BackendError("api_error", "boom", retryable=True, status=500)
-    with pytest.raises(BackendError):
-        await limiter.create_message({}, [])
+    limiter = AdaptiveLimiter(inner.backend, 8, min_limit=3)
+    inner.failure = error_for_type("api_error", "boom", retryable=True, upstream_status=500)
+    with pytest.raises(MsgbatchError):
+        await limiter.create_message({}, CallContext())
     assert limiter.limit == 8
-    inner.failure = BackendError("rate_limit_error", "slow down", retryable=True, status=429)
+    inner.failure = error_for_type("rate_limit_error", "slow down", retryable=True, upstream_status=429)
     for _ in range(10):
-        with pytest.raises(BackendError):
-            await limiter.create_message({}, [])
+        with pytest.raises(MsgbatchError):
+            await limiter.create_message({}, CallContext())
     assert limiter.limit == 3
-    fixed = AdaptiveLimiter(inner, 8, adaptive=False)
-    with pytest.raises(BackendError):
-        await fixed.create_message({}, [])
+    fixed = AdaptiveLimiter(inner.backend, 8, adaptive=False)
+    with pytest.raises(MsgbatchError):
+        await fixed.create_message({}, CallContext())
     assert fixed.limit == 8
 
 
 async def test_limiter_holds_every_request_back_for_a_retry_after() -> None:
     inner = Scripted()
     inner.gate.set()
-    limiter = AdaptiveLimiter(inner, 4)
-    inner.failure = BackendError("rate_limit_error", "slow down", retryable=True, retry_after=0.3, status=429)
-    with pytest.raises(BackendError):
-        await limiter.create_message({}, [])
+    limiter = AdaptiveLimiter(inner.backend, 4)
+    inner.failure = error_for_type(
+        "rate_limit_error", "slow down", retryable=True, retry_after=0.3, upstream_status=429
+    )
+    with pytest.raises(MsgbatchError):
+        await limiter.create_message({}, CallContext())
     inner.failure = None
     start = time.monotonic()
-    await asyncio.gather(*(limiter.create_message({}, []) for _ in range(3)))
+    await asyncio.gather(*(limiter.create_message({}, CallContext()) for _ in range(3)))
     assert time.monotonic() - start >= 0.28
     start = time.monotonic()
-    await limiter.create_message({}, [])
+    await limiter.create_message({}, CallContext())
     assert time.monotonic() - start < 0.1  # the pause is over
-    capped = AdaptiveLimiter(inner, 4, max_pause=0.05)
-    inner.failure = BackendError("overloaded_error", "x", retryable=True, retry_after=3600, status=529)
-    with pytest.raises(BackendError):
-        await capped.create_message({}, [])
+    capped = AdaptiveLimiter(inner.backend, 4, max_pause=0.05)
+    inner.failure = error_for_type("overloaded_error", "x", retryable=True, retry_after=3600, upstream_status=529)
+    with pytest.raises(MsgbatchError):
+        await capped.create_message({}, CallContext())
     inner.failure = None
     start = time.monotonic()
-    await capped.create_message({}, [])
+    await capped.create_message({}, CallContext())
     assert time.monotonic() - start < 0.5
 
 
 async def test_limiter_drops_a_waiting_request_whose_batch_was_canceled() -> None:
     inner = Scripted()
-    limiter = AdaptiveLimiter(inner, 1)
+    limiter = AdaptiveLimiter(inner.backend, 1)
     canceled = False
 
     async def call(flag: bool) -> dict[str, Any]:
         if flag:
             request_canceled.set(lambda: canceled)
-        return await limiter.create_message({}, [])
+        return await limiter.create_message({}, CallContext())
 
     first = asyncio.create_task(call(False))
     second = asyncio.create_task(call(True))
@@ -360,16 +360,16 @@ async def test_limiter_drops_a_waiting_request_whose_batch_was_canceled() -> Non
 
 async def test_limiter_waiter_cancelled_frees_nothing_twice() -> None:
     inner = Scripted()
-    limiter = AdaptiveLimiter(inner, 1)
-    first = asyncio.create_task(limiter.create_message({}, []))
-    waiting = asyncio.create_task(limiter.create_message({}, []))
+    limiter = AdaptiveLimiter(inner.backend, 1)
+    first = asyncio.create_task(limiter.create_message({}, CallContext()))
+    waiting = asyncio.create_task(limiter.create_message({}, CallContext()))
     await asyncio.sleep(0.01)
     waiting.cancel()
     await asyncio.sleep(0.01)
     inner.gate.set()
     await first
     assert limiter.in_flight == 0 and limiter.waiting == 0
-    assert await limiter.create_message({}, []) == {"ok": True}
+    assert await limiter.create_message({}, CallContext()) == {"ok": True}
 
 
 # --- configuration ----------------------------------------------------------------------------

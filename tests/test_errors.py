@@ -17,9 +17,9 @@ import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
 
 from conftest import (
-    RecorderBackend,
     ThreadedServer,
     async_client_for,
+    gated_simulator,
     make_settings,
     raw_client,
     running_server,
@@ -79,7 +79,7 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     gate = asyncio.Semaphore(0)
-    backend = RecorderBackend(gate=gate)
+    backend = gated_simulator(gate)
     settings = make_settings(
         tmp_path,
         api_keys={KEY: "ws-a", "sk-b": "ws-b"},
@@ -91,7 +91,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         e = Env(srv, http, gate)
         made = await http.post("/v1/messages/batches", headers=AUTH, json=body_of(2))
         e.running = made.json()["id"]
-        await wait_until(lambda: backend.started == 1, what="the first request running")
+        await wait_until(lambda: len(backend.calls) == 1, what="the first request running")
         made = await http.post("/v1/messages/batches", headers=AUTH, json=body_of(1))
         e.ended = made.json()["id"]
         canceled = await http.post(f"/v1/messages/batches/{e.ended}/cancel", headers=AUTH)
@@ -577,7 +577,7 @@ async def test_model_no_backend_serves_is_not_found(tmp_path: Path) -> None:
 
 
 async def test_unknown_params_pass_through_untouched(tmp_path: Path) -> None:
-    backend = RecorderBackend()
+    backend = gated_simulator()
     params = {
         "model": "claude-sonnet-4-5-20250929",
         "max_tokens": 2048,

@@ -15,8 +15,8 @@ import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
 
 from conftest import (
-    RecorderBackend,
     async_client_for,
+    gated_simulator,
     make_settings,
     raw_client,
     running_server,
@@ -153,13 +153,13 @@ async def test_restart_while_canceling_with_abandoned_requests(tmp_path: Path) -
     """A graceful stop hands unfinished requests back; a canceling batch must still end after it."""
     gate = asyncio.Semaphore(0)  # the two running requests never finish on the first server
     settings = make_settings(tmp_path, concurrency=2)
-    first = MsgBatchServer(settings, router=Router([], RecorderBackend(gate=gate)))
+    first = MsgBatchServer(settings, router=Router([], gated_simulator(gate)))
     await first.start()
     try:
         async with async_client_for(first) as client:
             batch = await client.messages.batches.create(requests=[simple_request(f"r{i}") for i in range(6)])
             deadline = time.monotonic() + 10
-            while first.router.default.started < 2:  # type: ignore[union-attr]
+            while len(first.router.default.calls) < 2:  # type: ignore[union-attr]
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
             canceling = await client.messages.batches.cancel(batch.id)

@@ -13,9 +13,12 @@ import pytest
 
 from conftest import TEST_KEY, async_client_for, make_settings, raw_client, running_server, simple_request, wait_ended
 from msgbatch.api.app import MsgBatchServer
-from msgbatch.backends.base import BackendError
+from msgbatch.backends.base import CallContext
+from msgbatch.backends.mock import MockBackend
+from msgbatch.backends.retry import RetryPolicy
 from msgbatch.backends.router import Router
 from msgbatch.backends.simulate import simulate
+from msgbatch.errors import MsgbatchError, error_for_type
 from msgbatch.metrics import Counter, Gauge, Histogram
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
@@ -131,29 +134,23 @@ async def test_metrics_add_up_to_the_batch_counts(server: MsgBatchServer) -> Non
     assert total(samples, "msgbatch_backend_concurrency_limit", backend="simulate") == server.settings.concurrency
 
 
-class FlakyBackend:
+def flaky_backend() -> MockBackend:
     """Fails every request once with a retryable overload, then answers like the simulator."""
+    seen: set[str] = set()
 
-    name = "flaky"
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+    def answer(params: dict[str, Any], context: CallContext) -> dict[str, Any]:
         text = params["messages"][-1]["content"]
-        if text not in self.seen:
-            self.seen.add(text)
-            raise BackendError("overloaded_error", "try again", retryable=True, retry_after=0.0)
+        if text not in seen:
+            seen.add(text)
+            raise error_for_type("overloaded_error", "try again", retryable=True, retry_after=0.0)
         return simulate(params)[0]
 
-    async def aclose(self) -> None:
-        return None
+    return MockBackend(answer, name="flaky", retry=RetryPolicy(base=0.01))
 
 
 async def test_retries_and_latency_are_counted_per_backend(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    async with running_server(settings, router=Router([], FlakyBackend())) as srv:
-        srv.dispatcher.retry.base = 0.01  # type: ignore[union-attr]
+    async with running_server(settings, router=Router([], flaky_backend())) as srv:
         client = async_client_for(srv)
         batch = await client.messages.batches.create(requests=[simple_request(f"r{i}", f"n{i}") for i in range(5)])
         ended = await wait_ended(client, batch.id)
@@ -258,21 +255,15 @@ async def test_one_log_line_per_transition_and_per_failed_request(
 async def test_concurrency_gauge_follows_the_adaptive_limit(tmp_path: Path) -> None:
     from msgbatch.backends.limiter import AdaptiveLimiter
 
-    class Overloaded:
-        name = "busy-upstream"
+    def overloaded(params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        raise error_for_type("overloaded_error", "Overloaded", retryable=True, upstream_status=529)
 
-        async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
-            raise BackendError("overloaded_error", "Overloaded", retryable=True, status=529)
-
-        async def aclose(self) -> None:
-            pass
-
-    limiter = AdaptiveLimiter(Overloaded(), max_limit=8)
+    limiter = AdaptiveLimiter(MockBackend(overloaded, name="busy-upstream"), max_limit=8)
     async with running_server(make_settings(tmp_path), router=Router([], limiter)) as srv:
         _, samples = await scrape(srv)
         assert total(samples, "msgbatch_backend_concurrency_limit", backend="busy-upstream") == 8
-        with pytest.raises(BackendError):
-            await limiter.create_message({}, [])
+        with pytest.raises(MsgbatchError):
+            await limiter.create_message({}, CallContext())
         # An overload signal cuts the limit multiplicatively; the gauge shows the limit now in force.
         assert limiter.limit < 8
         _, samples = await scrape(srv)

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from conftest import (
-    RecorderBackend,
     async_client_for,
     draft,
+    gated_simulator,
     make_batch,
     make_settings,
     running_server,
@@ -74,13 +74,13 @@ async def test_sdk_round_trip_on_postgres(tmp_path: Path, pg_url: str) -> None:
 
 async def test_cancel_on_postgres_lets_running_requests_finish(tmp_path: Path, pg_url: str) -> None:
     gate = asyncio.Semaphore(0)
-    backend = RecorderBackend(gate)
+    backend = gated_simulator(gate)
     settings = make_settings(tmp_path, database=pg_url, concurrency=2)
     async with running_server(settings, router=Router([], backend)) as srv:
         client = async_client_for(srv)
         try:
             batch = await client.messages.batches.create(requests=[simple_request(f"r{i}") for i in range(10)])
-            await wait_until(lambda: backend.started == 2, what="two requests running")
+            await wait_until(lambda: len(backend.calls) == 2, what="two requests running")
             canceling = await client.messages.batches.cancel(batch.id)
             assert canceling.processing_status == "canceling"
             assert (canceling.request_counts.canceled, canceling.request_counts.processing) == (8, 2)
@@ -88,7 +88,7 @@ async def test_cancel_on_postgres_lets_running_requests_finish(tmp_path: Path, p
             gate.release()
             ended = await wait_ended(client, batch.id)
             assert (ended.request_counts.succeeded, ended.request_counts.canceled) == (2, 8)
-            assert backend.started == 2
+            assert len(backend.calls) == 2
         finally:
             await client.close()
 
@@ -116,7 +116,7 @@ async def test_api_server_and_worker_share_one_database(tmp_path: Path, pg_url: 
 
 async def test_worker_shutdown_finishes_or_hands_back_work(tmp_path: Path, pg_url: str) -> None:
     gate = asyncio.Semaphore(0)
-    backend = RecorderBackend(gate)
+    backend = gated_simulator(gate)
     settings = make_settings(tmp_path, database=pg_url, concurrency=4, grace_seconds=0.3)
     worker = Worker(settings, router=Router([], backend))
     await worker.start()
@@ -127,7 +127,7 @@ async def test_worker_shutdown_finishes_or_hands_back_work(tmp_path: Path, pg_ur
             client = async_client_for(api)
             try:
                 batch = await client.messages.batches.create(requests=[simple_request(f"r{i}") for i in range(4)])
-                await wait_until(lambda: backend.started == 4, what="four requests running")
+                await wait_until(lambda: len(backend.calls) == 4, what="four requests running")
                 gate.release()
                 gate.release()  # two finish; the other two are still running when the grace runs out
                 await wait_until(lambda: len(worker.dispatcher._running) == 2, what="two finished")

@@ -13,9 +13,9 @@ import pytest
 from anthropic.types.beta.messages import BetaMessageBatchIndividualResponse
 from anthropic.types.messages import MessageBatchIndividualResponse
 
-from msgbatch.backends.base import Backend, BackendError
+from msgbatch.backends.base import Backend, CallContext
 from msgbatch.backends.simulate import SimulatorBackend, parse_directives, simulate
-from msgbatch.errors import RESULT_ERROR_TYPES
+from msgbatch.errors import RESULT_ERROR_TYPES, MsgbatchError
 from msgbatch.validation import validate_params
 
 MODEL = "claude-sonnet-4-5-20250929"
@@ -457,9 +457,9 @@ def test_tool_use_with_thinking_and_budget() -> None:
 
 
 def test_tool_choice_naming_an_unknown_tool() -> None:
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(MsgbatchError) as info:
         simulate(params(tools=[WEATHER], tool_choice={"type": "tool", "name": "nope"}))
-    assert info.value.error_type == "invalid_request_error"
+    assert info.value.type == "invalid_request_error"
     assert info.value.message.startswith("tool_choice.name: ")
     assert "nope" in info.value.message
 
@@ -546,9 +546,9 @@ def test_latency_directive_is_returned_and_stripped() -> None:
     ],
 )
 def test_bad_directives_are_invalid_requests(content: str, message: str) -> None:
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(MsgbatchError) as info:
         simulate(params(content))
-    assert info.value.error_type == "invalid_request_error"
+    assert info.value.type == "invalid_request_error"
     assert info.value.message == message
     assert not info.value.retryable
 
@@ -556,19 +556,19 @@ def test_bad_directives_are_invalid_requests(content: str, message: str) -> None
 @pytest.mark.parametrize("error_type", sorted(RESULT_ERROR_TYPES))
 async def test_error_directive(error_type: str) -> None:
     p = params(f"boom [[simulate error={error_type}]]")
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(MsgbatchError) as info:
         simulate(p)
-    assert (info.value.error_type, info.value.message) == (error_type, f"Simulated {error_type}")
+    assert (info.value.type, info.value.message) == (error_type, f"Simulated {error_type}")
     assert info.value.retryable is False
-    with pytest.raises(BackendError) as info:
-        await SimulatorBackend().create_message(p, [])
-    assert info.value.error_type == error_type
+    with pytest.raises(MsgbatchError) as info:
+        await SimulatorBackend().create_message(p, CallContext())
+    assert info.value.type == error_type
 
 
 async def test_backend_sleeps_for_latency_directive() -> None:
     backend = SimulatorBackend()
     started = time.monotonic()
-    message = await backend.create_message(params("hi [[simulate latency=0.05]]"), ["some-beta"])
+    message = await backend.create_message(params("hi [[simulate latency=0.05]]"), CallContext(betas=("some-beta",)))
     assert time.monotonic() - started >= 0.05
     check_sdk(message)
     assert message == simulate(params("hi [[simulate latency=0.05]]"))[0]
@@ -577,20 +577,22 @@ async def test_backend_sleeps_for_latency_directive() -> None:
 
 async def test_backend_sleeps_then_fails() -> None:
     started = time.monotonic()
-    with pytest.raises(BackendError) as info:
-        await SimulatorBackend().create_message(params("[[simulate latency=0.05 error=overloaded_error]]"), [])
+    with pytest.raises(MsgbatchError) as info:
+        await SimulatorBackend().create_message(
+            params("[[simulate latency=0.05 error=overloaded_error]]"), CallContext()
+        )
     assert time.monotonic() - started >= 0.05
-    assert info.value.error_type == "overloaded_error"
+    assert info.value.type == "overloaded_error"
 
 
 async def test_backend_default_latency() -> None:
     backend = SimulatorBackend(default_latency=0.05)
     started = time.monotonic()
-    await backend.create_message(params(), [])
+    await backend.create_message(params(), CallContext())
     assert time.monotonic() - started >= 0.05
     # A directive overrides the default, down to no delay at all.
     started = time.monotonic()
-    await backend.create_message(params("[[simulate latency=0]]"), [])
+    await backend.create_message(params("[[simulate latency=0]]"), CallContext())
     assert time.monotonic() - started < 0.04
 
 
@@ -598,7 +600,7 @@ async def test_backend_matches_pure_function_and_interface() -> None:
     backend: Backend = SimulatorBackend()
     assert backend.name == "simulate"
     p = params(system="x", thinking={"type": "enabled"})
-    assert await backend.create_message(p, []) == simulate(p)[0]
+    assert await backend.create_message(p, CallContext()) == simulate(p)[0]
     await backend.aclose()
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from anthropic.types import Message
 
-from msgbatch.backends.base import BackendError
 from msgbatch.backends.translate import Untranslatable, from_chat_completion, to_chat_completion
+from msgbatch.errors import MsgbatchError
 
 MODEL = "llama-3.1-8b"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -263,9 +263,9 @@ def test_tool_call_answer() -> None:
 
 def test_tool_call_with_bad_arguments_is_an_error() -> None:
     call = {"id": "c", "function": {"name": "get_weather", "arguments": "{city: Oslo"}}
-    with pytest.raises(BackendError) as caught:
+    with pytest.raises(MsgbatchError) as caught:
         from_chat_completion(completion({"role": "assistant", "tool_calls": [call]}, "tool_calls"), params())
-    assert caught.value.error_type == "api_error" and not caught.value.retryable
+    assert caught.value.type == "api_error" and not caught.value.retryable
 
 
 @pytest.mark.parametrize(
@@ -302,6 +302,6 @@ def test_cached_tokens_and_reasoning() -> None:
     [{}, {"choices": []}, {"choices": [{"finish_reason": "stop"}]}, {"choices": [{"message": {"tool_calls": [1]}}]}],
 )
 def test_malformed_answers_are_retryable(answer: dict[str, Any]) -> None:
-    with pytest.raises(BackendError) as caught:
+    with pytest.raises(MsgbatchError) as caught:
         from_chat_completion(answer, params())
-    assert caught.value.error_type == "api_error" and caught.value.retryable
+    assert caught.value.type == "api_error" and caught.value.retryable

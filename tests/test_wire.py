@@ -22,8 +22,8 @@ from anthropic.types.messages import MessageBatchIndividualResponse
 
 from conftest import (
     TEST_KEY,
-    RecorderBackend,
     async_client_for,
+    gated_simulator,
     make_settings,
     raw_client,
     running_server,
@@ -32,6 +32,7 @@ from conftest import (
     wait_until,
 )
 from msgbatch.api.app import MsgBatchServer
+from msgbatch.backends.mock import MockBackend
 from msgbatch.backends.router import Router
 
 AUTH = {"x-api-key": TEST_KEY}
@@ -106,7 +107,7 @@ def flavor(request: pytest.FixtureRequest) -> Flavor:
 class Gated:
     """A server whose backend holds every request until the test releases a permit."""
 
-    def __init__(self, server: MsgBatchServer, backend: RecorderBackend, gate: asyncio.Semaphore) -> None:
+    def __init__(self, server: MsgBatchServer, backend: MockBackend, gate: asyncio.Semaphore) -> None:
         self.server = server
         self.backend = backend
         self.gate = gate
@@ -123,7 +124,7 @@ async def gated_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
     async def make(**overrides: Any) -> Gated:
         gate = asyncio.Semaphore(0)
-        backend = RecorderBackend(gate=gate)
+        backend = gated_simulator(gate)
         sub = tmp_path / f"gated{len(stack)}"
         sub.mkdir()
         cm = running_server(make_settings(sub, **overrides), router=Router([], backend))
@@ -323,7 +324,7 @@ async def test_concurrent_creates_list_in_creation_order(aclient: anthropic.Asyn
 async def test_cancel_running_and_pending(gated_factory: Callable[..., Any], flavor: Flavor) -> None:
     g: Gated = await gated_factory(concurrency=2)
     batch = await flavor.create(g.client, [simple_request(f"r{i}", f"r{i}") for i in range(10)])
-    await wait_until(lambda: g.backend.started == 2, what="two requests running")
+    await wait_until(lambda: len(g.backend.calls) == 2, what="two requests running")
 
     canceling = await flavor.cancel(g.client, batch.id)
     assert canceling.processing_status == "canceling"
@@ -346,7 +347,7 @@ async def test_cancel_running_and_pending(gated_factory: Callable[..., Any], fla
     assert_counts(ended, 10, succeeded=2, canceled=8)
     assert ended.cancel_initiated_at == canceling.cancel_initiated_at
     assert ended.ended_at is not None and ended.ended_at >= ended.cancel_initiated_at
-    assert g.backend.started == 2  # nothing was started after the cancel
+    assert len(g.backend.calls) == 2  # nothing was started after the cancel
 
     results = await flavor.results(g.client, batch.id)
     kinds = {r.custom_id: r.result.type for r in results}
@@ -365,7 +366,7 @@ async def test_cancel_running_and_pending(gated_factory: Callable[..., Any], fla
 async def test_cancel_with_nothing_running_ends_at_once(gated_factory: Callable[..., Any]) -> None:
     g: Gated = await gated_factory(concurrency=1)
     blocker = await g.client.messages.batches.create(requests=[simple_request("block")])
-    await wait_until(lambda: g.backend.started == 1, what="the blocker running")
+    await wait_until(lambda: len(g.backend.calls) == 1, what="the blocker running")
     idle = await g.client.messages.batches.create(requests=[simple_request(f"i{i}") for i in range(5)])
     await asyncio.sleep(0.1)
     canceled = await g.client.messages.batches.cancel(idle.id)
@@ -419,7 +420,7 @@ async def test_delete_ended_batch(aclient: anthropic.AsyncAnthropic, server: Msg
 async def test_delete_in_progress_or_canceling_is_400(gated_factory: Callable[..., Any], flavor: Flavor) -> None:
     g: Gated = await gated_factory(concurrency=1)
     batch = await flavor.create(g.client, [simple_request(f"r{i}") for i in range(3)])
-    await wait_until(lambda: g.backend.started == 1, what="a request running")
+    await wait_until(lambda: len(g.backend.calls) == 1, what="a request running")
     with pytest.raises(anthropic.BadRequestError) as exc:
         await flavor.delete(g.client, batch.id)
     assert exc.value.type == "invalid_request_error"
@@ -571,7 +572,7 @@ async def test_counts_are_live_and_always_sum_to_total(gated_factory: Callable[.
         snapshots.append(counts)
         return b
 
-    await wait_until(lambda: g.backend.started == 2, what="two running")
+    await wait_until(lambda: len(g.backend.calls) == 2, what="two running")
     b = await snap()
     assert_counts(b, total, processing=6)
     g.release(2)
@@ -679,7 +680,7 @@ async def test_sdk_fetches_results_from_absolute_url(tmp_path: Path) -> None:
 
 
 async def test_betas_reach_the_backend(tmp_path: Path) -> None:
-    backend = RecorderBackend()
+    backend = gated_simulator()
     async with running_server(make_settings(tmp_path), router=Router([], backend)) as srv:
         client = async_client_for(srv)
         async with client, raw_client(srv) as http:
@@ -704,7 +705,7 @@ async def test_betas_reach_the_backend(tmp_path: Path) -> None:
             for batch_id in (beta.id, std.id, none.id, resp.json()["id"]):
                 await wait_ended(client, batch_id)
 
-    seen = {params["messages"][0]["content"]: betas for params, betas in backend.calls}
+    seen = {params["messages"][0]["content"]: list(context.betas) for params, context in backend.calls}
     assert len(backend.calls) == len(seen) == 6
     both = ["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"]
     repeated = ["alpha-1", "beta-2", "gamma-3"]
@@ -763,7 +764,7 @@ async def test_cancel_route_with_beta_flag(gated_factory: Callable[..., Any]) ->
             headers=AUTH,
             json={"requests": [simple_request("a"), simple_request("b")]},
         )
-        await wait_until(lambda: g.backend.started == 1, what="one running")
+        await wait_until(lambda: len(g.backend.calls) == 1, what="one running")
         resp = await http.post(f"/v1/messages/batches/{made.json()['id']}/cancel?beta=true", headers=AUTH)
         assert resp.status_code == 200
         assert resp.json()["processing_status"] == "canceling"

@@ -1,10 +1,159 @@
-"""One error tree for the whole server: each class knows its HTTP status and API error type."""
+"""One error tree for the whole server: the API's answers and the backends' failures alike.
+
+    MsgbatchError                     the root: a type, an HTTP status, a message, retryable or not
+    ├── InvalidRequestError           400 invalid_request_error
+    │   ├── MethodNotAllowedError     405 invalid_request_error   (HTTP only)
+    │   └── ConflictError             409 invalid_request_error   (HTTP only)
+    ├── AuthenticationError           401 authentication_error
+    ├── BillingError                  402 billing_error
+    ├── PermissionDeniedError         403 permission_error
+    ├── NotFoundError                 404 not_found_error
+    ├── RequestTooLargeError          413 request_too_large       (HTTP only; invalid_request_error in a result)
+    ├── RateLimitError                429 rate_limit_error        retryable
+    ├── InternalServerError           500 api_error               retryable
+    ├── ServiceUnavailableError       503 overloaded_error        retryable
+    ├── GatewayTimeoutError           504 timeout_error           retryable
+    └── OverloadedError               529 overloaded_error        retryable
+
+The API answers any of them with its status and the one error body (`error_body`); a backend
+raises them, and the dispatcher turns one into an `errored` result (with `result_type`) or, when
+`retryable`, into a retry. `error_for_type` is the one table from an error type to its class, used
+wherever a type arrives as a string (an upstream's error body, a simulator directive).
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 import msgspec
+
+__all__ = [
+    "RESULT_ERROR_TYPES",
+    "STATUS_BY_TYPE",
+    "AuthenticationError",
+    "BillingError",
+    "ConflictError",
+    "GatewayTimeoutError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "MethodNotAllowedError",
+    "MsgbatchError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "ServiceUnavailableError",
+    "error_body",
+    "error_for_type",
+]
+
+
+class MsgbatchError(Exception):
+    """A failure with an API error type.
+
+    `retryable` says whether running the same request again may succeed (the class's default
+    unless the raiser knows better, as an upstream's `x-should-retry` does); `retry_after` is a
+    hint in seconds; `upstream_status` is the HTTP status an upstream answered, when one did;
+    `headers` go out with an HTTP answer.
+    """
+
+    type: ClassVar[str] = "api_error"
+    status: ClassVar[int] = 500
+    retryable_by_default: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = self.retryable_by_default if retryable is None else retryable
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
+        self.headers = headers or {}
+
+    @property
+    def result_type(self) -> str:
+        """The type to write inside an `errored` result (only the SDK's ErrorObject types)."""
+        return self.type if self.type in RESULT_ERROR_TYPES else "invalid_request_error"
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+class InvalidRequestError(MsgbatchError):
+    type = "invalid_request_error"
+    status = 400
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    status = 405
+
+
+class ConflictError(InvalidRequestError):
+    status = 409
+
+
+class AuthenticationError(MsgbatchError):
+    type = "authentication_error"
+    status = 401
+
+
+class BillingError(MsgbatchError):
+    type = "billing_error"
+    status = 402
+
+
+class PermissionDeniedError(MsgbatchError):
+    type = "permission_error"
+    status = 403
+
+
+class NotFoundError(MsgbatchError):
+    type = "not_found_error"
+    status = 404
+
+
+class RequestTooLargeError(MsgbatchError):
+    type = "request_too_large"
+    status = 413
+
+
+class RateLimitError(MsgbatchError):
+    type = "rate_limit_error"
+    status = 429
+    retryable_by_default = True
+
+
+class InternalServerError(MsgbatchError):
+    type = "api_error"
+    status = 500
+    retryable_by_default = True
+
+
+class ServiceUnavailableError(MsgbatchError):
+    type = "overloaded_error"
+    status = 503
+    retryable_by_default = True
+
+
+class GatewayTimeoutError(MsgbatchError):
+    type = "timeout_error"
+    status = 504
+    retryable_by_default = True
+
+
+class OverloadedError(MsgbatchError):
+    type = "overloaded_error"
+    status = 529
+    retryable_by_default = True
+
 
 # The error types allowed *inside* an `errored` result (the SDK's ErrorObject union).
 RESULT_ERROR_TYPES = frozenset(
@@ -21,70 +170,36 @@ RESULT_ERROR_TYPES = frozenset(
     }
 )
 
-STATUS_BY_TYPE: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
+# One class per error type: the one each type maps to when it arrives as a string.
+_CLASS_BY_TYPE: dict[str, type[MsgbatchError]] = {
+    cls.type: cls
+    for cls in (
+        InvalidRequestError,
+        AuthenticationError,
+        BillingError,
+        PermissionDeniedError,
+        NotFoundError,
+        RequestTooLargeError,
+        RateLimitError,
+        InternalServerError,
+        GatewayTimeoutError,
+        OverloadedError,
+    )
 }
+STATUS_BY_TYPE: dict[str, int] = {name: cls.status for name, cls in _CLASS_BY_TYPE.items()}
 
 
-class APIError(Exception):
-    """An error answered to an API client in the canonical error envelope."""
-
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "api_error"
-
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers or {}
-
-
-class InvalidRequest(APIError):
-    status = 400
-    type = "invalid_request_error"
-
-
-class AuthenticationFailed(APIError):
-    status = 401
-    type = "authentication_error"
-
-
-class PermissionDenied(APIError):
-    status = 403
-    type = "permission_error"
-
-
-class NotFound(APIError):
-    status = 404
-    type = "not_found_error"
-
-
-class MethodNotAllowed(APIError):
-    status = 405
-    type = "invalid_request_error"
-
-
-class RequestTooLarge(APIError):
-    status = 413
-    type = "request_too_large"
-
-
-class Overloaded(APIError):
-    status = 529
-    type = "overloaded_error"
-
-
-class InternalError(APIError):
-    status = 500
-    type = "api_error"
+def error_for_type(
+    error_type: str,
+    message: str,
+    *,
+    retryable: bool | None = None,
+    retry_after: float | None = None,
+    upstream_status: int | None = None,
+) -> MsgbatchError:
+    """The error of that type (an unknown type is an `api_error`)."""
+    cls = _CLASS_BY_TYPE.get(error_type, InternalServerError)
+    return cls(message, retryable=retryable, retry_after=retry_after, upstream_status=upstream_status)
 
 
 def error_body(error_type: str, message: str, request_id: str | None) -> bytes:

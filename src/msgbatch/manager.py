@@ -12,7 +12,7 @@ import msgspec
 
 from msgbatch.clock import now_us, rfc3339
 from msgbatch.config import Settings
-from msgbatch.errors import InvalidRequest, NotFound
+from msgbatch.errors import InvalidRequestError, NotFoundError
 from msgbatch.ids import new_batch_id
 from msgbatch.models import ENDED, IN_PROGRESS, STATUS_NAMES, Batch
 from msgbatch.store.base import Store
@@ -71,17 +71,17 @@ def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -
         try:
             parsed = _decoder.decode(body)
         except msgspec.ValidationError as exc:
-            raise InvalidRequest(_translate(exc)) from None
+            raise InvalidRequestError(_translate(exc)) from None
         except msgspec.DecodeError as exc:
-            raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+            raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
     finally:
         if gc_was_enabled:
             gc.enable()
     requests = parsed.requests
     if not requests:
-        raise InvalidRequest("requests: List should have at least 1 item after validation, not 0")
+        raise InvalidRequestError("requests: List should have at least 1 item after validation, not 0")
     if len(requests) > max_requests:
-        raise InvalidRequest(
+        raise InvalidRequestError(
             f"requests: List should have at most {max_requests:,} items after validation, not {len(requests):,}"
         )
     seen: set[str] = set()
@@ -89,14 +89,14 @@ def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -
     for i, req in enumerate(requests):
         cid = req.custom_id
         if fullmatch(cid) is None:
-            raise InvalidRequest(f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
+            raise InvalidRequestError(f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
         if cid in seen:
-            raise InvalidRequest(
+            raise InvalidRequestError(
                 f"requests: custom_id's must be unique within a batch. Duplicate custom_id found: {cid}"
             )
         seen.add(cid)
         if memoryview(req.params)[0] != 0x7B:  # "{"
-            raise InvalidRequest(f"requests.{i}.params: Input should be a valid dictionary")
+            raise InvalidRequestError(f"requests.{i}.params: Input should be a valid dictionary")
     return requests
 
 
@@ -153,16 +153,18 @@ class BatchManager:
     async def get(self, workspace: str, batch_id: str) -> Batch:
         batch = await self.store.get_batch(batch_id)
         if batch is None or batch.workspace != workspace:
-            raise NotFound(NOT_FOUND)
+            raise NotFoundError(NOT_FOUND)
         return batch
 
     async def list_batches(
         self, workspace: str, *, limit: int, after_id: str | None, before_id: str | None
     ) -> tuple[list[Batch], bool]:
         if after_id is not None and before_id is not None:
-            raise InvalidRequest("Cannot specify both `before_id` and `after_id`.")
+            raise InvalidRequestError("Cannot specify both `before_id` and `after_id`.")
         if not 1 <= limit <= 1000:
-            raise InvalidRequest("limit: Input should be greater than or equal to 1 and less than or equal to 1000")
+            raise InvalidRequestError(
+                "limit: Input should be greater than or equal to 1 and less than or equal to 1000"
+            )
         return await self.store.list_batches(workspace, limit, after_id=after_id, before_id=before_id)
 
     # -- transitions -------------------------------------------------------------------------
@@ -170,7 +172,7 @@ class BatchManager:
     async def cancel(self, workspace: str, batch_id: str) -> Batch:
         batch = await self.get(workspace, batch_id)
         if batch.status == ENDED:
-            raise InvalidRequest(f"Batch {batch_id} has already ended and cannot be canceled.")
+            raise InvalidRequestError(f"Batch {batch_id} has already ended and cannot be canceled.")
         if batch.status == IN_PROGRESS:
             await self.store.cancel_batch(batch.seq, now_us())
             batch = await self.get(workspace, batch_id)
@@ -189,7 +191,7 @@ class BatchManager:
     async def delete(self, workspace: str, batch_id: str) -> Batch:
         batch = await self.get(workspace, batch_id)
         if batch.status != ENDED:
-            raise InvalidRequest("In progress batches cannot be deleted. Consider canceling the batch instead.")
+            raise InvalidRequestError("In progress batches cannot be deleted. Consider canceling the batch instead.")
         await self.store.delete_batch(batch.seq)
         log.info("batch.deleted id=%s", batch.id)
         return batch
@@ -199,7 +201,7 @@ class BatchManager:
     ) -> AsyncIterator[list[bytes]]:
         batch = await self.get(workspace, batch_id)
         if batch.status != ENDED or batch.archived_at is not None:
-            raise NotFound(NO_RESULTS)
+            raise NotFoundError(NO_RESULTS)
         return self.store.iter_results(batch, result_type=result_type, custom_id=custom_id)
 
     # -- rendering ---------------------------------------------------------------------------

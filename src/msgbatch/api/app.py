@@ -20,7 +20,7 @@ from msgbatch.backends.router import Router
 from msgbatch.config import Settings
 from msgbatch.engine.dispatcher import Dispatcher
 from msgbatch.engine.lifecycle import Lifecycle
-from msgbatch.errors import STATUS_BY_TYPE, APIError, InternalError, error_body
+from msgbatch.errors import STATUS_BY_TYPE, InternalServerError, MsgbatchError, error_body
 from msgbatch.ids import new_request_id
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import CONTENT_TYPE, Metrics
@@ -62,7 +62,7 @@ def error_response(request: Request, error_type: str, message: str, status: int,
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, APIError)
+    assert isinstance(exc, MsgbatchError)
     return error_response(request, exc.type, exc.message, exc.status, **exc.headers)
 
 
@@ -85,11 +85,11 @@ def guarded(endpoint: Endpoint) -> Endpoint:
     async def run(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except APIError:
+        except MsgbatchError:
             raise
         except Exception:
             log.exception("api.unhandled path=%s", request.url.path)
-            return await _api_error(request, InternalError("Internal server error"))
+            return await _api_error(request, InternalServerError("Internal server error"))
 
     run.__name__ = endpoint.__name__
     return run
@@ -148,7 +148,7 @@ class MsgBatchServer:
         self.app = Starlette(
             routes=routes,
             middleware=[Middleware(RequestIdMiddleware)],
-            exception_handlers={APIError: _api_error, HTTPException: _http_error},
+            exception_handlers={MsgbatchError: _api_error, HTTPException: _http_error},
             lifespan=self._lifespan,
         )
         self.app.state.manager = self.manager

@@ -7,7 +7,7 @@ import hmac
 from starlette.requests import Request
 
 from msgbatch.config import Settings
-from msgbatch.errors import AuthenticationFailed, PermissionDenied
+from msgbatch.errors import AuthenticationError, PermissionDeniedError
 
 DEFAULT_WORKSPACE = "default"
 
@@ -24,7 +24,7 @@ def api_key_of(request: Request) -> str:
 def workspace_of(request: Request, settings: Settings) -> str:
     key = api_key_of(request)
     if not key:
-        raise AuthenticationFailed("x-api-key header is required")
+        raise AuthenticationError("x-api-key header is required")
     if settings.open_auth:
         workspace = DEFAULT_WORKSPACE
     else:
@@ -33,9 +33,9 @@ def workspace_of(request: Request, settings: Settings) -> str:
             if hmac.compare_digest(candidate.encode(), key.encode()):
                 found = ws
         if found is None:
-            raise AuthenticationFailed("invalid x-api-key")
+            raise AuthenticationError("invalid x-api-key")
         workspace = found
     asked = request.headers.get("anthropic-workspace-id")
     if asked and asked != workspace:
-        raise PermissionDenied(f"This API key does not have access to workspace {asked}")
+        raise PermissionDeniedError(f"This API key does not have access to workspace {asked}")
     return workspace

@@ -10,7 +10,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from msgbatch.api.auth import workspace_of
-from msgbatch.errors import InvalidRequest, RequestTooLarge
+from msgbatch.errors import InvalidRequestError, RequestTooLargeError
 from msgbatch.manager import BatchManager, parse_betas
 from msgbatch.models import RESULT_CODES
 
@@ -40,13 +40,13 @@ def _json(value: object, status: int = 200) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytearray:
     """The whole body in one buffer, refused as soon as it is known to be over the limit."""
-    too_large = RequestTooLarge(f"Request exceeds the maximum allowed size of {limit:,} bytes.")
+    too_large = RequestTooLargeError(f"Request exceeds the maximum allowed size of {limit:,} bytes.")
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
             size = int(declared)
         except ValueError:
-            raise InvalidRequest("Invalid Content-Length header") from None
+            raise InvalidRequestError("Invalid Content-Length header") from None
         if size > limit:
             raise too_large
     buffer = bytearray()
@@ -73,7 +73,9 @@ def _int_param(request: Request, name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise InvalidRequest(f"{name}: Input should be a valid integer, unable to parse string as an integer") from None
+        raise InvalidRequestError(
+            f"{name}: Input should be a valid integer, unable to parse string as an integer"
+        ) from None
 
 
 async def list_batches(request: Request) -> Response:
@@ -126,7 +128,7 @@ async def results(request: Request) -> Response:
     result_type = None
     if type_name:
         if type_name not in RESULT_CODES:
-            raise InvalidRequest(f"type: Input should be one of {', '.join(RESULT_CODES)}")
+            raise InvalidRequestError(f"type: Input should be one of {', '.join(RESULT_CODES)}")
         result_type = RESULT_CODES[type_name]
     pages = await manager.results(
         workspace,

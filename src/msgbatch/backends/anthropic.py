@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from msgbatch.backends.base import CallContext
 from msgbatch.backends.http import HttpBackend, malformed, normalize_base_url
 from msgbatch.ids import new_message_id
 
@@ -34,7 +35,7 @@ def _is_int(value: object) -> bool:
 
 def normalize_message(answer: dict[str, Any], model: object, backend: str) -> dict[str, Any]:
     """Make an upstream's Message one the SDK parses strictly; a body that is not a Message at all
-    raises a retryable BackendError (a proxy's error page, a truncated answer)."""
+    raises a retryable InternalServerError (a proxy's error page, a truncated answer)."""
     if answer.get("type", "message") != "message" or not isinstance(answer.get("content"), list):
         raise malformed(backend, "not a Message")
     for block in answer["content"]:
@@ -99,9 +100,9 @@ class AnthropicBackend(HttpBackend):
         self.path = "/v1/messages"
         self.model = model
 
-    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+    async def create_message(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]:
         if self.model:
             params = {**params, "model": self.model}
-        headers = {"anthropic-beta": ",".join(betas)} if betas else {}
+        headers = {"anthropic-beta": ",".join(context.betas)} if context.betas else {}
         answer = await self.post_json(self.path, _encode(params), headers)
         return normalize_message(answer, params.get("model"), self.name)

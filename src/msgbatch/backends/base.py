@@ -1,49 +1,50 @@
-"""The backend interface: one async method that turns Messages params into a Message."""
+"""The backend interface: one async method that turns Messages params into a Message.
+
+A backend raises the error tree's classes (`msgbatch.errors`) for failures: the class says the
+error type, the instance whether running the request again may succeed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from msgbatch.backends.retry import RetryPolicy
 
-class BackendError(Exception):
-    """A request failed at the backend.
 
-    `error_type` is one of the API error types allowed inside an `errored` result.
-    `retryable` says whether running the same request again may succeed; `retry_after`
-    is the upstream's hint in seconds, when it gave one.
-    """
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a backend is told about a request besides its params: the batch's request headers."""
 
-    def __init__(
-        self,
-        error_type: str,
-        message: str,
-        *,
-        retryable: bool = False,
-        retry_after: float | None = None,
-        status: int | None = None,
-    ) -> None:
-        super().__init__(f"{error_type}: {message}")
-        self.error_type = error_type
-        self.message = message
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.status = status
+    betas: tuple[str, ...] = ()
+    anthropic_version: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
 
 
 class Backend(Protocol):
     """Anything that can answer a Messages API request.
 
-    `params` is the request's params object as the client sent it (already decoded),
-    `betas` the batch's `anthropic-beta` values. Returns a Message as a JSON-ready dict
-    (`id`, `type`, `role`, `model`, `content`, `stop_reason`, `stop_sequence`, `usage`).
-    Raises `BackendError` for failures.
+    `params` is the request's params object as the client sent it (already decoded). Returns a
+    Message as a JSON-ready dict (`id`, `type`, `role`, `model`, `content`, `stop_reason`,
+    `stop_sequence`, `usage`). Raises a `MsgbatchError` for failures.
+
+    `retry` is how the dispatcher retries this backend's retryable failures; `max_concurrency`
+    is how many requests it runs at once at most (None: no limit of its own), and
+    `concurrency_limit` how many it runs at once now (an adaptive limit moves below the maximum).
     """
 
     name: str
+    retry: RetryPolicy
 
-    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]: ...
+    @property
+    def max_concurrency(self) -> int | None: ...
+
+    @property
+    def concurrency_limit(self) -> int | None: ...
+
+    async def create_message(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
 

@@ -35,10 +35,10 @@ from msgbatch.backends.anthropic import AnthropicBackend
 from msgbatch.backends.base import Backend
 from msgbatch.backends.limiter import AdaptiveLimiter
 from msgbatch.backends.openai import OpenAIBackend
+from msgbatch.backends.retry import RetryPolicy
 from msgbatch.backends.router import Route, Router
 from msgbatch.backends.simulate import SimulatorBackend
 from msgbatch.config import ConfigError, Settings, parse_duration
-from msgbatch.engine.dispatcher import RetryPolicy
 
 __all__ = ["UPSTREAM_KEY_ENV", "build_router", "parse_upstream"]
 
@@ -174,9 +174,7 @@ def _backend(table: object, index: int, env: Mapping[str, str]) -> Backend:
     if unknown:
         raise ConfigError(f"{where}: unknown keys for a {kind} backend: {', '.join(sorted(unknown))}")
     if kind == "simulate":
-        backend = SimulatorBackend(default_latency=_duration(table, "latency", where, 0.0))
-        backend.name = name
-        return backend
+        return SimulatorBackend(default_latency=_duration(table, "latency", where, 0.0), name=name)
     return _http_backend(kind, table, where, env)
 
 

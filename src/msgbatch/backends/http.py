@@ -1,7 +1,7 @@
 """What the HTTP backends share: one pool of kept-alive connections per backend (`client.py`, or
 httpx with `client = "httpx"`), and the mapping of everything an upstream can do wrong (a
-status, a `retry-after`, a transport fault, a body that is not JSON) to `BackendError`s that
-say whether running the request again may succeed.
+status, a `retry-after`, a transport fault, a body that is not JSON) to the error tree's classes
+(`msgbatch.errors`), which say whether running the request again may succeed.
 
 | upstream says | error type | retried |
 |---|---|---|
@@ -30,9 +30,15 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from msgbatch.backends.base import BackendError
 from msgbatch.backends.client import ConnectFailed, HTTPClient, ProtocolFault, RawResponse
-from msgbatch.errors import RESULT_ERROR_TYPES
+from msgbatch.backends.retry import RetryPolicy
+from msgbatch.errors import (
+    RESULT_ERROR_TYPES,
+    GatewayTimeoutError,
+    InternalServerError,
+    MsgbatchError,
+    error_for_type,
+)
 
 __all__ = [
     "OVERLOAD_STATUSES",
@@ -82,13 +88,13 @@ def is_retryable_status(status: int) -> bool:
     return status >= 500 or status in _RETRYABLE_4XX
 
 
-def is_overload(exc: BackendError) -> bool:
+def is_overload(exc: MsgbatchError) -> bool:
     """Does this failure say the upstream has more work than it can take (so: send less)?"""
     if not exc.retryable:
         return False
-    if exc.status is not None:
-        return exc.status in OVERLOAD_STATUSES or exc.status == 504
-    return exc.error_type in _OVERLOAD_TYPES
+    if exc.upstream_status is not None:
+        return exc.upstream_status in OVERLOAD_STATUSES or exc.upstream_status == 504
+    return exc.type in _OVERLOAD_TYPES
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -148,8 +154,8 @@ def _describe(body: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def upstream_error(response: RawResponse, *, backend: str, secrets: Iterable[str] = ()) -> BackendError:
-    """The BackendError for an upstream's non-2xx answer: its error type and message, if it gave them."""
+def upstream_error(response: RawResponse, *, backend: str, secrets: Iterable[str] = ()) -> MsgbatchError:
+    """The error for an upstream's non-2xx answer: its error type and message, if it gave them."""
     status = response.status
     try:
         body = _decode(response.content)
@@ -169,32 +175,32 @@ def upstream_error(response: RawResponse, *, backend: str, secrets: Iterable[str
         retryable = True
     elif should == "false":
         retryable = False
-    return BackendError(
+    return error_for_type(
         error_type,
         redact(message[:_MAX_MESSAGE], secrets),
         retryable=retryable,
         retry_after=parse_retry_after(response.headers) if retryable else None,
-        status=status,
+        upstream_status=status,
     )
 
 
-def transport_error(exc: BaseException, *, backend: str, timeout: float) -> BackendError:
+def transport_error(exc: BaseException, *, backend: str, timeout: float) -> MsgbatchError:
     """A fault below HTTP: the upstream timed out, refused, dropped the connection or spoke nonsense."""
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return BackendError("timeout_error", f"upstream {backend} did not answer within {timeout:g}s", retryable=True)
+        return GatewayTimeoutError(f"upstream {backend} did not answer within {timeout:g}s")
     if isinstance(exc, ConnectFailed | httpx.ConnectError):
-        return BackendError("api_error", f"cannot connect to upstream {backend}", retryable=True)
+        return InternalServerError(f"cannot connect to upstream {backend}")
     if isinstance(exc, ProtocolFault | httpx.RemoteProtocolError | httpx.DecodingError):
-        return BackendError("api_error", f"upstream {backend} answered with something that is not HTTP", retryable=True)
+        return InternalServerError(f"upstream {backend} answered with something that is not HTTP")
     kind = type(exc).__name__
-    return BackendError("api_error", f"connection to upstream {backend} failed ({kind})", retryable=True)
+    return InternalServerError(f"connection to upstream {backend} failed ({kind})")
 
 
 _TRANSPORT_FAULTS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolFault, httpx.HTTPError)
 
 
-def malformed(backend: str, what: str) -> BackendError:
-    return BackendError("api_error", f"upstream {backend} answered with a malformed body: {what}", retryable=True)
+def malformed(backend: str, what: str) -> MsgbatchError:
+    return InternalServerError(f"upstream {backend} answered with a malformed body: {what}")
 
 
 def normalize_base_url(url: str, *, default_path: str = "") -> str:
@@ -212,7 +218,7 @@ class HttpBackend:
     """A backend that POSTs JSON to one upstream over a pool of kept-alive connections.
 
     Subclasses build the request and read the answer; this class owns the connections, the
-    timeout and the mapping of every failure to a BackendError.
+    timeout and the mapping of every failure to the error tree.
     """
 
     name: str
@@ -227,11 +233,13 @@ class HttpBackend:
         concurrency: int = 64,
         headers: dict[str, str] | None = None,
         client: str = "builtin",
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url
         self.timeout = timeout
         self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
         self._secrets = tuple(s for s in (api_key,) if s)
         self._client: HTTPClient | None = None
         self._httpx: httpx.AsyncClient | None = None
@@ -258,7 +266,7 @@ class HttpBackend:
         return RawResponse(response.status_code, response.reason_phrase, dict(response.headers), response.content)
 
     async def post_json(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
-        """POST `body` to `base_url + path`; the decoded JSON object of a 2xx answer, else a BackendError."""
+        """POST `body` to `base_url + path`; the decoded JSON object of a 2xx answer, else a MsgbatchError."""
         try:
             response = await self._post(path, body, headers)
         except _TRANSPORT_FAULTS as exc:  # TimeoutError included: ours; the dispatcher's expiry cancels
@@ -272,6 +280,14 @@ class HttpBackend:
         if not isinstance(answer, dict):
             raise malformed(self.name, "not a JSON object")
         return answer
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.concurrency
+
+    @property
+    def concurrency_limit(self) -> int:
+        return self.concurrency
 
     def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"

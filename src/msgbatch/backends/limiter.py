@@ -18,8 +18,10 @@ import logging
 from collections import deque
 from typing import Any
 
-from msgbatch.backends.base import Backend, BackendError, RequestCanceled, request_canceled
+from msgbatch.backends.base import Backend, CallContext, RequestCanceled, request_canceled
 from msgbatch.backends.http import is_overload
+from msgbatch.backends.retry import RetryPolicy
+from msgbatch.errors import MsgbatchError
 
 __all__ = ["AdaptiveLimiter"]
 
@@ -35,7 +37,7 @@ class AdaptiveLimiter:
         min_limit: int = 1,
         backoff: float = 0.7,
         adaptive: bool = True,
-        retry: Any = None,
+        retry: RetryPolicy | None = None,
         max_pause: float = 60.0,
     ) -> None:
         if max_limit < 1 or not 1 <= min_limit <= max_limit:
@@ -48,8 +50,7 @@ class AdaptiveLimiter:
         self.min_limit = min_limit
         self.backoff = backoff
         self.adaptive = adaptive
-        # The dispatcher's RetryPolicy for requests on this backend (None: the dispatcher's own).
-        self.retry = retry
+        self.retry = retry or inner.retry
         self.max_pause = max_pause
         self.paused_until = 0.0  # loop time before which nothing is sent
         self.in_flight = 0
@@ -64,12 +65,20 @@ class AdaptiveLimiter:
         return max(self.min_limit, int(self._limit))
 
     @property
+    def concurrency_limit(self) -> int:
+        return self.limit
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.max_limit
+
+    @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     # -- the Backend interface ---------------------------------------------------------------
 
-    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+    async def create_message(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]:
         await self._acquire()
         try:
             loop = asyncio.get_running_loop()
@@ -80,8 +89,8 @@ class AdaptiveLimiter:
                 raise RequestCanceled()
             epoch = self._epoch
             try:
-                message = await self.inner.create_message(params, betas)
-            except BackendError as exc:
+                message = await self.inner.create_message(params, context)
+            except MsgbatchError as exc:
                 if is_overload(exc):
                     if exc.retry_after:
                         until = loop.time() + min(exc.retry_after, self.max_pause)
@@ -102,14 +111,14 @@ class AdaptiveLimiter:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _overloaded(self, epoch: int, exc: BackendError) -> None:
+    def _overloaded(self, epoch: int, exc: MsgbatchError) -> None:
         if epoch != self._epoch:
             return  # sent before the last cut: that cut already answered this overload
         before = self.limit
         self._limit = max(float(self.min_limit), self._limit * self.backoff)
         self._epoch += 1
         if self.limit != before:
-            log.info("backend.limit name=%s limit=%d was=%d reason=%s", self.name, self.limit, before, exc.error_type)
+            log.info("backend.limit name=%s limit=%d was=%d reason=%s", self.name, self.limit, before, exc.type)
 
     async def _acquire(self) -> None:
         if not self._waiters and self.in_flight < self.limit:

@@ -8,9 +8,10 @@ from typing import Any
 
 import msgspec
 
-from msgbatch.backends.base import BackendError
+from msgbatch.backends.base import CallContext
 from msgbatch.backends.http import HttpBackend, normalize_base_url
 from msgbatch.backends.translate import Untranslatable, from_chat_completion, to_chat_completion
+from msgbatch.errors import InvalidRequestError
 
 __all__ = ["OpenAIBackend"]
 
@@ -41,10 +42,10 @@ class OpenAIBackend(HttpBackend):
         self.path = "/chat/completions"
         self.model = model
 
-    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+    async def create_message(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]:
         try:
             body = to_chat_completion(params, self.model)
         except Untranslatable as exc:
-            raise BackendError("invalid_request_error", str(exc)) from None
+            raise InvalidRequestError(str(exc)) from None
         answer = await self.post_json(self.path, _encode(body), {})
         return from_chat_completion(answer, params, self.name)

@@ -42,7 +42,7 @@ class Router:
     @property
     def capacity(self) -> int:
         """Requests the backends can have in flight at once (those that declare a limit)."""
-        return sum(getattr(backend, "max_limit", 0) for backend in self.backends)
+        return sum(backend.max_concurrency or 0 for backend in self.backends)
 
     def dispatch_concurrency(self, configured: int) -> int:
         """How many requests a dispatcher should hold: at least `configured`, and twice what the

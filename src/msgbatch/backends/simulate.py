@@ -47,8 +47,9 @@ from typing import Any
 
 import msgspec
 
-from msgbatch.backends.base import BackendError
-from msgbatch.errors import RESULT_ERROR_TYPES
+from msgbatch.backends.base import CallContext
+from msgbatch.backends.retry import RetryPolicy
+from msgbatch.errors import RESULT_ERROR_TYPES, InvalidRequestError, MsgbatchError, error_for_type
 
 __all__ = ["SimulatorBackend", "parse_directives", "simulate"]
 
@@ -137,8 +138,8 @@ _THINKING_POOL, _THINKING_STARTS, _THINKING_ENDS = _build_pool(_THINKING_TEMPLAT
 # --- directives -------------------------------------------------------------------------------
 
 
-def _invalid(message: str) -> BackendError:
-    return BackendError("invalid_request_error", message, retryable=False)
+def _invalid(message: str) -> MsgbatchError:
+    return InvalidRequestError(message)
 
 
 def _last_user_text(params: dict[str, Any]) -> tuple[str, bool]:
@@ -190,7 +191,7 @@ def _split_directives(text: str) -> tuple[str, dict[str, str]]:
 def parse_directives(params: dict[str, Any]) -> dict[str, str]:
     """The `key=value` pairs of every `[[simulate ...]]` directive in the last user message.
 
-    Raises `BackendError("invalid_request_error", ...)` for a malformed pair or unknown key.
+    Raises `InvalidRequestError` for a malformed pair or unknown key.
     """
     return _split_directives(_last_user_text(params)[0])[1]
 
@@ -211,8 +212,8 @@ def _interpret(pairs: dict[str, str]) -> tuple[float | None, str | None]:
     return latency, error
 
 
-def _simulated_error(error_type: str) -> BackendError:
-    return BackendError(error_type, f"Simulated {error_type}", retryable=False)
+def _simulated_error(error_type: str) -> MsgbatchError:
+    return error_for_type(error_type, f"Simulated {error_type}", retryable=False)
 
 
 # --- prompt measurement -----------------------------------------------------------------------
@@ -626,7 +627,7 @@ def _generate(params: dict[str, Any], user_text: str, has_result: bool) -> dict[
 def simulate(params: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
     """The simulated Message for `params`, and the latency a directive asked for (or None).
 
-    Pure and deterministic. Raises `BackendError` when a directive asks for an error, a
+    Pure and deterministic. Raises a `MsgbatchError` when a directive asks for an error, a
     directive is malformed, or `tool_choice` names a tool that `tools` lacks.
     """
     text, has_result = _last_user_text(params)
@@ -641,11 +642,16 @@ class SimulatorBackend:
     """A backend that answers every request with `simulate`, after an optional delay."""
 
     name = "simulate"
+    # A simulated error is final: the directive asks for that result, not for a retry.
+    retry = RetryPolicy(max_attempts=1)
+    max_concurrency: int | None = None
+    concurrency_limit: int | None = None
 
-    def __init__(self, default_latency: float = 0.0) -> None:
+    def __init__(self, default_latency: float = 0.0, *, name: str = "simulate") -> None:
+        self.name = name
         self.default_latency = default_latency
 
-    async def create_message(self, params: dict[str, Any], betas: list[str]) -> dict[str, Any]:
+    async def create_message(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]:
         text, has_result = _last_user_text(params)
         text, pairs = _split_directives(text)
         latency, error = _interpret(pairs) if pairs else (None, None)

@@ -34,7 +34,7 @@ import json
 import os
 from typing import Any
 
-from msgbatch.backends.base import BackendError
+from msgbatch.errors import InternalServerError, MsgbatchError
 from msgbatch.ids import new_message_id
 
 __all__ = ["Untranslatable", "from_chat_completion", "to_chat_completion"]
@@ -249,8 +249,8 @@ def _to_chat_completion(params: dict[str, Any], model: str | None) -> dict[str, 
 # --- the answer ---------------------------------------------------------------------------------
 
 
-def _malformed(backend: str, what: str) -> BackendError:
-    return BackendError("api_error", f"upstream {backend} answered with a malformed body: {what}", retryable=True)
+def _malformed(backend: str, what: str) -> MsgbatchError:
+    return InternalServerError(f"upstream {backend} answered with a malformed body: {what}", retryable=True)
 
 
 def _int(value: object) -> int:
@@ -287,11 +287,13 @@ def _tool_use(call: object, backend: str) -> dict[str, Any]:
         try:
             tool_input = json.loads(arguments)
         except ValueError:
-            raise BackendError(
-                "api_error", f"the model called tool {name} with arguments that are not JSON: {arguments[:200]}"
+            raise InternalServerError(
+                f"the model called tool {name} with arguments that are not JSON: {arguments[:200]}", retryable=False
             ) from None
         if not isinstance(tool_input, dict):
-            raise BackendError("api_error", f"the model called tool {name} with arguments that are not an object")
+            raise InternalServerError(
+                f"the model called tool {name} with arguments that are not an object", retryable=False
+            )
     else:
         raise _malformed(backend, "tool call arguments")
     call_id = call.get("id")
@@ -302,7 +304,7 @@ def _tool_use(call: object, backend: str) -> dict[str, Any]:
 
 def from_chat_completion(answer: dict[str, Any], params: dict[str, Any], backend: str = "openai") -> dict[str, Any]:
     """The Message for a chat completion answering `params`; a body that is not a chat
-    completion raises a retryable BackendError."""
+    completion raises a retryable InternalServerError."""
     choices = answer.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise _malformed(backend, "no choices")

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -15,11 +14,11 @@ from typing import Any
 
 import msgspec
 
-from msgbatch.backends.base import BackendError, RequestCanceled, request_canceled
+from msgbatch.backends.base import CallContext, RequestCanceled, request_canceled
 from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.config import Settings
-from msgbatch.errors import RESULT_ERROR_TYPES, error_body
+from msgbatch.errors import RESULT_ERROR_TYPES, MsgbatchError, error_body
 from msgbatch.ids import new_request_id
 from msgbatch.metrics import Metrics
 from msgbatch.models import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Batch, Job, Outcome
@@ -52,25 +51,8 @@ def errored_line(custom_id: str, error_type: str, message: str) -> bytes:
     return result_line(custom_id, b'{"type":"errored","error":' + envelope + b"}")
 
 
-def backend_name(backend: object) -> str:
-    return str(getattr(backend, "name", None) or type(backend).__name__)
-
-
 _CANCELED = b'{"type":"canceled"}'
 _EXPIRED = b'{"type":"expired"}'
-
-
-class RetryPolicy:
-    """Exponential backoff with full jitter, never below the upstream's `retry-after`."""
-
-    def __init__(self, max_attempts: int = 6, base: float = 0.5, cap: float = 60.0) -> None:
-        self.max_attempts = max_attempts
-        self.base = base
-        self.cap = cap
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        backoff = random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
-        return max(backoff, retry_after or 0.0)
 
 
 class Dispatcher:
@@ -82,7 +64,6 @@ class Dispatcher:
         concurrency: int = 256,
         lease_seconds: float = 60.0,
         poll_interval: float = 0.5,
-        retry: RetryPolicy | None = None,
         owner: str | None = None,
         flush_interval: float = 0.005,
         flush_max: int = 1000,
@@ -94,7 +75,6 @@ class Dispatcher:
         self.concurrency = concurrency
         self.lease_us = int(lease_seconds * 1_000_000)
         self.poll_interval = poll_interval
-        self.retry = retry or RetryPolicy()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.flush_interval = flush_interval
         self.flush_max = flush_max
@@ -137,8 +117,8 @@ class Dispatcher:
     def _report_limits(self) -> None:
         # An adaptive limiter knows its current limit; a plain backend runs up to the dispatcher's.
         for backend in self.router.backends:
-            limit = getattr(backend, "limit", None)
-            self.metrics.set_backend_limit(backend_name(backend), limit if isinstance(limit, int) else self.concurrency)
+            limit = backend.concurrency_limit
+            self.metrics.set_backend_limit(backend.name, limit if limit is not None else self.concurrency)
 
     # -- signals from the manager ------------------------------------------------------------
 
@@ -281,19 +261,20 @@ class Dispatcher:
             return self._errored(job, "not_found_error", f"model: {model}")
         # A backend that holds requests back (the limiter) drops them once their batch is canceled.
         request_canceled.set(lambda: job.batch in self._canceled)
-        name, started = backend_name(backend), time.perf_counter()
+        name, started = backend.name, time.perf_counter()
+        context = CallContext(betas=tuple(job.betas.split(",")) if job.betas else ())
         try:
-            message = await backend.create_message(params, job.betas.split(",") if job.betas else [])
+            message = await backend.create_message(params, context)
         except RequestCanceled:
             return Outcome(job.id, job.batch, CANCELED, result_line(job.custom_id, _CANCELED))
-        except BackendError as exc:
-            self.metrics.backend_call(job, name, started, exc.error_type)
-            retry: RetryPolicy = getattr(backend, "retry", None) or self.retry  # a backend may bring its own
+        except MsgbatchError as exc:
+            self.metrics.backend_call(job, name, started, exc.type)
+            retry = backend.retry
             if exc.retryable and job.attempts < retry.max_attempts:
                 not_before = now_us() + int(retry.delay(job.attempts, exc.retry_after) * 1_000_000)
                 # A retry due past the expiry waits for it instead, and ends `expired`, not `errored`.
                 return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at))
-            return self._errored(job, exc.error_type, exc.message)
+            return self._errored(job, exc.result_type, exc.message)
         self.metrics.backend_call(job, name, started, "ok")
         return Outcome(job.id, job.batch, SUCCEEDED, succeeded_line(job.custom_id, message))
 

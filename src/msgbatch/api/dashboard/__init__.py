@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from msgbatch.api.auth import workspace_of
 from msgbatch.clock import rfc3339
-from msgbatch.errors import NotFound
+from msgbatch.errors import NotFoundError
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 
@@ -51,7 +51,7 @@ async def index(request: Request) -> Response:
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in _MEDIA_TYPES:
-        raise NotFound("Not found")
+        raise NotFoundError("Not found")
     return Response(_read(name), media_type=_MEDIA_TYPES[name], headers=_HEADERS)
 
 
