@@ -10,8 +10,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from msgbatch.api.auth import workspace_of
+from msgbatch.envelope import parse_betas
 from msgbatch.errors import InvalidRequestError, RequestTooLargeError
-from msgbatch.manager import BatchManager, parse_betas
+from msgbatch.manager import BatchManager
 from msgbatch.models import RESULT_CODES
 
 JSON = "application/json"

@@ -1,0 +1,103 @@
+"""The envelope of a create call: parsed once with msgspec, `params` kept as the raw bytes they came as.
+
+Only the envelope is checked here (the request count, each `custom_id`, `params` being an
+object); what is inside `params` is checked per request when it runs, as the hosted API does.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+
+import msgspec
+
+from msgbatch.errors import InvalidRequestError
+
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+class _Request(msgspec.Struct, gc=False):
+    custom_id: str
+    params: msgspec.Raw
+
+
+class _CreateBody(msgspec.Struct, gc=False):
+    requests: list[_Request]
+
+
+_decoder = msgspec.json.Decoder(_CreateBody)
+_MSGSPEC_PATH = re.compile(r"`\$((?:\.[A-Za-z_]\w*|\[\d+\])*)`")
+_TYPE_WORDS = {
+    "str": "a valid string",
+    "object": "a valid dictionary",
+    "array": "a valid list",
+    "int": "a valid integer",
+}
+
+
+def _api_path(msgspec_path: str) -> str:
+    parts = re.findall(r"\.([A-Za-z_]\w*)|\[(\d+)\]", msgspec_path)
+    return ".".join(name or index for name, index in parts)
+
+
+def _translate(exc: msgspec.ValidationError) -> str:
+    """msgspec's messages, in the API's `field.path: problem` style."""
+    text = str(exc)
+    m = re.match(r"Object missing required field `(\w+)`(?: - at `\$(.*)`)?", text)
+    if m:
+        prefix = _api_path(m.group(2) or "")
+        return f"{prefix + '.' if prefix else ''}{m.group(1)}: Field required"
+    m = re.match(r"Expected `(\w+)`, got `(\w+)`(?: - at `\$(.*)`)?", text)
+    if m:
+        return f"{_api_path(m.group(3) or '') or 'body'}: Input should be {_TYPE_WORDS.get(m.group(1), m.group(1))}"
+    return text
+
+
+def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -> list[_Request]:
+    """Check the envelope of a create call; params stay as the raw bytes they came as."""
+    # The cyclic GC would walk 100k fresh objects several times during a big parse; it can't
+    # find cycles here anyway.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            parsed = _decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequestError(_translate(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    requests = parsed.requests
+    if not requests:
+        raise InvalidRequestError("requests: List should have at least 1 item after validation, not 0")
+    if len(requests) > max_requests:
+        raise InvalidRequestError(
+            f"requests: List should have at most {max_requests:,} items after validation, not {len(requests):,}"
+        )
+    seen: set[str] = set()
+    fullmatch = CUSTOM_ID.fullmatch
+    for i, req in enumerate(requests):
+        cid = req.custom_id
+        if fullmatch(cid) is None:
+            raise InvalidRequestError(f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
+        if cid in seen:
+            raise InvalidRequestError(
+                f"requests: custom_id's must be unique within a batch. Duplicate custom_id found: {cid}"
+            )
+        seen.add(cid)
+        if memoryview(req.params)[0] != 0x7B:  # "{"
+            raise InvalidRequestError(f"requests.{i}.params: Input should be a valid dictionary")
+    return requests
+
+
+def parse_betas(values: list[str]) -> str:
+    """`anthropic-beta` may be comma separated and/or repeated; keep each value once, in order."""
+    betas: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if item and item not in betas:
+                betas.append(item)
+    return ",".join(betas)
