@@ -341,12 +341,14 @@ def test_serve_exits_on_an_api_key_without_a_workspace(tmp_path: Path) -> None:
     assert_port_free(port)
 
 
-def test_serve_exits_on_a_backend_error_at_build_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_commands_exit_on_a_backend_error_found_when_building_it(tmp_path: Path, command: str) -> None:
     """Errors only the backend can find (its URL, its key's env var) also come before the port."""
     config = tmp_path / "msgbatch.toml"
     config.write_text("[[backends]]\nname = 'gpu'\ntype = 'openai'\nurl = 'http://h'\napi_key_env = 'NOPE_NOT_SET'\n")
     port = free_port()
-    result = run_msgbatch(tmp_path, "serve", "--config", str(config), "--port", str(port))
+    args = ["--port", str(port)] if command == "serve" else []
+    result = run_msgbatch(tmp_path, command, "--config", str(config), *args)
     assert result.returncode == 2, result
     assert "backends.gpu.api_key_env: environment variable NOPE_NOT_SET is not set" in result.stderr
     assert "Traceback" not in result.stderr

@@ -95,7 +95,8 @@ def parse_upstream(spec: str) -> tuple[str, str]:
 
 
 class _Table(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+    """A table of the config file: an unknown key in it is an error. (Subclasses say
+    `frozen=True` again for mypy, which does not inherit it.)"""
 
 
 class _Backend(_Table, frozen=True, tag_field="type"):
@@ -147,6 +148,8 @@ class RouteConfig(_Table, frozen=True):
 
 
 class Settings(_Table, frozen=True):
+    """Everything configurable, typed; the config file's top level (see the module docstring)."""
+
     host: str = "127.0.0.1"
     port: Port = DEFAULT_PORT
     database: str = "msgbatch.db"
