@@ -7,7 +7,6 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from msgbatch.config import Settings, load_settings
 from msgbatch.manager import BatchManager
 from msgbatch.models import Batch
 from msgbatch.store import Store
+from msgbatch.testing import ServerDidNotAnswer, free_port, wait_until_answers
 
 TEST_KEY = "sk-test-key"
 
@@ -105,12 +105,6 @@ async def wait_ended(client: anthropic.AsyncAnthropic, batch_id: str, timeout: f
         await asyncio.sleep(0.02)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ThreadedServer:
     """The app on a real loopback port, in a thread of this process (for the sync SDK)."""
 
@@ -124,11 +118,7 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.uvicorn.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
+        wait_until_answers(f"{self.base_url}/health", process=self.thread, timeout=15)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -172,16 +162,11 @@ class ServeProcess:
         ]  # fmt: skip
         self._log = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx2.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx2.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"msgbatch serve did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        try:
+            wait_until_answers(f"{self.base_url}/health", process=self.proc, timeout=20)
+        except ServerDidNotAnswer as exc:
+            raise RuntimeError(f"msgbatch serve did not start ({exc}):\n{self.log.read_text()}") from None
+        return self
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
