@@ -279,15 +279,33 @@ WHERE id = ANY(ARRAY(
 ));
 
 -- name: release_jobs
--- Leased jobs handed back unstarted: the attempt they were claimed for did not happen.
+-- Leased jobs handed back unstarted: the attempt they were claimed for did not happen. Their
+-- batches are locked first, as everywhere; it also orders this with a cancel of the same batch, so
+-- that whichever transaction comes second sees the other's work when it settles the batch.
+WITH locked AS (
+    SELECT seq FROM msgbatch.batches
+    WHERE seq IN (SELECT batch FROM msgbatch.jobs WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1)
+    ORDER BY seq
+    FOR NO KEY UPDATE
+)
 UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL, attempts = attempts - 1
-WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1
+WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1 AND batch IN (SELECT seq FROM locked)
 RETURNING id;
 
 -- name: reap_leases
+-- Lapsed leases go back to the queue, their batches locked first (see release_jobs). Jobs being
+-- completed right now are skipped, not waited for.
+WITH locked AS (
+    SELECT seq FROM msgbatch.batches
+    WHERE seq IN (SELECT batch FROM msgbatch.jobs WHERE state = 1 AND lease_until < %(now)s)
+    ORDER BY seq
+    FOR NO KEY UPDATE
+)
 UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL
 WHERE id = ANY(ARRAY(
-    SELECT id FROM msgbatch.jobs WHERE state = 1 AND lease_until < %(now)s FOR UPDATE SKIP LOCKED
+    SELECT id FROM msgbatch.jobs
+    WHERE state = 1 AND lease_until < %(now)s AND batch IN (SELECT seq FROM locked)
+    FOR UPDATE SKIP LOCKED
 )) AND state = 1
 RETURNING id;
 
