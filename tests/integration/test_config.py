@@ -27,7 +27,7 @@ from msgbatch.config import (
 )
 from msgbatch.testing import free_port
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def from_file(tmp_path: Path, content: str, env: dict[str, str] | None = None, **flags: object) -> Settings:
