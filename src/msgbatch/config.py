@@ -59,6 +59,8 @@ class Settings:
     lifecycle_interval: float = 1.0
     # `anthropic=URL` or `openai=URL`: one upstream serving every model (backends/config.py).
     upstream: str = ""
+    # Refuse (errored, invalid_request_error) what the hosted API refuses inside a batch.
+    strict_batch_params: bool = False
     # Sections that later layers (backends, routes) read from the file as they are.
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -115,6 +117,7 @@ _FILE_KEYS = {
     "poll_interval": "duration",
     "lifecycle_interval": "duration",
     "upstream": str,
+    "strict_batch_params": bool,
 }
 _RENAMED = {
     "expiry": "expiry_seconds",
@@ -124,9 +127,18 @@ _RENAMED = {
 }
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def _coerce(name: str, kind: object, value: object) -> Any:
     if kind == "duration":
         return parse_duration(value, name=name)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ConfigError(f"{name}: expected an integer, got {value!r}")

@@ -69,8 +69,10 @@ class Dispatcher:
         flush_max: int = 1000,
         claim_max: int = 1000,
         metrics: Metrics | None = None,
+        strict_batch_params: bool = False,
     ) -> None:
         self.store = store
+        self.strict_batch_params = strict_batch_params
         self.router = router
         self.concurrency = concurrency
         self.lease_us = int(lease_seconds * 1_000_000)
@@ -112,6 +114,7 @@ class Dispatcher:
             lease_seconds=settings.lease_seconds,
             poll_interval=settings.poll_interval,
             metrics=metrics,
+            strict_batch_params=settings.strict_batch_params,
         )
 
     def _report_limits(self) -> None:
@@ -250,9 +253,10 @@ class Dispatcher:
             return Outcome(job.id, job.batch, EXPIRED, result_line(job.custom_id, _EXPIRED))
         try:
             params = _decode(job.params)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             return self._errored(job, "invalid_request_error", f"params: {exc}")
-        problem = validate_params(params)
+        context = CallContext(betas=tuple(job.betas.split(",")) if job.betas else ())
+        problem = validate_params(params, strict=self.strict_batch_params, version=context.anthropic_version)
         if problem is not None:
             return self._errored(job, "invalid_request_error", problem)
         model = params["model"]
@@ -262,7 +266,6 @@ class Dispatcher:
         # A backend that holds requests back (the limiter) drops them once their batch is canceled.
         request_canceled.set(lambda: job.batch in self._canceled)
         name, started = backend.name, time.perf_counter()
-        context = CallContext(betas=tuple(job.betas.split(",")) if job.betas else ())
         try:
             message = await backend.create_message(params, context)
         except RequestCanceled:
