@@ -145,7 +145,8 @@ def _http_backend(kind: str, table: Mapping[str, Any], where: str, env: Mapping[
             auth = _str(table, "auth", where, "x-api-key")
             if auth not in ("x-api-key", "bearer"):
                 raise ConfigError(f"{where}.auth: expected x-api-key or bearer, got {auth!r}")
-            version = _str(table, "anthropic_version", where, "2023-06-01") or "2023-06-01"
+            # A pin only when configured: otherwise each batch's own version goes upstream.
+            version = _str(table, "anthropic_version", where) or None
             inner = AnthropicBackend(name, url, auth=auth, anthropic_version=version, **options)
         else:
             inner = OpenAIBackend(name, url, **options)
