@@ -52,3 +52,9 @@ def test_an_escaped_backslash_before_u_is_text_not_a_surrogate() -> None:
     body = body_with_text("\\ud800")
     assert b"\\\\ud800" in body
     assert parse_create_body(body, 10)[0].custom_id == "a"
+
+
+def test_a_view_of_part_of_a_buffer_is_checked_for_its_own_bytes() -> None:
+    body = body_with_text("fine")
+    buffer = bytearray(body + b"\xff\xfe trailing garbage")
+    assert parse_create_body(memoryview(buffer)[: len(body)], 10)[0].custom_id == "a"

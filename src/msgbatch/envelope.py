@@ -81,9 +81,12 @@ def _check_utf8(body: bytes | bytearray | memoryview) -> None:
     # msgspec validated the strings it decoded, not the ones inside params (kept raw). An ASCII
     # body is valid UTF-8, and isascii() scans 50 MB in a few milliseconds; any other body is
     # decoded in slices, so that checking it never holds a second copy of it as a str.
-    data = body.obj if isinstance(body, memoryview) and isinstance(body.obj, bytes | bytearray) else body
-    if not isinstance(data, bytes | bytearray):
-        data = bytes(data)
+    data: bytes | bytearray
+    if isinstance(body, memoryview):  # the buffer it views, unless it views only part of it
+        obj = body.obj
+        data = obj if isinstance(obj, bytes | bytearray) and len(obj) == body.nbytes else body.tobytes()
+    else:
+        data = body
     if data.isascii():
         return
     view = memoryview(data)
