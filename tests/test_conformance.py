@@ -21,7 +21,7 @@ import collections.abc
 import json
 import typing
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -449,7 +449,7 @@ async def run_cases(kind: str, api: str, tmp_path: Path, fake: FakeUpstream) -> 
     settings = make_settings(tmp_path)
     if kind == "openai":
         table = {"name": "up", "type": "openai", "url": fake.url + "/v1", "max_attempts": 1}
-        settings = replace(settings, raw={"backends": [table]})
+        settings = make_settings(tmp_path, backends=[table])
     requests = [{"custom_id": c.custom_id, "params": c.params} for c in cases(api)]
     async with running_server(settings, router=build_router(settings, env={})) as srv:
         client = async_client_for(srv)

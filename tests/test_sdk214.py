@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -127,12 +126,11 @@ def fake() -> Iterator[FakeUpstream]:
 
 
 def settings_for(kind: str, tmp_path: Path, fake: FakeUpstream, **overrides: Any) -> Settings:
-    settings = make_settings(tmp_path, **overrides)
     if kind == "simulate":
-        return settings
+        return make_settings(tmp_path, **overrides)
     url = fake.url if kind == "anthropic" else fake.url + "/v1"
     table = {"name": "up", "type": kind, "url": url, "timeout": "5s", "max_attempts": 1}
-    return replace(settings, raw={"backends": [table]})
+    return make_settings(tmp_path, backends=[table], **overrides)
 
 
 @contextlib.asynccontextmanager
@@ -374,7 +372,7 @@ async def test_version_pin_comes_from_the_configuration_only_when_set(tmp_path: 
         {"name": "pinned", "type": "anthropic", "url": fake.url, "anthropic_version": "2023-06-01"},
     ]
     routes = [{"pattern": "free-*", "backend": "free"}, {"pattern": "pinned-*", "backend": "pinned"}]
-    router = build_router(replace(make_settings(tmp_path), raw={"backends": tables, "routes": routes}), env={})
+    router = build_router(make_settings(tmp_path, backends=tables, routes=routes), env={})
     for name, sent in (("free", "2026-10-21"), ("pinned", "2023-06-01")):
         backend = router.route(f"{name}-model")
         assert backend is not None and backend.name == name
@@ -429,3 +427,63 @@ async def test_what_the_upstream_said_is_kept(
     message = await call(AnthropicBackend("up", fake.url), PARAMS, context)
     assert (message["stop_reason"], message["stop_sequence"]) == (reason, sequence)
     (BetaMessage if beta else Message).model_validate(message, strict=True)
+
+
+# --- API versions, end to end: the create call's headers belong to the batch -------------------
+
+OLD = {"anthropic-version": "2023-06-01"}
+
+
+async def test_the_batch_version_and_user_profile_reach_the_anthropic_upstream(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    async with msgbatch_on("anthropic", tmp_path, fake) as srv:
+        client = async_client_for(srv)
+        current = await client.messages.batches.create(requests=[req("current")], user_profile_id="uprof_0123")
+        old = await client.beta.messages.batches.create(requests=[req("old")], betas=["x-1"], extra_headers=OLD)
+        for batch in (current, old):
+            await wait_ended(client, batch.id)
+        await client.close()
+    sent = {c.key: c.headers for c in fake.calls}
+    current_headers, old_headers = sent[f"{QUESTION} (current)"], sent[f"{QUESTION} (old)"]
+    assert current_headers["anthropic-version"] == "2026-10-21"  # what anthropic 2.14 sends
+    assert current_headers["anthropic-user-profile-id"] == "uprof_0123"
+    assert old_headers["anthropic-version"] == "2023-06-01" and old_headers["anthropic-beta"] == "x-1"
+    assert "anthropic-user-profile-id" not in old_headers
+
+
+VERSIONED = [
+    req("temperature", temperature=0.2),
+    req(
+        "assistant-document",
+        [
+            {"role": "user", "content": "Read this."},
+            {"role": "assistant", "content": [{"type": "document", "source": {"type": "text", "data": "d"}}]},
+            {"role": "user", "content": "Summarize it."},
+        ],
+    ),
+    req(
+        "user-citations",
+        [{"role": "user", "content": [{"type": "text", "text": "As cited", "citations": [{"type": "x"}]}]}],
+    ),
+]
+
+
+@pytest.mark.parametrize("beta", [False, True], ids=["standard", "beta"])
+async def test_strict_mode_applies_each_batch_versions_rules(beta: bool, tmp_path: Path, fake: FakeUpstream) -> None:
+    async with msgbatch_on("simulate", tmp_path, fake, strict_batch_params=True) as srv:
+        client = async_client_for(srv)
+        current = await run_async(client, srv, VERSIONED, beta)  # anthropic 2.14 sends 2026-10-21
+        old_client = async_client_for(srv, default_headers=OLD)
+        old = await run_async(old_client, srv, VERSIONED, beta)
+        await client.close()
+        await old_client.close()
+    messages = {cid: r.error.error.message for cid, r in current.items() if r.type == "errored"}
+    assert messages == {
+        "temperature": "temperature: Extra inputs are not permitted",
+        "assistant-document": "messages.1.content.0: a document block is not allowed in an assistant message "
+        "under anthropic-version 2026-10-21; send documents in a user message",
+        "user-citations": "messages.0.content.0.citations: citations are not allowed on a text block in a user "
+        "message under anthropic-version 2026-10-21",
+    }
+    assert all(r.type == "succeeded" for r in old.values()), old  # accepted under 2023-06-01

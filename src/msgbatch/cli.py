@@ -18,11 +18,18 @@ from msgbatch.config import DEFAULT_PORT, ConfigError, Settings, load_settings
 T = TypeVar("T")
 
 
+class BadConfig(click.ClickException):
+    """A setting cannot be used: the message names its source and key; exit 2, before any port
+    is bound or any database opened."""
+
+    exit_code = 2
+
+
 def _settings(config: str | None, **flags: object) -> Settings:
     try:
         return load_settings(config, env=None, **flags)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise BadConfig(str(exc)) from None
 
 
 def _shown(database: str) -> str:
@@ -138,8 +145,8 @@ def serve(
         upstream=upstream,
         public_url=public_url,
         concurrency=concurrency,
-        expiry_seconds=expiry,
-        retention_seconds=retention,
+        expiry=expiry,
+        retention=retention,
         worker=False if no_worker else None,
         strict_batch_params=strict_batch_params,
     )
@@ -152,7 +159,7 @@ def serve(
     try:
         server = MsgBatchServer(settings)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise BadConfig(str(exc)) from None
     log.info(
         "msgbatch %s listening on http://%s:%d database=%s worker=%s",
         __version__,
@@ -238,15 +245,19 @@ def worker(
         simulate_latency=simulate_latency,
         upstream=upstream,
         concurrency=concurrency,
-        lease_seconds=lease,
-        grace_seconds=grace,
-        retention_seconds=retention,
+        lease=lease,
+        grace=grace,
+        retention=retention,
         strict_batch_params=strict_batch_params,
     )
     logging.getLogger("msgbatch").info(
         "msgbatch %s worker database=%s concurrency=%d", __version__, _shown(settings.database), settings.concurrency
     )
-    _run(Worker(settings).run())
+    try:
+        process = Worker(settings)
+    except ConfigError as exc:
+        raise BadConfig(str(exc)) from None
+    _run(process.run())
 
 
 @main.command()

@@ -16,6 +16,8 @@ from msgbatch.manager import BatchManager
 from msgbatch.models import RESULT_CODES
 
 JSON = "application/json"
+# Request headers that belong to every request of a batch: kept with it, forwarded to backends.
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-user-profile-id")
 
 
 def _manager(request: Request) -> BatchManager:
@@ -62,7 +64,8 @@ async def create(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
     body = await read_body(request, manager.settings.max_body_bytes)
-    batch = await manager.create(workspace, body, parse_betas(request.headers.getlist("anthropic-beta")))
+    headers = {name: value for name in FORWARDED_HEADERS if (value := request.headers.get(name))}
+    batch = await manager.create(workspace, body, parse_betas(request.headers.getlist("anthropic-beta")), headers)
     request.app.state.metrics.batch_created(batch, len(body))
     return _json(manager.render(batch, base_url(request)))
 
