@@ -104,7 +104,7 @@ async def test_anthropic_backend_forwards_params_headers_and_key(tmp_path: Path,
     assert call.path == "/v1/messages"
     assert call.body == request("a", **extra)["params"]  # as received, unknown keys included
     assert call.headers["x-api-key"] == UPSTREAM_KEY
-    assert call.headers["anthropic-version"] == "2023-06-01"
+    assert call.headers["anthropic-version"] == "2026-10-21"  # the batch's own: what the SDK sent
     assert call.headers["anthropic-beta"] == "files-api-2025-04-14,custom-beta"
     message = results["a"].message
     assert message.content[0].text == "echo: a"
