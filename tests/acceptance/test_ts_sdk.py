@@ -1,8 +1,8 @@
-"""Acceptance: the official TypeScript SDK (`@anthropic-ai/sdk`, pinned in tests/ts_sdk/package.json
+"""Acceptance: the official TypeScript SDK (`@anthropic-ai/sdk`, pinned in tests/acceptance/ts_sdk/package.json
 and its lock) runs create, retrieve, list, cancel, delete and results, standard and beta, against a
 real `msgbatch serve --strict-batch-params`.
 
-The SDK is installed with `npm ci` into tests/ts_sdk/node_modules/ (ignored by git) when it is
+The SDK is installed with `npm ci` into tests/acceptance/ts_sdk/node_modules/ (ignored by git) when it is
 missing or not the locked version. Without node and npm the test skips saying why, unless `CI` is
 set: then it fails.
 """
