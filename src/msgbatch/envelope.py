@@ -15,6 +15,7 @@ import re
 import msgspec
 
 from msgbatch.errors import InvalidRequestError
+from msgbatch.models import NORMAL, PRIORITY_CODES
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
@@ -26,9 +27,18 @@ class _Request(msgspec.Struct, gc=False):
 
 class _CreateBody(msgspec.Struct, gc=False):
     requests: list[_Request]
+    # msgbatch's own: the batch's priority within its workspace (checked below, for a clear message).
+    priority: object = None
+
+
+class _Model(msgspec.Struct, gc=False):
+    """The one field of a request's params read at create: what routes it to a backend."""
+
+    model: object = None
 
 
 _decoder = msgspec.json.Decoder(_CreateBody)
+_model_decoder = msgspec.json.Decoder(_Model)
 _UTF8_SLICE = 1 << 20
 # A `\uD800`-`\uDBFF` escape not followed by a low one, or a `\uDC00`-`\uDFFF` not preceded by a
 # high one: an odd run of backslashes before the `u` makes it an escape rather than literal text.
@@ -105,8 +115,67 @@ def _check_utf8(body: bytes | bytearray | memoryview) -> None:
         raise InvalidRequestError("The request body is not valid JSON: invalid UTF-8") from None
 
 
+class CreateBody(msgspec.Struct):
+    requests: list[_Request]
+    priority: int  # models.PRIORITY_CODES
+
+
+def parse_create(body: bytes | bytearray | memoryview, max_requests: int) -> CreateBody:
+    """Check the envelope of a create call, `priority` included; params stay as the raw bytes
+    they came as."""
+    parsed = _parse(body, max_requests)
+    priority = parsed.priority
+    if priority is None:
+        return CreateBody(parsed.requests, NORMAL)
+    if not isinstance(priority, str) or priority not in PRIORITY_CODES:
+        raise InvalidRequestError("priority: Input should be 'high', 'normal' or 'low'")
+    return CreateBody(parsed.requests, PRIORITY_CODES[priority])
+
+
 def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -> list[_Request]:
     """Check the envelope of a create call; params stay as the raw bytes they came as."""
+    return _parse(body, max_requests).requests
+
+
+class Models(msgspec.Struct):
+    """The models a batch's requests name: `names[k]` is model key k ('' for params without a
+    string `model`), `totals[k]` how many requests name it, and `runs` the (start, stop, key)
+    index ranges of consecutive requests with the same key."""
+
+    names: list[str]
+    totals: list[int]
+    runs: list[tuple[int, int, int]]
+
+
+def models_of(requests: list[_Request]) -> Models:
+    """Read each request's `model` out of its raw params (about 0.3 µs a request: 30 ms for
+    100,000, against a second for the whole create)."""
+    keys: dict[str, int] = {}
+    totals: list[int] = []
+    runs: list[tuple[int, int, int]] = []
+    decode = _model_decoder.decode
+    start, current = 0, -1
+    for index, request in enumerate(requests):
+        try:
+            model = decode(request.params).model
+        except msgspec.DecodeError:  # invalid JSON was refused before; a ValidationError is neither
+            model = None
+        name = model if isinstance(model, str) else ""
+        key = keys.get(name)
+        if key is None:
+            key = keys[name] = len(keys)
+            totals.append(0)
+        totals[key] += 1
+        if key != current:
+            if current >= 0:
+                runs.append((start, index, current))
+            start, current = index, key
+    if current >= 0:
+        runs.append((start, len(requests), current))
+    return Models(list(keys), totals, runs)
+
+
+def _parse(body: bytes | bytearray | memoryview, max_requests: int) -> _CreateBody:
     # The cyclic GC would walk 100k fresh objects several times during a big parse; it can't
     # find cycles here anyway.
     gc_was_enabled = gc.isenabled()
@@ -145,7 +214,7 @@ def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -
         seen.add(cid)
         if memoryview(req.params)[0] != 0x7B:  # "{"
             raise InvalidRequestError(f"requests.{i}.params: Input should be a valid dictionary")
-    return requests
+    return parsed
 
 
 def parse_betas(values: list[str]) -> str:

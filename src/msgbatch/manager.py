@@ -15,8 +15,11 @@ transition, in which transaction, is decided here and nowhere else:
 - **expiry**: a batch past `expires_at` ends; every unfinished request becomes `expired`.
 - **retention**: an ended batch older than the retention keeps its row and loses its requests
   and results (`archived_at`).
-- **fairness**: a claim spreads over every batch that has work, starting after the batch served
-  last, so a small batch is never stuck behind a big one.
+- **quotas**: a create that would take its workspace past `max_queued_requests` or
+  `max_batches_in_progress` is refused (429) by a check in the transaction that inserts it.
+- **fairness**: a claim fills each backend's free slots by the rule of `msgbatch.fairness`
+  (workspaces by weight, then batches by priority and equally, starting after the batch served
+  last), so a small batch is never stuck behind a big one, nor a team behind another's.
 - **paging**: lists page by id (ids sort by creation); results stream in keyset pages.
 """
 
@@ -30,11 +33,23 @@ import msgspec
 
 from msgbatch.clock import now_us, rfc3339
 from msgbatch.config import Settings
-from msgbatch.envelope import parse_create_body
-from msgbatch.errors import InvalidRequestError, NotFoundError
+from msgbatch.envelope import models_of, parse_create
+from msgbatch.errors import InvalidRequestError, NotFoundError, RateLimitError
+from msgbatch.fairness import SHARED as SHARED_POOL
+from msgbatch.fairness import Lane, Slots, plan
 from msgbatch.ids import new_batch_id
-from msgbatch.models import ENDED, IN_PROGRESS, STATUS_NAMES, Batch, Job, Outcome
-from msgbatch.store.base import Row, Step, Store, batch_from_row
+from msgbatch.models import (
+    CANCELED,
+    ENDED,
+    EXPIRED,
+    IN_PROGRESS,
+    PRIORITY_NAMES,
+    STATUS_NAMES,
+    Batch,
+    Job,
+    Outcome,
+)
+from msgbatch.store.base import Refused, Row, Step, Store, batch_from_row
 
 log = logging.getLogger("msgbatch.batches")
 
@@ -59,6 +74,17 @@ def _ids(rows: list[Row]) -> list[str]:
     return [row[0] for row in rows]
 
 
+def _count(rows: list[Row]) -> int:
+    """What settle_canceling returns: how many it canceled (one row, or one per batch)."""
+    return sum(int(row[-1] or 0) for row in rows)
+
+
+_QUOTAS = {
+    "max_queued_requests": "{value:,} requests not yet finished; it has {now:,}, and this batch adds {total:,}",
+    "max_batches_in_progress": "{value:,} batches in progress; it has {now:,}",
+}
+
+
 class BatchManager:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -66,7 +92,10 @@ class BatchManager:
         # Callbacks the engine registers: new work to claim, a batch that stopped taking work.
         self.on_created: list[Callable[[Batch], None]] = []
         self.on_canceled: list[Callable[[Batch], None]] = []
+        # Requests the store finished in bulk (canceled waiting, expired): (result type, how many).
+        self.on_finished_in_bulk: list[Callable[[int, int], None]] = []
         self._last_served = 0  # fairness: the seq of the batch a claim served last
+        self._models: dict[int, list[tuple[int, str]]] = {}  # seq -> its (model key, model): immutable
 
     # -- create ------------------------------------------------------------------------------
 
@@ -79,7 +108,9 @@ class BatchManager:
         *,
         metadata: dict[str, str] | None = None,
     ) -> Batch:
-        requests = parse_create_body(body, self.settings.max_requests)
+        parsed = parse_create(body, self.settings.max_requests)
+        requests = parsed.requests
+        models = models_of(requests)
         now = now_us()
         total = len(requests)
         (reserved,) = await self.store.run(Step("reserve_request_ids", {"n": total}))
@@ -97,8 +128,13 @@ class BatchManager:
             betas=betas,
             headers=msgspec.json.encode(headers or {}).decode(),
             metadata=msgspec.json.encode(metadata or {}).decode(),
+            priority=parsed.priority,
         )
-        inserted, *_ = await self.store.run(
+        checks = self._quota_checks(workspace, total)
+        found = await self._insert_checked(
+            workspace,
+            total,
+            *checks,
             Step(
                 "insert_batch",
                 {
@@ -111,18 +147,55 @@ class BatchManager:
                     "betas": betas,
                     "headers": batch.headers,
                     "metadata": batch.metadata,
+                    "priority": batch.priority,
                 },
             ),
             Step("insert_requests", rows=[(first + i, r.custom_id, r.params) for i, r in enumerate(requests)]),
             Step("insert_jobs", {"batch_id": batch.id, "first": first, "stop": first + total}),
+            *self._model_steps(batch.id, first, models),
             Step("notify", {"payload": "work"}),
-            durable=True,
         )
-        batch = msgspec.structs.replace(batch, seq=inserted[0][0])
+        batch = msgspec.structs.replace(batch, seq=found[len(checks)][0][0])
         log.info("batch.created id=%s workspace=%s requests=%d bytes=%d", batch.id, workspace, total, len(body))
         for callback in self.on_created:
             callback(batch)
         return batch
+
+    def _quota_checks(self, workspace: str, total: int) -> list[Step]:
+        limits = self.settings.limits_for(workspace)
+        if limits.max_queued_requests is None and limits.max_batches_in_progress is None:
+            return []
+        quotas = {
+            "workspace": workspace,
+            "total": total,
+            "max_queued_requests": limits.max_queued_requests,
+            "max_batches_in_progress": limits.max_batches_in_progress,
+        }
+        return [Step("lock_workspace", {"workspace": workspace}), Step("check_quotas", quotas)]
+
+    async def _insert_checked(self, workspace: str, total: int, *steps: Step) -> list[list[Row]]:
+        """The create transaction; a quota it would exceed refuses it, and nothing is stored."""
+        try:
+            return await self.store.run(*steps, durable=True)
+        except Refused as refused:
+            quota, value, now = refused.rows[0]
+            detail = _QUOTAS[quota].format(value=int(value), now=int(now), total=total)
+            log.info("batch.refused workspace=%s quota=%s value=%d", workspace, quota, int(value))
+            raise RateLimitError(
+                f"{quota}: workspace {workspace} may have at most {detail}.",
+                # The SDKs retry a 429 at once by default; a quota frees up as batches finish.
+                headers={"x-should-retry": "false"},
+            ) from None
+
+    @staticmethod
+    def _model_steps(batch_id: str, first: int, models: Any) -> list[Step]:
+        """Each request's model, by key: the batch's models, and (with several) the jobs' keys."""
+        keyed = [(key, name, models.totals[key]) for key, name in enumerate(models.names)]
+        steps = [Step("insert_batch_models", {"batch_id": batch_id}, rows=keyed)]
+        runs = [(first + start, first + stop, key) for start, stop, key in models.runs if key]
+        if runs:
+            steps.append(Step("set_job_models", rows=runs))
+        return steps
 
     # -- read --------------------------------------------------------------------------------
 
@@ -137,15 +210,39 @@ class BatchManager:
         return batch
 
     async def list_batches(
-        self, workspace: str, *, limit: int, after_id: str | None, before_id: str | None
+        self,
+        workspace: str,
+        *,
+        limit: int,
+        after_id: str | None,
+        before_id: str | None,
+        status: int | None = None,
+        metadata: tuple[str, str] | None = None,
     ) -> tuple[list[Batch], bool]:
-        """Newest first; the bool says whether more lie beyond in the direction asked."""
+        """Newest first; the bool says whether more lie beyond in the direction asked. `status`
+        and `metadata` (key, value) keep only the batches that match (paged with `after_id`)."""
         if after_id is not None and before_id is not None:
             raise InvalidRequestError("Cannot specify both `before_id` and `after_id`.")
         if not 1 <= limit <= 1000:
             raise InvalidRequestError(
                 "limit: Input should be greater than or equal to 1 and less than or equal to 1000"
             )
+        if status is not None or metadata is not None:
+            if before_id is not None:
+                raise InvalidRequestError("before_id cannot be combined with the status or metadata filters")
+            key, value = metadata or (None, None)
+            rows = await self.store.read(
+                "list_batches_where",
+                {
+                    "workspace": workspace,
+                    "upper": after_id or _TOP,
+                    "limit": limit + 1,
+                    "status": status,
+                    "meta_key": key,
+                    "meta_value": value,
+                },
+            )
+            return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
         if before_id is not None:
             rows = await self.store.read(
                 "list_batches_before", {"workspace": workspace, "lower": before_id, "limit": limit + 1}
@@ -173,6 +270,35 @@ class BatchManager:
         if custom_id is not None:
             return self._result_of(batch, custom_id, result_type)
         return self._result_pages(batch, result_type)
+
+    async def result_page(
+        self,
+        workspace: str,
+        batch_id: str,
+        *,
+        after: int,
+        limit: int,
+        result_type: int | None = None,
+        custom_id: str | None = None,
+    ) -> tuple[list[bytes], int | None]:
+        """Up to `limit` results lines written so far, from the request at position `after` in the
+        batch on; and the position to ask for next (None: no more yet)."""
+        batch = await self.get(workspace, batch_id)
+        if batch.archived_at is not None:
+            raise NotFoundError(NO_RESULTS)
+        if custom_id is not None:
+            return [line async for page in self._result_of(batch, custom_id, result_type) for line in page], None
+        rows = await self.store.read(
+            "results_page",
+            {
+                "cursor": batch.first_request + max(0, after),
+                "stop": batch.stop_request,
+                "type": result_type,
+                "limit": limit + 1,
+            },
+        )
+        more = rows[limit][0] - batch.first_request if len(rows) > limit else None
+        return [row[1] for row in rows[:limit]], more
 
     async def _result_of(self, batch: Batch, custom_id: str, result_type: int | None) -> AsyncIterator[list[bytes]]:
         rows = await self.store.read(
@@ -204,11 +330,12 @@ class BatchManager:
             raise InvalidRequestError(f"Batch {batch_id} has already ended and cannot be canceled.")
         if batch.status == IN_PROGRESS:
             now = now_us()
-            await self.store.run(
+            found = await self.store.run(
                 Step("mark_canceling", {"seq": batch.seq, "now": now}),
                 *_settle([batch.seq], now),
                 Step("notify", {"payload": f"cancel:{batch.seq}"}),
             )
+            self._finished_in_bulk(CANCELED, _count(found[1]))
             batch = await self.get(workspace, batch_id)
             log.info("batch.canceling id=%s canceled=%d still_running=%d", batch.id, batch.canceled, batch.processing)
             if batch.status == ENDED:
@@ -221,41 +348,89 @@ class BatchManager:
         batch = await self.get(workspace, batch_id)
         if batch.status != ENDED:
             raise InvalidRequestError("In progress batches cannot be deleted. Consider canceling the batch instead.")
-        await self.store.run(Step("delete_batch", {"seq": batch.seq}))
+        await self.store.run(Step("delete_batch", {"seq": batch.seq}), Step("forget_batch", {"seq": batch.seq}))
+        self._models.pop(batch.seq, None)
         log.info("batch.deleted id=%s", batch.id)
         return batch
 
     # -- the queue: what the dispatcher calls ------------------------------------------------
 
-    async def claim(self, owner: str, limit: int, now: int, until: int) -> list[Job]:
-        """Lease up to `limit` claimable requests, spread fairly over the batches that have some."""
-        active = await self.store.read("active_batches")
-        if not active or limit < 1:
+    async def claim(self, owner: str, slots: int | Slots, now: int, until: int) -> list[Job]:
+        """Lease claimable requests: `slots` free per pool (an int: that many, with no backend
+        limits), shared by the rule of `msgbatch.fairness`."""
+        if isinstance(slots, int):
+            slots = Slots({SHARED_POOL: slots})
+        free = {pool: n for pool, n in slots.free.items() if n > 0}
+        if not free:
             return []
+        active = await self.store.read("active_batches")
+        if not active:
+            return []
+        models = await self._models_of([row[0] for row in active])
+        info = {row[0]: row for row in active}
         # Start after the batch served last, so every batch gets its turn however many there are.
         pivot = next((i for i, b in enumerate(active) if b[0] > self._last_served), 0)
-        order = active[pivot:] + active[:pivot]
-        info = {b[0]: b for b in active}
+        lanes = [
+            Lane(row[0], row[6], row[7], key, slots.pool_of(model))
+            for row in active[pivot:] + active[:pivot]
+            for key, model in models[row[0]]
+        ]
+        names = {seq: dict(keyed) for seq, keyed in models.items()}
+        held = slots.held.copy()
         jobs: list[Job] = []
-        remaining = limit
-        while remaining > 0 and order:
-            # An equal share each, the first ones in the rotation taking the remainder.
-            base, extra = divmod(remaining, len(order))
-            plan = [(b[0], b[1], b[1] + b[2], base + (i < extra)) for i, b in enumerate(order)]
-            asked = [p for p in plan if p[3] > 0]
-            (rows,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=asked))
-            taken: dict[int, int] = {}
-            for rid, seq, attempts, custom_id, params in rows:
-                _, _, _, betas, headers, expires_at = info[seq]
-                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts))
-                taken[seq] = taken.get(seq, 0) + 1
-            remaining -= len(rows)
-            if rows:
-                self._last_served = [p[0] for p in asked if p[0] in taken][-1]
-            # A batch that filled its share may have more, and one not asked this time has its turn
-            # next; the others are drained for now. Each round claims something or drops batches.
-            order = [info[p[0]] for p in plan if p[3] == 0 or taken.get(p[0], 0) >= p[3]]
+        while lanes:
+            takes = plan(free, lanes, held, self._weight, self._room)
+            if not takes:
+                break
+            asked = list(takes.items())
+            rows = [
+                (lane.seq, info[lane.seq][1], info[lane.seq][1] + info[lane.seq][2], lane.model_key, n)
+                for lane, n in asked
+            ]
+            (found,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=rows))
+            taken: dict[tuple[int, int], int] = {}
+            for rid, seq, attempts, custom_id, params, key in found:
+                _, _, _, betas, headers, expires_at, workspace, _ = info[seq]
+                model = names[seq].get(key, "")
+                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, workspace, model))
+                taken[seq, key] = taken.get((seq, key), 0) + 1
+            drained = set()
+            for lane, n in asked:
+                got = taken.get((lane.seq, lane.model_key), 0)
+                free[lane.pool] -= got
+                held.add(lane.pool, lane.workspace, lane.seq, got)
+                if got < n:
+                    drained.add(lane)
+                if got:
+                    self._last_served = lane.seq
+            # A lane that filled its share may have more; one that did not is drained for now.
+            lanes = [lane for lane in lanes if lane not in drained and free.get(lane.pool, 0) > 0]
         return jobs
+
+    async def _models_of(self, seqs: list[int]) -> dict[int, list[tuple[int, str]]]:
+        """Each batch's (model key, model): read once per batch (they never change)."""
+        missing = [seq for seq in seqs if seq not in self._models]
+        if missing:
+            found: dict[int, list[tuple[int, str]]] = {seq: [] for seq in missing}
+            for seq, key, model, _ in await self.store.read("models_of_batches", {"seqs": missing}):
+                found[seq].append((key, model))
+            for seq, keyed in found.items():
+                # A batch made before models were recorded: its jobs all have key 0.
+                self._models[seq] = keyed or [(0, "")]
+        if len(self._models) > 4 * len(seqs) + 100:
+            self._models = {seq: self._models[seq] for seq in seqs}
+        return {seq: self._models[seq] for seq in seqs}
+
+    def _weight(self, workspace: str) -> float:
+        return self.settings.limits_for(workspace).weight
+
+    def _room(self, workspace: str) -> int | None:
+        return self.settings.limits_for(workspace).max_in_flight_per_backend
+
+    def _finished_in_bulk(self, result: int, count: int) -> None:
+        if count:
+            for callback in self.on_finished_in_bulk:
+                callback(result, count)
 
     async def complete(self, owner: str, outcomes: Sequence[Outcome], now: int) -> list[str]:
         """Record the outcomes of requests still leased to `owner`; the ids of the batches that
@@ -263,11 +438,17 @@ class BatchManager:
         if not outcomes:
             return []
         seqs = sorted({o.batch for o in outcomes})
-        finished = [(o.job, o.result, o.line, *o.tokens) for o in outcomes if o.result is not None]
+        finished = [
+            (o.job, o.result, o.line, *o.tokens, o.backend, o.error_type or "")
+            for o in outcomes
+            if o.result is not None
+        ]
         retries = [(o.job, o.not_before) for o in outcomes if o.result is None]
         steps = [Step("lock_batches", {"seqs": seqs})]
         if finished:
-            steps.append(Step("finish_jobs", {"owner": owner}, rows=finished))
+            # Usage is counted by the hour, throughput by the second (unix seconds).
+            at = {"owner": owner, "hour": now // 3_600_000_000 * 3600, "second": now // 1_000_000}
+            steps.append(Step("finish_jobs", at, rows=finished))
         if retries:
             # A retry goes back to the queue; in a batch being canceled it is canceled instead.
             steps.append(Step("requeue_jobs", {"owner": owner}, rows=retries))
@@ -277,6 +458,7 @@ class BatchManager:
         ended = _ids(found[-1])
         if retries:
             ended += _ids(found[-2])  # end_idle_canceling
+            self._finished_in_bulk(CANCELED, _count(found[-3]))  # settle_canceling
         return ended
 
     async def renew(self, owner: str, job_ids: Sequence[int], until: int) -> None:
@@ -289,9 +471,10 @@ class BatchManager:
         """Hand leased, unstarted requests back to the queue (a worker stopping)."""
         if not job_ids:
             return 0
-        released, *_ = await self.store.run(
+        released, settled, _ = await self.store.run(
             Step("release_jobs", {"owner": owner, "ids": sorted(job_ids)}), *_settle(None, now_us())
         )
+        self._finished_in_bulk(CANCELED, _count(settled))
         await self._announce_work(released)
         return len(released)
 
@@ -299,7 +482,8 @@ class BatchManager:
         """Requests whose lease ran out (their worker died) go back to the queue; with
         `every_lease`, every leased request does."""
         cutoff = _FOREVER if every_lease else now
-        reaped, *_ = await self.store.run(Step("reap_leases", {"now": cutoff}), *_settle(None, now))
+        reaped, settled, _ = await self.store.run(Step("reap_leases", {"now": cutoff}), *_settle(None, now))
+        self._finished_in_bulk(CANCELED, _count(settled))
         await self._announce_work(reaped)
         return len(reaped)
 
@@ -323,6 +507,7 @@ class BatchManager:
         for (seq,) in await self.store.read("due_batches", {"now": now}):
             (rows,) = await self.store.run(Step("expire_batch", {"seq": seq, "now": now}))
             ended += _ids(rows)
+            self._finished_in_bulk(EXPIRED, sum(int(row[1]) for row in rows))
         return ended
 
     async def archive_due(self, now: int) -> list[str]:
@@ -354,4 +539,12 @@ class BatchManager:
             "cancel_initiated_at": rfc3339(batch.cancel_initiated_at),
             "archived_at": rfc3339(batch.archived_at),
             "results_url": f"{base_url}/v1/messages/batches/{batch.id}/results" if batch.status == ENDED else None,
+            # msgbatch's own keys (the SDK's models keep keys they do not know).
+            "priority": PRIORITY_NAMES[batch.priority],
+            "usage": {
+                "input_tokens": batch.input_tokens,
+                "output_tokens": batch.output_tokens,
+                "cache_read_input_tokens": batch.cache_read_input_tokens,
+                "cache_creation_input_tokens": batch.cache_creation_input_tokens,
+            },
         }

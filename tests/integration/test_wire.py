@@ -47,6 +47,9 @@ BATCH_KEYS = {
     "cancel_initiated_at",
     "archived_at",
     "results_url",
+    # msgbatch's own (the SDK's models keep keys they do not know): see "Many teams" in the README.
+    "priority",
+    "usage",
 }
 COUNT_KEYS = {"processing", "succeeded", "errored", "canceled", "expired"}
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")

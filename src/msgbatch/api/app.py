@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from msgbatch.api import batches, dashboard
+from msgbatch.api import batches, dashboard, usage
 from msgbatch.backends.router import Router
 from msgbatch.config import Settings
 from msgbatch.engine.runtime import Runtime
@@ -131,6 +131,7 @@ class MsgBatchServer:
         self.dispatcher = self.runtime.dispatcher
         self.lifecycle = self.runtime.lifecycle
         routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes]
+        routes += [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in usage.routes]
         routes += [Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)]
         routes += dashboard.routes
         routes += extra_routes or []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -13,7 +14,7 @@ from msgbatch.api.auth import workspace_of
 from msgbatch.envelope import parse_betas
 from msgbatch.errors import InvalidRequestError, RequestTooLargeError
 from msgbatch.manager import BatchManager
-from msgbatch.models import RESULT_CODES
+from msgbatch.models import RESULT_CODES, STATUS_NAMES
 
 JSON = "application/json"
 # Request headers that belong to every request of a batch: kept with it, forwarded to backends.
@@ -82,6 +83,23 @@ def _int_param(request: Request, name: str, default: int) -> int:
         ) from None
 
 
+def _list_filters(request: Request) -> dict[str, Any]:
+    """Not part of the hosted API, for the dashboard: `status=ended`, `metadata=KEY=VALUE`."""
+    filters: dict[str, Any] = {}
+    status = request.query_params.get("status")
+    if status:
+        if status not in STATUS_NAMES:
+            raise InvalidRequestError(f"status: Input should be one of {', '.join(STATUS_NAMES)}")
+        filters["status"] = STATUS_NAMES.index(status)
+    metadata = request.query_params.get("metadata")
+    if metadata:
+        key, sep, value = metadata.partition("=")
+        if not sep or not key:
+            raise InvalidRequestError("metadata: expected KEY=VALUE")
+        filters["metadata"] = (key, value)
+    return filters
+
+
 async def list_batches(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
@@ -91,6 +109,7 @@ async def list_batches(request: Request) -> Response:
         limit=_int_param(request, "limit", 20),
         after_id=params.get("after_id") or None,
         before_id=params.get("before_id") or None,
+        **_list_filters(request),
     )
     base = base_url(request)
     return _json(

@@ -17,6 +17,15 @@ from msgbatch.models import Batch
 Row = tuple[Any, ...]
 
 
+class Refused(Exception):
+    """A `-- guard` step returned rows: the transaction was rolled back. `rows` say why."""
+
+    def __init__(self, step: str, rows: list[Row]) -> None:
+        super().__init__(f"{step}: {rows}")
+        self.step = step
+        self.rows = rows
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One named statement (or block of them) to run, with its parameters.
@@ -53,7 +62,8 @@ class Store(Protocol):
         ...
 
     async def run(self, *steps: Step, durable: bool = False) -> list[list[Row]]:
-        """Run the steps in order in one transaction; the rows each step returned.
+        """Run the steps in order in one transaction; the rows each step returned. A `-- guard`
+        step that returns rows rolls it back and raises `Refused`.
 
         `durable`: the commit must survive a power loss, not only a crash (an accepted batch)."""
         ...
@@ -94,4 +104,5 @@ def batch_from_row(row: Sequence[Any]) -> Batch:
         output_tokens=row[20],
         cache_read_input_tokens=row[21],
         cache_creation_input_tokens=row[22],
+        priority=row[23],
     )
