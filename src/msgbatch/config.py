@@ -214,6 +214,9 @@ class Settings(_Table, frozen=True):
     grace_seconds: Seconds = field(default=Seconds(10), name="grace")
     poll_interval: Seconds = Seconds(0.5)
     lifecycle_interval: Seconds = Seconds(1)
+    # `msgbatch worker`: serve /metrics, /health and /ready on this port (none by default).
+    metrics_port: Port | None = None
+    metrics_host: str = "127.0.0.1"
     # Backends (backends/config.py builds the Router from these).
     upstream: str = ""  # `anthropic=URL` or `openai=URL`: one upstream serving every model
     # Refuse (errored, invalid_request_error) what the hosted API refuses inside a batch.

@@ -178,11 +178,14 @@ class BatchManager:
         try:
             return await self.store.run(*steps, durable=True)
         except Refused as refused:
-            quota, value, now = refused.rows[0]
-            detail = _QUOTAS[quota].format(value=int(value), now=int(now), total=total)
-            log.info("batch.refused workspace=%s quota=%s value=%d", workspace, quota, int(value))
+            exceeded = [
+                f"{quota}: workspace {workspace} may have at most "
+                + _QUOTAS[quota].format(value=int(value), now=int(now), total=total)
+                for quota, value, now in refused.rows
+            ]
+            log.info("batch.refused workspace=%s quotas=%s", workspace, ",".join(row[0] for row in refused.rows))
             raise RateLimitError(
-                f"{quota}: workspace {workspace} may have at most {detail}.",
+                "; ".join(exceeded) + ".",
                 # The SDKs retry a 429 at once by default; a quota frees up as batches finish.
                 headers={"x-should-retry": "false"},
             ) from None

@@ -1,159 +1,50 @@
 """What this process is doing, for operators: Prometheus metrics and per-batch backend timing.
 
-The exposition format is written by hand (counters, gauges and histograms are all this server
-needs; `prometheus_client` would bring a global registry that tests sharing a process would have
-to work around). A `Metrics` object belongs to one `MsgBatchServer`; the dispatcher, the API
-handlers and the per-backend limiters feed it, `GET /metrics` renders it.
+A `Metrics` object belongs to one process (`msgbatch serve`, or `msgbatch worker` with
+`--metrics-port`), with a registry of its own (`prometheus_client.CollectorRegistry`, not the
+library's global one, so that tests may run several servers in one process); the dispatcher, the
+manager, the API handlers and the backends' limiters feed it, `GET /metrics` renders it.
 
-Everything here is in memory and per process: counters start at zero when the process starts,
-as Prometheus expects of counters.
+Counters and histograms are per process and start at zero with it, as Prometheus expects; sum them
+across processes. Two gauges describe the shared database rather than the process
+(`msgbatch_batches`, `msgbatch_requests_waiting`): every process reports the same values, so take
+their `max`, not their sum.
+
+The hot path (per request: one counter, one histogram observation, four token counters) uses
+label children looked up once and kept: measured on this machine, a child's `inc()` costs 0.25 µs
+against 0.15 µs for the hand-written exposition this module had before, and an `observe()` 0.66
+against 0.18 µs; about 1.5 µs a request in all, or 2% of one core at 15,000 requests/s, within
+the noise of the end-to-end benchmark. (Looking the labels up on every call instead costs 1.4 µs
+each.)
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from bisect import bisect_left as _bisect_left
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
 from msgbatch import __version__
-from msgbatch.models import ERRORED, RESULT_NAMES, Batch, Job, Outcome
+from msgbatch.models import ERRORED, RESULT_NAMES, SUCCEEDED, Batch, Job, Outcome
 
 log = logging.getLogger("msgbatch.requests")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation")
+# Model names come from clients: past this many in one process, the rest count as "other".
+MAX_MODEL_LABELS = 200
+# The shared gauges read the database at most this often, however often they are scraped.
+SHARED_GAUGES_EVERY = 1.0
 
-Labels = tuple[str, ...]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-def _label_text(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help_text
-        self.labels = tuple(labels)
-
-    def _key(self, values: Sequence[str]) -> Labels:
-        if len(values) != len(self.labels):
-            raise ValueError(f"{self.name}: expected labels {self.labels}, got {tuple(values)}")
-        return tuple(values)
-
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} {self.kind}"
-        yield from self.samples()
-
-    def samples(self) -> Iterator[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self.values: dict[Labels, float] = {} if self.labels else {(): 0.0}
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        values = self.values
-        if labels in values:
-            values[labels] += amount
-        else:
-            values[self._key(labels)] = amount
-
-    def get(self, *labels: str) -> float:
-        return self.values.get(tuple(labels), 0.0)
-
-    def samples(self) -> Iterator[str]:
-        for key, value in sorted(self.values.items()):
-            yield f"{self.name}{_label_text(self.labels, key)} {_number(value)}"
-
-
-class Gauge(_Metric):
-    """A value set by its owner, or read from `source` at each scrape."""
-
-    kind = "gauge"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labels: Sequence[str] = (),
-        source: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(name, help_text, labels)
-        self.values: dict[Labels, float] = {}
-        self.source = source
-
-    def set(self, value: float, *labels: str) -> None:
-        self.values[self._key(labels)] = float(value)
-
-    def samples(self) -> Iterator[str]:
-        if self.source is not None:
-            yield f"{self.name} {_number(float(self.source()))}"
-            return
-        for key, value in sorted(self.values.items()):
-            yield f"{self.name}{_label_text(self.labels, key)} {_number(value)}"
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help_text: str, labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
-    ) -> None:
-        super().__init__(name, help_text, labels)
-        self.bounds = tuple(sorted(buckets))
-        # Per label set: one count per bucket (not cumulative; +Inf last), then sum and count.
-        self.series: dict[Labels, tuple[list[int], list[float]]] = {}
-
-    def observe(self, value: float, *labels: str) -> None:
-        series = self.series.get(labels)
-        if series is None:
-            series = self.series[self._key(labels)] = ([0] * (len(self.bounds) + 1), [0.0, 0.0])
-        series[0][_bisect_left(self.bounds, value)] += 1
-        totals = series[1]
-        totals[0] += value
-        totals[1] += 1
-
-    def count(self, *labels: str) -> int:
-        series = self.series.get(tuple(labels))
-        return int(series[1][1]) if series else 0
-
-    def samples(self) -> Iterator[str]:
-        for key, (counts, (total, count)) in sorted(self.series.items()):
-            running = 0
-            for bound, n in zip((*self.bounds, math.inf), counts, strict=True):
-                running += n
-                le = 'le="' + _number(bound) + '"'
-                yield f"{self.name}_bucket{_label_text(self.labels, key, le)} {running}"
-            yield f"{self.name}_sum{_label_text(self.labels, key)} {_number(total)}"
-            yield f"{self.name}_count{_label_text(self.labels, key)} {_number(count)}"
+# The `_created` series of every counter would double what a scrape carries, for nothing here.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 @dataclass(slots=True)
@@ -176,87 +67,107 @@ class BatchTiming:
 
 
 class Metrics:
-    """The instruments of one server process."""
+    """The instruments of one process."""
 
     def __init__(self, *, max_batches: int = 2000) -> None:
         self.started_at = time.time()
         self.max_batches = max_batches
-        self.before_render = []
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
         self.results = Counter(
-            "msgbatch_requests_total",
-            "Requests finished by this process's dispatcher, by result type and backend "
-            '(backend="none": finished before reaching one: invalid params, unknown model, canceled, expired).',
+            "msgbatch_requests",
+            "Requests finished by this process, by result type and backend "
+            '(backend="none": finished before reaching one: invalid params, unknown model, canceled, expired, '
+            "and those the store finished in bulk: canceled while waiting, expired by the sweep).",
             ("result", "backend"),
+            registry=r,
         )
         self.retries = Counter(
-            "msgbatch_retries_total",
+            "msgbatch_retries",
             "Backend calls that failed with a retryable error and were queued to run again.",
             ("backend", "error_type"),
+            registry=r,
         )
         self.backend_latency = Histogram(
             "msgbatch_backend_request_duration_seconds",
             "Time of each backend call, successful or not.",
             ("backend",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.backend_errors = Counter(
-            "msgbatch_backend_errors_total",
+            "msgbatch_backend_errors",
             "Backend calls that failed, by error type (timeout: the batch's expiry cut the call short).",
             ("backend", "error_type"),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "msgbatch_tokens",
+            "Tokens of the succeeded requests of this process, by backend, model and kind "
+            "(input, output, cache_read, cache_creation).",
+            ("backend", "model", "kind"),
+            registry=r,
         )
         self.concurrency_limit = Gauge(
             "msgbatch_backend_concurrency_limit",
             "Requests this process may run at once on a backend (the current adaptive limit, where there is one).",
             ("backend",),
+            registry=r,
         )
-        self.batches_created = Counter("msgbatch_batches_created_total", "Batches accepted by this process.")
+        self.batches_created = Counter("msgbatch_batches_created", "Batches accepted by this process.", registry=r)
         self.requests_accepted = Counter(
-            "msgbatch_requests_accepted_total", "Requests in the batches accepted by this process."
+            "msgbatch_requests_accepted", "Requests in the batches accepted by this process.", registry=r
         )
         self.create_bytes = Counter(
-            "msgbatch_batch_create_bytes_total", "Bytes of the create bodies of the batches accepted."
+            "msgbatch_batch_create_bytes", "Bytes of the create bodies of the batches accepted.", registry=r
         )
-        self.results_bytes = Counter("msgbatch_results_bytes_total", "Bytes of results (JSONL) streamed to clients.")
+        self.results_bytes = Counter(
+            "msgbatch_results_bytes", "Bytes of results (JSONL) streamed to clients.", registry=r
+        )
         self._in_flight: Callable[[], float] = lambda: 0
         self._queued: Callable[[], float] = lambda: 0
         self._unwritten: Callable[[], float] = lambda: 0
-        self.in_flight = Gauge(
-            "msgbatch_requests_in_flight",
-            "Requests running on a backend in this process now.",
-            source=lambda: self._in_flight(),
-        )
-        self.queue_depth = Gauge(
+        Gauge(
+            "msgbatch_requests_in_flight", "Requests running on a backend in this process now.", registry=r
+        ).set_function(lambda: self._in_flight())
+        Gauge(
             "msgbatch_dispatcher_queue_depth",
             "Requests this process has claimed (leased) and not started yet.",
-            source=lambda: self._queued(),
-        )
-        self.unwritten = Gauge(
+            registry=r,
+        ).set_function(lambda: self._queued())
+        Gauge(
             "msgbatch_dispatcher_unwritten_results",
             "Finished requests whose results are waiting to be written to the store.",
-            source=lambda: self._unwritten(),
-        )
-        self.uptime = Gauge(
+            registry=r,
+        ).set_function(lambda: self._unwritten())
+        Gauge(
             "msgbatch_process_start_time_seconds",
             "When this process started, in seconds since the epoch.",
-            source=lambda: self.started_at,
+            registry=r,
+        ).set(self.started_at)
+        Gauge("msgbatch_build_info", "The running msgbatch version.", ("version",), registry=r).labels(__version__).set(
+            1
         )
-        self.info = Gauge("msgbatch_build_info", "The running msgbatch version.", ("version",))
-        self.info.set(1, __version__)
-        self._all: list[_Metric] = [
-            self.info,
-            self.uptime,
-            self.batches_created,
-            self.requests_accepted,
-            self.create_bytes,
-            self.results_bytes,
-            self.results,
-            self.retries,
-            self.backend_errors,
-            self.backend_latency,
-            self.in_flight,
-            self.queue_depth,
-            self.unwritten,
-            self.concurrency_limit,
-        ]
+        self.batches = Gauge(
+            "msgbatch_batches",
+            "Batches in the database by processing status (the same in every process: take the max).",
+            ("status",),
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "msgbatch_requests_waiting",
+            "Requests of batches in progress not running anywhere yet (retries included), by the backend "
+            "their model routes to in this process's configuration (the same in every process: take the max).",
+            ("backend",),
+            registry=r,
+        )
+        self.before_render = []
+        self._shared: Callable[[], Awaitable[tuple[dict[str, int], dict[str, int]]]] | None = None
+        self._shared_at = 0.0
+        # Label children, looked up once (see the module docstring).
+        self._result_children: dict[tuple[str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
+        self._token_children: dict[tuple[str, str], tuple[Counter, ...]] = {}
         # Per-job note from the backend call to the outcome: (backend, "ok" or error type).
         self._calls: dict[int, tuple[str, str]] = {}
         self._batch_ids: OrderedDict[int, str] = OrderedDict()
@@ -272,14 +183,18 @@ class Metrics:
     ) -> None:
         self._in_flight, self._queued, self._unwritten = in_flight, queued, unwritten
 
+    def watch_store(self, read: Callable[[], Awaitable[tuple[dict[str, int], dict[str, int]]]]) -> None:
+        """Where the shared gauges come from: batches by status, requests waiting by backend."""
+        self._shared = read
+
     def set_backend_limit(self, backend: str, limit: float) -> None:
         """The concurrency a backend may use now; adaptive limiters call this whenever it changes."""
-        self.concurrency_limit.set(limit, backend)
+        self.concurrency_limit.labels(backend).set(limit)
 
     def batch_created(self, batch: Batch, body_bytes: int) -> None:
         self.batches_created.inc()
-        self.requests_accepted.inc(amount=batch.total)
-        self.create_bytes.inc(amount=body_bytes)
+        self.requests_accepted.inc(batch.total)
+        self.create_bytes.inc(body_bytes)
         self.remember_batch(batch)
 
     def remember_batch(self, batch: Batch) -> None:
@@ -298,7 +213,10 @@ class Metrics:
         """
         now = time.perf_counter()
         elapsed = now - started
-        self.backend_latency.observe(elapsed, backend)
+        latency = self._latency_children.get(backend)
+        if latency is None:
+            latency = self._latency_children[backend] = self.backend_latency.labels(backend)
+        latency.observe(elapsed)
         self._calls[job.id] = (backend, status)
         per_batch = self._timings.get(job.batch)
         if per_batch is None:
@@ -315,16 +233,24 @@ class Metrics:
             timing.max_seconds = elapsed
         if status != "ok":
             timing.errors += 1
-            self.backend_errors.inc(backend, status)
+            self.backend_errors.labels(backend, status).inc()
+
+    def _count_result(self, result: str, backend: str, n: int = 1) -> None:
+        child = self._result_children.get((result, backend))
+        if child is None:
+            child = self._result_children[result, backend] = self.results.labels(result, backend)
+        child.inc(n)
 
     def finished(self, job: Job, outcome: Outcome) -> None:
         """The dispatcher is done with a job: a result, or a retry to come."""
         backend, status = self._calls.pop(job.id, ("none", ""))
         if outcome.result is None:
-            self.retries.inc(backend, status or "unknown")
+            self.retries.labels(backend, status or "unknown").inc()
             return
-        self.results.inc(RESULT_NAMES[outcome.result], backend)
-        if outcome.result == ERRORED:
+        self._count_result(RESULT_NAMES[outcome.result], backend)
+        if outcome.result == SUCCEEDED and any(outcome.tokens):
+            self._count_tokens(backend, job.model, outcome.tokens)
+        elif outcome.result == ERRORED:
             # Never the params or the error message: either may quote the prompt.
             log.info(
                 "request.errored batch=%s custom_id=%s type=%s backend=%s attempts=%d",
@@ -334,6 +260,22 @@ class Metrics:
                 backend,
                 job.attempts,
             )
+
+    def _count_tokens(self, backend: str, model: str, tokens: tuple[int, int, int, int]) -> None:
+        children = self._token_children.get((backend, model))
+        if children is None:
+            if len(self._token_children) >= MAX_MODEL_LABELS:
+                model = "other"
+            children = tuple(self.tokens.labels(backend, model, kind) for kind in TOKEN_KINDS)
+            if len(self._token_children) < MAX_MODEL_LABELS or model == "other":
+                self._token_children[backend, model] = children
+        for child, n in zip(children, tokens, strict=True):
+            if n:
+                child.inc(n)
+
+    def finished_in_bulk(self, result: int, count: int) -> None:
+        """Requests the store finished without a dispatcher: canceled while waiting, expired."""
+        self._count_result(RESULT_NAMES[result], "none", count)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -348,10 +290,23 @@ class Metrics:
             backends=dict(per_batch),
         )
 
+    async def refresh(self) -> None:
+        """Bring the shared gauges up to date (at most once a second; a failure keeps the last)."""
+        if self._shared is None or time.monotonic() - self._shared_at < SHARED_GAUGES_EVERY:
+            return
+        self._shared_at = time.monotonic()
+        try:
+            statuses, waiting = await self._shared()
+        except Exception:
+            log.warning("metrics.refresh_failed", exc_info=True)
+            return
+        for status, n in statuses.items():
+            self.batches.labels(status).set(n)
+        self.waiting.clear()
+        for backend, n in waiting.items():
+            self.waiting.labels(backend).set(n)
+
     def render(self) -> bytes:
         for refresh in self.before_render:
             refresh()
-        lines: list[str] = []
-        for metric in self._all:
-            lines.extend(metric.lines())
-        return ("\n".join(lines) + "\n").encode()
+        return generate_latest(self.registry)

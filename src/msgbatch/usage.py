@@ -16,7 +16,7 @@ from typing import Any
 
 from msgbatch.clock import now_us, rfc3339
 from msgbatch.config import Settings
-from msgbatch.models import ERRORED, RESULT_NAMES, Batch
+from msgbatch.models import ERRORED, RESULT_NAMES, STATUS_NAMES, Batch
 from msgbatch.store.base import Row, Store
 
 __all__ = ["TOKEN_KINDS", "Tokens", "UsageReader"]
@@ -213,6 +213,17 @@ class UsageReader:
             {"workspace": ws, "model": model, "backend": backend or None, "running": r, "waiting": w}
             for (ws, model, backend), (r, w) in sorted(per.items())
         ]
+
+    async def gauges(self, route: Callable[[str], str | None]) -> tuple[dict[str, int], dict[str, int]]:
+        """For /metrics: batches by status name, and requests waiting by backend ("none": no backend)."""
+        statuses = dict.fromkeys(STATUS_NAMES, 0)
+        for status, n in await self.store.read("batches_by_status"):
+            statuses[STATUS_NAMES[status]] = int(n)
+        waiting: dict[str, int] = {}
+        for row in await self.open_work(route):
+            backend = row["backend"] or "none"
+            waiting[backend] = waiting.get(backend, 0) + row["waiting"]
+        return statuses, waiting
 
     async def workspace(self, workspace: str, route: Callable[[str], str | None]) -> dict[str, Any]:
         """A workspace's limits, its open work, and its usage of the last 24 hours."""

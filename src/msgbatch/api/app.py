@@ -108,6 +108,7 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     server: MsgBatchServer = request.app.state.server
+    await server.metrics.refresh()
     return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -131,12 +131,7 @@ async def workspace_page(request: Request) -> Response:
     worker), and its usage of the last 24 hours."""
     manager: BatchManager = request.app.state.manager
     workspace = workspace_of(request, manager.settings)
-    router = request.app.state.server.router
-
-    def route(model: str) -> str | None:
-        backend = router.route(model) if model else None
-        return backend.name if backend is not None else None
-
+    route = request.app.state.server.runtime.backend_of
     body = await UsageReader(manager.store, manager.settings).workspace(workspace, route)
     return Response(msgspec.json.encode(body), media_type="application/json")
 
