@@ -12,7 +12,8 @@ any batch, and any worker, can still get to it first.
 
 A pool asks for more once `ahead / 2` of its slots are free (the shared pool: a quarter of
 `concurrency`, or any free slot when nothing waits), so that claims come in groups. A pool whose
-last claim found less than it asked for is "dry" until new work is announced or the poll interval
+last claim found less than it asked for is "dry" until new work is announced, one of its requests
+finishes (a workspace at its `max_in_flight_per_backend` may take one more), or the poll interval
 passes.
 
 Across workers: a backend's `concurrency` (and a workspace's `max_in_flight_per_backend`) is per
@@ -97,12 +98,14 @@ class BackendSlots:
                 self._dry[pool] = dry_until
 
     def done(self, job_id: int) -> None:
-        """A held request finished (or goes back to the store): its slot is free."""
+        """A held request finished (or goes back to the store): its slot is free. A dry pool may
+        be asked again: what its workspaces hold changed, and with it what a cap allows them."""
         held = self._of.pop(job_id, None)
         if held is not None:
             pool, workspace, seq = held
             self.by_pool[pool] -= 1
             self.held.add(pool, workspace, seq, -1)
+            self._dry.pop(pool, None)
 
     def wet(self) -> None:
         """New work was announced: every pool may find some."""
