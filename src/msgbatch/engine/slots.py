@@ -38,12 +38,22 @@ class BackendSlots:
     def __init__(self, router: Router, concurrency: int) -> None:
         self.router = router
         self.concurrency = concurrency
-        self.held = Holdings()
         self.by_pool: Counter[str] = Counter()
-        self._of: dict[int, tuple[str, str, int]] = {}  # job id -> (pool, workspace, batch)
+        # Per request, as little as will do (this runs for every request): its pool and batch.
+        self._of: dict[int, tuple[str, int]] = {}  # job id -> (pool, batch)
+        self._by_batch: dict[tuple[str, int], int] = {}
+        self._workspace_of: dict[int, str] = {}  # batch -> its workspace
         self._pools: dict[str, str] = {}  # model -> pool
         self._limited: dict[str, Backend] = {b.name: b for b in router.backends if b.max_concurrency is not None}
         self._dry: dict[str, float] = {}  # pool -> monotonic time until which it is not asked
+
+    @property
+    def held(self) -> Holdings:
+        """What this process holds, per pool and workspace and per pool and batch (for a claim)."""
+        holdings = Holdings()
+        for (pool, seq), n in self._by_batch.items():
+            holdings.add(pool, self._workspace_of.get(seq, ""), seq, n)
+        return holdings
 
     def pool_of(self, model: str) -> str:
         pool = self._pools.get(model)
@@ -85,14 +95,16 @@ class BackendSlots:
     def claimed(self, jobs: list[Job], asked: dict[str, int], dry_until: float) -> None:
         """Count the jobs a claim brought; a pool that got less than it asked is dry until then."""
         got: Counter[str] = Counter()
+        by_batch = self._by_batch
         for job in jobs:
             if job.id in self._of:
                 continue  # already held: its lease lapsed and this process claimed it again
             pool = self.pool_of(job.model)
-            self._of[job.id] = (pool, job.workspace, job.batch)
-            self.by_pool[pool] += 1
-            self.held.add(pool, job.workspace, job.batch)
+            self._of[job.id] = (pool, job.batch)
+            by_batch[pool, job.batch] = by_batch.get((pool, job.batch), 0) + 1
+            self._workspace_of[job.batch] = job.workspace
             got[pool] += 1
+        self.by_pool.update(got)
         for pool, n in asked.items():
             if got[pool] < n:
                 self._dry[pool] = dry_until
@@ -102,10 +114,17 @@ class BackendSlots:
         be asked again: what its workspaces hold changed, and with it what a cap allows them."""
         held = self._of.pop(job_id, None)
         if held is not None:
-            pool, workspace, seq = held
+            pool, seq = held
             self.by_pool[pool] -= 1
-            self.held.add(pool, workspace, seq, -1)
-            self._dry.pop(pool, None)
+            left = self._by_batch[pool, seq] - 1
+            if left:
+                self._by_batch[pool, seq] = left
+            else:
+                del self._by_batch[pool, seq]
+                if not any(key[1] == seq for key in self._by_batch):
+                    self._workspace_of.pop(seq, None)
+            if self._dry:
+                self._dry.pop(pool, None)
 
     def wet(self) -> None:
         """New work was announced: every pool may find some."""
