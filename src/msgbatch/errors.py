@@ -11,6 +11,7 @@
     ├── RequestTooLargeError          413 request_too_large       (HTTP only; invalid_request_error in a result)
     ├── RateLimitError                429 rate_limit_error        retryable
     ├── InternalServerError           500 api_error               retryable
+    │   └── UpstreamUnreachableError  500 api_error               a backend refused the connection
     ├── ServiceUnavailableError       503 overloaded_error        retryable
     ├── GatewayTimeoutError           504 timeout_error           retryable
     └── OverloadedError               529 overloaded_error        retryable
@@ -44,6 +45,7 @@ __all__ = [
     "RateLimitError",
     "RequestTooLargeError",
     "ServiceUnavailableError",
+    "UpstreamUnreachableError",
     "error_body",
     "error_for_type",
 ]
@@ -135,6 +137,10 @@ class InternalServerError(MsgbatchError):
     type = "api_error"
     status = 500
     retryable_by_default = True
+
+
+class UpstreamUnreachableError(InternalServerError):
+    """No connection to a backend's upstream could be opened: it is down, not failing."""
 
 
 class ServiceUnavailableError(MsgbatchError):
