@@ -46,6 +46,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = item.path.parent.name
         if tier in TIERS:
             item.add_marker(tier)
+        if tier == "acceptance":
+            # Real processes, a browser, faults and timing: one at a time, on one xdist worker.
+            item.add_marker(pytest.mark.xdist_group("acceptance"))
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
