@@ -117,6 +117,7 @@ def serve(
     import uvicorn
 
     from msgbatch.api.app import MsgBatchServer
+    from msgbatch.api.http_server import uvicorn_options
 
     _setup_logging(log_level)
     settings = _settings(
@@ -150,15 +151,7 @@ def serve(
         _shown(settings.database),
         settings.worker,
     )
-    uvicorn.run(
-        server.app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=15,
-        h11_max_incomplete_event_size=None,
-    )
+    uvicorn.run(server.app, **uvicorn_options(settings))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

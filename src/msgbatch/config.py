@@ -49,6 +49,18 @@ class Settings:
     retention_seconds: float = 29 * 86400.0
     max_requests: int = 100_000
     max_body_bytes: int = 256 * MIB
+    # The HTTP edge (README, "Running it in front of clients"). Request line + headers, and how long
+    # a client may take to send them; the longest wait for the next piece of a body.
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    # Peers whose X-Forwarded-Host/-Proto/-Prefix are believed (addresses or networks, or "*");
+    # the hosts this server may be reached as (comma separated; empty: any).
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    allowed_hosts: str = ""
+    # Create bodies held in memory at once; a create that does not fit waits this long, then gets 429.
+    create_memory_bytes: int = 256 * MIB
+    create_memory_wait: float = 10.0
     # Dispatcher
     worker: bool = True
     concurrency: int = 256
@@ -109,6 +121,13 @@ _FILE_KEYS = {
     "retention": "duration",
     "max_requests": int,
     "max_body_bytes": int,
+    "max_header_bytes": int,
+    "header_timeout": "duration",
+    "body_timeout": "duration",
+    "forwarded_allow_ips": str,
+    "allowed_hosts": str,
+    "create_memory_bytes": int,
+    "create_memory_wait": "duration",
     "concurrency": int,
     "lease": "duration",
     "grace": "duration",
@@ -185,3 +204,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("max_requests and max_body_bytes must be positive")
     if settings.lease_seconds < 1:
         raise ConfigError("lease: must be at least 1s")
+    if settings.max_header_bytes < 1024 or settings.create_memory_bytes < 1:
+        raise ConfigError("max_header_bytes must be at least 1024 and create_memory_bytes positive")
+    if settings.header_timeout <= 0 or settings.body_timeout <= 0:
+        raise ConfigError("header_timeout and body_timeout must be positive")
