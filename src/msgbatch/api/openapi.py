@@ -50,6 +50,7 @@ _WHY = {
     500: "An unexpected failure (a bug: it is logged).",
     503: "The database does not answer.",
 }
+_BATCH_ID = {"type": "string", "pattern": "^msgbatch_[0-9A-Za-z]{24}$"}
 _REQUEST_ID_HEADER = {
     "description": "This request's id (error bodies repeat it).",
     "required": True,
@@ -161,6 +162,7 @@ def message_batches() -> Group:
         "schema": {"type": "string"},
         "description": "A Message Batch ID (`msgbatch_` + 24 characters); anything else is 404.",
     }
+    cursor = {"type": "string", "pattern": "^(msgbatch_[0-9A-Za-z]{24})?$", "description": "Empty: none."}
     beta = query("beta", {"type": "string"}, "Sent by older SDKs (`beta=true`); accepted and ignored.")
     common = (400, 401, 403, 500)
     with_id = (400, 401, 403, 404, 500)
@@ -188,8 +190,8 @@ def message_batches() -> Group:
                 common,
                 parameters=[
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}, "Page size."),
-                    query("after_id", {"type": "string"}, "The page just older than this batch."),
-                    query("before_id", {"type": "string"}, "The page just newer than this batch."),
+                    query("after_id", cursor, "The page just older than this batch (not with before_id)."),
+                    query("before_id", cursor, "The page just newer than this batch (not with after_id)."),
                     beta,
                 ],
             ),
@@ -284,7 +286,7 @@ def message_batches() -> Group:
                 "results_url",
             ],
             "properties": {
-                "id": {"type": "string", "pattern": "^msgbatch_[0-9A-Za-z]{24}$"},
+                "id": _BATCH_ID,
                 "type": {"const": "message_batch"},
                 "processing_status": {"enum": ["in_progress", "canceling", "ended"]},
                 "request_counts": {
