@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,27 +33,10 @@ from typing import Any
 import anthropic
 import httpx2
 
+from msgbatch.testing import free_port, wait_until_answers
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            httpx2.get(url, timeout=1)
-            return
-        except httpx2.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start")
 
 
 def params(i: int, max_tokens: int = 16) -> dict[str, Any]:
@@ -75,7 +57,7 @@ def run_msgbatch(kind: str, upstream: str, n: int, concurrency: int, workdir: Pa
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/health", proc, "msgbatch serve")
+        wait_until_answers(base + "/health", process=proc)
         client = anthropic.Anthropic(api_key="bench", base_url=base, max_retries=0, timeout=300)
         # The body is encoded before the clock starts: what the SDK spends building it is the
         # client's time, not msgbatch's. Storing it, and everything after, is timed.
@@ -154,7 +136,7 @@ def main() -> None:
     upstream = f"http://127.0.0.1:{port}"
     figures: dict[str, list[float]] = {"msgbatch anthropic": [], "msgbatch openai": [], "SDK loop": []}
     try:
-        wait_http(upstream + "/", fake, "fake upstream")
+        wait_until_answers(upstream + "/", process=fake, status=None)
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.runs):
                 figures["msgbatch anthropic"].append(

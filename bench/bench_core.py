@@ -35,7 +35,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from msgbatch.testing import ServerDidNotAnswer, free_port, wait_until_answers
 
 MODEL = "claude-sonnet-4-5-20250929"
 API_KEY = "bench"
@@ -77,12 +78,6 @@ def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -127,15 +122,12 @@ class Server:
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         _SERVERS.append(self)
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
-                    return self
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise BenchError(f"server {self.name} did not start:\n{self.log_tail()}")
-            time.sleep(0.05)
+        try:
+            wait_until_answers(f"{self.base_url}/health", process=self.proc, timeout=timeout)
+        except ServerDidNotAnswer as exc:
+            self.stop()
+            raise BenchError(f"server {self.name} did not start ({exc}):\n{self.log_tail()}") from None
+        return self
 
     def proc_status_kib(self, key: str) -> int:
         """A kB value of /proc/PID/status (VmRSS, VmHWM, ...)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,14 +33,10 @@ import msgspec
 import psycopg
 from psycopg import sql
 
+from msgbatch.testing import free_port, wait_until_answers
+
 ADMIN_URL = os.environ.get("MSGBATCH_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 HEADERS = {"x-api-key": "bench", "content-type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def body(n: int) -> bytes:
@@ -86,20 +81,6 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "msgbatch", *args], stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the API server exited")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("the API server did not start")
-
-
 def run_once(workers: int, requests: int, payload: bytes, logs: Path) -> tuple[float, float]:
     with Database() as db:
         subprocess.run(
@@ -110,7 +91,7 @@ def run_once(workers: int, requests: int, payload: bytes, logs: Path) -> tuple[f
         procs = [start(["serve", "--no-worker", "--port", str(port), "--database", db.url], logs / "serve.log")]
         try:
             procs += [start(["worker", "--database", db.url], logs / f"worker-{i}.log") for i in range(workers)]
-            wait_healthy(url, procs[0])
+            wait_until_answers(f"{url}/health", process=procs[0])
             time.sleep(1.0)  # let the workers connect and LISTEN
             with httpx.Client(base_url=url, headers=HEADERS, timeout=120) as client:
                 t0 = time.perf_counter()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,11 +30,11 @@ from msgbatch.api.http_server import uvicorn_options
 from msgbatch.backends.base import CallContext
 from msgbatch.backends.mock import MockBackend
 from msgbatch.backends.simulate import simulate
-from msgbatch.clock import now_us
 from msgbatch.config import Settings, load_settings
-from msgbatch.ids import new_batch_id
-from msgbatch.models import IN_PROGRESS, Batch
+from msgbatch.manager import BatchManager
+from msgbatch.models import Batch
 from msgbatch.store import Store
+from msgbatch.testing import ServerDidNotAnswer, free_port, wait_until_answers
 
 TEST_KEY = "sk-test-key"
 
@@ -106,12 +106,6 @@ async def wait_ended(client: anthropic.AsyncAnthropic, batch_id: str, timeout: f
         await asyncio.sleep(0.02)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ThreadedServer:
     """The app on a real loopback port, in a thread of this process (for the sync SDK)."""
 
@@ -128,11 +122,7 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.uvicorn.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
+        wait_until_answers(f"{self.base_url}/health", process=self.thread, timeout=15)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -176,16 +166,11 @@ class ServeProcess:
         ]  # fmt: skip
         self._log = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx2.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx2.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"msgbatch serve did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        try:
+            wait_until_answers(f"{self.base_url}/health", process=self.proc, timeout=20)
+        except ServerDidNotAnswer as exc:
+            raise RuntimeError(f"msgbatch serve did not start ({exc}):\n{self.log.read_text()}") from None
+        return self
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -252,55 +237,86 @@ def pg_url_for(database: str) -> str:
     return urlunsplit(urlsplit(PG_ADMIN_URL)._replace(path="/" + database))
 
 
+_template: list[str] = []
+
+
+def _migrated_template() -> str:
+    """A database migrated once per test session; each test's database is a copy of it (a file
+    copy on the server: far faster than migrating every time)."""
+    if not _template:
+        name = f"msgbatch_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+        async def migrate() -> None:
+            from msgbatch.store.postgres import PostgresStore
+
+            await PostgresStore(pg_url_for(name)).migrate()
+
+        asyncio.run(migrate())
+        atexit.register(_drop_database, name)
+        _template.append(name)
+    return _template[0]
+
+
+def _drop_database(name: str) -> None:
+    with contextlib.suppress(psycopg.Error), psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @contextlib.contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A new, empty database on the test server (dropped afterwards, with any sessions still on it)."""
+def fresh_pg_database(*, migrated: bool = True) -> Iterator[str]:
+    """A new database on the test server, migrated (a copy of the session's template) or empty;
+    dropped afterwards, with any sessions still on it."""
     require_pg()
     name = f"msgbatch_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if migrated:
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(_migrated_template())
+        )
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(create)
     try:
         yield pg_url_for(name)
     finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        _drop_database(name)
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """The URL of a fresh PostgreSQL database for this test alone."""
+    """The URL of a fresh, migrated PostgreSQL database for this test alone."""
     with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def empty_pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database with nothing in it (migration tests)."""
+    with fresh_pg_database(migrated=False) as url:
         yield url
 
 
 # -- helpers shared by the test modules ------------------------------------------------------
 
 
-def draft(total: int, *, workspace: str = "w", expires_in: int = 24 * 3600 * 1_000_000, betas: str = "") -> Batch:
-    """A batch as the manager hands it to `Store.create_batch`."""
-    now = now_us()
-    return Batch(
-        seq=0,
-        id=new_batch_id(),
-        workspace=workspace,
-        status=IN_PROGRESS,
-        created_at=now,
-        expires_at=now + expires_in,
-        total=total,
-        processing=total,
-        first_request=0,
-        betas=betas,
-    )
+def params_of(i: int) -> dict[str, Any]:
+    return {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": f"q{i}"}]}
 
 
-def params_of(i: int) -> bytes:
-    return msgspec.json.encode({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": f"q{i}"}]})
+def create_body(n: int, prefix: str = "r") -> bytes:
+    """A create call's body of `n` requests (`{prefix}0`...)."""
+    return msgspec.json.encode({"requests": [{"custom_id": f"{prefix}{i}", "params": params_of(i)} for i in range(n)]})
 
 
-async def make_batch(store: Store, n: int, prefix: str = "r", **kwargs: Any) -> Batch:
-    """A batch of `n` requests (`{prefix}0`...) created straight in a store."""
-    requests: list[tuple[str, msgspec.Raw | bytes]] = [(f"{prefix}{i}", params_of(i)) for i in range(n)]
-    return await store.create_batch(draft(n, **kwargs), requests)
+def manager_for(store: Store, **settings: Any) -> BatchManager:
+    """The rules over a store, with settings for what the test needs (expiry_seconds, ...)."""
+    return BatchManager(store, load_settings(None, env={}, **settings))
+
+
+async def make_batch(manager: BatchManager, n: int, prefix: str = "r", workspace: str = "w") -> Batch:
+    """A batch of `n` requests (`{prefix}0`...) created through the manager."""
+    return await manager.create(workspace, create_body(n, prefix), "")
 
 
 @contextlib.asynccontextmanager

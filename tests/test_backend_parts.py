@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +375,7 @@ async def test_limiter_waiter_cancelled_frees_nothing_twice() -> None:
 
 
 def router_from(tmp_path: Path, raw: dict[str, Any], env: dict[str, str] | None = None, **settings: Any) -> Any:
-    return build_router(replace(make_settings(tmp_path, **settings), raw=raw), env or {})
+    return build_router(make_settings(tmp_path, **raw, **settings), env or {})
 
 
 def test_nothing_configured_is_the_simulator(tmp_path: Path) -> None:
@@ -458,11 +457,11 @@ def test_upstream_shortcut(tmp_path: Path) -> None:
         ({"backends": [{"name": "a", "type": "grpc"}]}, "type: expected one of"),
         ({"backends": [{"name": "a", "type": "openai"}]}, "url: required"),
         ({"backends": [{"name": "a", "type": "openai", "url": "ftp://h"}]}, "not an http"),
-        ({"backends": [{"name": "a", "type": "openai", "url": "http://h", "concurency": 3}]}, "unknown keys"),
+        ({"backends": [{"name": "a", "type": "openai", "url": "http://h", "concurency": 3}]}, "unknown key"),
         ({"backends": [{"name": "a", "type": "openai", "url": "http://h", "concurrency": 0}]}, "integer >= 1"),
         ({"backends": [{"name": "a", "type": "openai", "url": "http://h", "api_key_env": "NOPE"}]}, "NOPE is not set"),
         ({"backends": [{"name": "a", "type": "anthropic", "url": "http://h", "auth": "basic"}]}, "auth"),
-        ({"backends": [{"name": "a", "type": "openai", "url": "http://h", "client": "curl"}]}, "unknown HTTP client"),
+        ({"backends": [{"name": "a", "type": "openai", "url": "http://h", "client": "curl"}]}, "one of builtin, httpx"),
         ({"backends": [{"name": "a", "type": "simulate"}, {"name": "a", "type": "simulate"}]}, "declared twice"),
         ({"backends": [{"name": "a", "type": "simulate"}], "routes": [{"pattern": "*", "backend": "b"}]}, "no backend"),
         ({"backends": [{"name": "a", "type": "simulate"}], "default_backend": "zz"}, "no backend named 'zz'"),

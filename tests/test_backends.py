@@ -7,20 +7,20 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
+from msgspec.structs import replace
 
 from conftest import async_client_for, make_settings, running_server, wait_ended, wait_until
 from fake_upstream import FakeUpstream, Fault
 from msgbatch.api.app import MsgBatchServer
 from msgbatch.backends.config import build_router
 from msgbatch.backends.limiter import AdaptiveLimiter
-from msgbatch.config import Settings
+from msgbatch.config import RouteConfig, Settings
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 MODEL = "llama-test"
@@ -45,7 +45,7 @@ def settings_for(tmp_path: Path, kind: str, url: str, **backend: Any) -> Setting
         "backoff_cap": "40ms",
     }
     table.update(backend)
-    return replace(make_settings(tmp_path), raw={"backends": [table]})
+    return make_settings(tmp_path, backends=[table])
 
 
 @pytest.fixture(params=["anthropic", "openai"])
@@ -338,7 +338,7 @@ async def test_expiry_reaches_a_retry_already_scheduled(tmp_path: Path, fake: Fa
 
 async def test_model_no_route_serves_is_not_found(tmp_path: Path, fake: FakeUpstream) -> None:
     settings = settings_for(tmp_path, "anthropic", fake.url)
-    settings = replace(settings, raw={**settings.raw, "routes": [{"pattern": "llama-*", "backend": "up"}]})
+    settings = replace(settings, routes=[RouteConfig(pattern="llama-*", backend="up")])
     async with running_server(settings, router=build_router(settings, env={"UPSTREAM_KEY": UPSTREAM_KEY})) as srv:
         client = async_client_for(srv)
         _, results = await run_batch(client, [request("served"), request("lost", model="gpt-9")])

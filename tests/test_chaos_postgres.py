@@ -25,7 +25,7 @@ import httpx2
 import psycopg
 import pytest
 
-from conftest import free_port
+from msgbatch.testing import ServerDidNotAnswer, free_port, wait_until_answers
 
 HEADERS = {"x-api-key": "chaos", "content-type": "application/json"}
 N = 20_000
@@ -86,17 +86,10 @@ class Proc:
                 self.kill()
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise AssertionError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx2.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name} did not become ready:\n{self.log.read_text()[-3000:]}")
+        try:
+            wait_until_answers(f"{self.url}/ready", process=self.proc, timeout=timeout)
+        except ServerDidNotAnswer as exc:
+            raise AssertionError(f"{self.name}: {exc}\n{self.log.read_text()[-3000:]}") from None
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServeProcess, free_port
+from conftest import ServeProcess
 from msgbatch.client.http import BatchesClient, ClientError
 from msgbatch.client.submit import InputError, bodies, plan
+from msgbatch.testing import free_port
 
 KEY = "sk-cli-test"
 MODEL = "claude-sonnet-4-5-20250929"

@@ -82,7 +82,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     backend = gated_simulator(gate)
     settings = make_settings(
         tmp_path,
-        api_keys={KEY: "ws-a", "sk-b": "ws-b"},
+        workspaces={"ws-a": [KEY], "ws-b": ["sk-b"]},
         max_requests=MAX_REQUESTS,
         max_body_bytes=MAX_BODY,
         concurrency=1,
@@ -349,7 +349,7 @@ async def test_sdk_exception_classes(small: MsgBatchServer) -> None:
 
 
 async def test_sdk_auth_exception_classes(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, api_keys={"sk-a": "ws-a"})
+    settings = make_settings(tmp_path, workspaces={"ws-a": ["sk-a"]})
     async with running_server(settings) as srv:
         async with async_client_for(srv, api_key="sk-wrong") as wrong:
             with pytest.raises(anthropic.AuthenticationError) as exc:

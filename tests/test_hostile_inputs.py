@@ -60,7 +60,7 @@ def check(resp: httpx2.Response, expected: int, error_type: str) -> str:
 
 @pytest.fixture
 async def srv(tmp_path: Path) -> AsyncIterator[MsgBatchServer]:
-    async with running_server(make_settings(tmp_path, api_keys={KEY: "hostile", "sk-other": "other"})) as s:
+    async with running_server(make_settings(tmp_path, workspaces={"hostile": [KEY], "other": ["sk-other"]})) as s:
         yield s
 
 
@@ -313,7 +313,7 @@ async def test_decompression_bomb_is_413_within_the_limit(tmp_path: Path, encodi
     # 256 MiB of zeros in a ~260 kB body, against a 2 MiB limit: refused after decoding ~2 MiB.
     bomb = zeros_compressed(256 * MIB, wbits)
     assert len(bomb) < 300_000
-    settings = make_settings(tmp_path, api_keys={KEY: "hostile"}, max_body_bytes=2 * MIB)
+    settings = make_settings(tmp_path, workspaces={"hostile": [KEY]}, max_body_bytes=2 * MIB)
     async with running_server(settings) as s, raw_client(s) as client:
         tracemalloc.start()
         try:
@@ -328,7 +328,7 @@ async def test_decompression_bomb_is_413_within_the_limit(tmp_path: Path, encodi
 
 async def test_decoded_size_counts_not_the_compressed_one(tmp_path: Path) -> None:
     body = msgspec.json.encode(_body(*(f"r{i}" for i in range(200))))
-    settings = make_settings(tmp_path, api_keys={KEY: "hostile"}, max_body_bytes=len(body))
+    settings = make_settings(tmp_path, workspaces={"hostile": [KEY]}, max_body_bytes=len(body))
     async with running_server(settings) as s, raw_client(s) as client:
         ok = await client.post(B, headers={**AUTH, "content-encoding": "gzip"}, content=gzip.compress(body))
         assert ok.status_code == 200, ok.text

@@ -20,10 +20,10 @@ import pytest
 
 from conftest import (
     async_client_for,
-    draft,
     gated_simulator,
     make_batch,
     make_settings,
+    manager_for,
     running_server,
     simple_request,
     wait_ended,
@@ -33,7 +33,8 @@ from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.engine.worker import Worker
 from msgbatch.store import open_store
-from msgbatch.store.postgres import SCHEMA_VERSION, PostgresStore
+from msgbatch.store.postgres import PostgresStore
+from msgbatch.store.queries import load_queries, migrations
 
 
 def test_open_store_picks_postgres_for_urls() -> None:
@@ -137,14 +138,15 @@ async def test_worker_shutdown_finishes_or_hands_back_work(tmp_path: Path, pg_ur
             finally:
                 await client.close()
         # Everything unfinished is claimable at once by another worker, the attempt unspent.
-        jobs = await store.claim("next-worker", 10, now_us(), now_us() + 60_000_000)
+        jobs = await manager_for(store).claim("next-worker", 10, now_us(), now_us() + 60_000_000)
         assert len(jobs) == 2 and all(j.attempts == 1 for j in jobs)
     finally:
         await store.close()
         await worker.stop()
 
 
-def test_migrate_command_is_safe_to_run_at_once(pg_url: str) -> None:
+def test_migrate_command_is_safe_to_run_at_once(empty_pg_url: str) -> None:
+    pg_url = empty_pg_url
     cmd = [sys.executable, "-m", "msgbatch", "migrate", "--database", pg_url]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(3)]
     outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
@@ -152,7 +154,7 @@ def test_migrate_command_is_safe_to_run_at_once(pg_url: str) -> None:
     assert all("is up to date" in out for out in outputs)
     with psycopg.connect(pg_url) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM msgbatch.migrations")]
-        assert versions == [SCHEMA_VERSION]
+        assert versions == [v for v, _ in migrations(load_queries("postgres"))]
         assert conn.execute("SELECT count(*) FROM msgbatch.batches").fetchone() == (0,)
 
 
@@ -179,16 +181,16 @@ async def test_listen_hears_other_processes(pg_url: str) -> None:
     listener, other = PostgresStore(pg_url), PostgresStore(pg_url)
     await listener.open()
     await other.open()
-    woken: list[str] = []
-    canceled: list[int] = []
+    notices: list[str] = []
     try:
-        await listener.listen(lambda: woken.append("work"), canceled.append)
-        await wait_until(lambda: woken, what="the first wake-up, on connecting")
-        woken.clear()
-        batch = await make_batch(other, 3)
-        await wait_until(lambda: woken, what="a wake-up for the new batch")
-        await other.cancel_batch(batch.seq, now_us())
-        await wait_until(lambda: canceled == [batch.seq], what="the cancel")
+        await listener.listen(notices.append)
+        await wait_until(lambda: notices == ["work"], what="the first wake-up, on connecting")
+        notices.clear()
+        manager = manager_for(other)
+        batch = await make_batch(manager, 3)
+        await wait_until(lambda: notices == ["work"], what="a wake-up for the new batch")
+        await manager.cancel(batch.workspace, batch.id)
+        await wait_until(lambda: notices == ["work", f"cancel:{batch.seq}"], what="the cancel")
     finally:
         await listener.close()
         await other.close()
@@ -210,7 +212,7 @@ def test_worker_process_hands_back_work_on_sigterm(tmp_path: Path, pg_url: str) 
             store = PostgresStore(pg_url)
             await store.open()
             try:
-                await store.create_batch(draft(3), [(r["custom_id"], json.dumps(r["params"]).encode()) for r in slow])
+                await manager_for(store).create("default", json.dumps({"requests": slow}).encode(), "")
             finally:
                 await store.close()
 

@@ -792,7 +792,7 @@ async def test_both_auth_headers_work(server: MsgBatchServer, headers: dict[str,
 
 
 async def test_keys_configured_accept_both_auth_headers(tmp_path: Path) -> None:
-    async with running_server(make_settings(tmp_path, api_keys={"sk-real": "ws"})) as srv, raw_client(srv) as http:
+    async with running_server(make_settings(tmp_path, workspaces={"ws": ["sk-real"]})) as srv, raw_client(srv) as http:
         for headers in ({"x-api-key": "sk-real"}, {"authorization": "Bearer sk-real"}):
             assert (await http.get("/v1/messages/batches", headers=headers)).status_code == 200
         client = async_client_for(srv, api_key="sk-real")  # the SDK sends Authorization: Bearer

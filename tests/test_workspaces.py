@@ -16,7 +16,7 @@ NOT_FOUND = "Message Batch ID not found."
 
 @pytest.fixture
 async def two_workspaces(tmp_path: Path) -> AsyncIterator[MsgBatchServer]:
-    settings = make_settings(tmp_path, api_keys={"key-a": "ws-a", "key-b": "ws-b", "key-a2": "ws-a"})
+    settings = make_settings(tmp_path, workspaces={"ws-a": ["key-a", "key-a2"], "ws-b": ["key-b"]})
     async with running_server(settings) as srv:
         yield srv
 

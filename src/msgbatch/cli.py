@@ -18,11 +18,18 @@ from msgbatch.config import DEFAULT_PORT, ConfigError, Settings, load_settings
 T = TypeVar("T")
 
 
+class BadConfig(click.ClickException):
+    """A setting cannot be used: the message names its source and key; exit 2, before any port
+    is bound or any database opened."""
+
+    exit_code = 2
+
+
 def _settings(config: str | None, **flags: object) -> Settings:
     try:
         return load_settings(config, env=None, **flags)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise BadConfig(str(exc)) from None
 
 
 def _shown(database: str) -> str:
@@ -87,6 +94,20 @@ def main() -> None:
 @_simulate_latency_option
 @_config_option
 @click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    metavar="IPS",
+    help="Comma-separated addresses or networks (or *) of the proxies whose X-Forwarded-Host/-Proto/-Prefix "
+    "are believed.  [default: 127.0.0.1,::1]",
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    metavar="HOSTS",
+    help="Comma-separated host names (*.domain, or *) this server answers as; other Host headers get 400.  "
+    "[default: any]",
+)
 @_concurrency_option
 @click.option("--expiry", type=Duration(), default=None, help="How long a batch may run.  [default: 24h]")
 @_retention_option
@@ -100,6 +121,8 @@ def serve(
     simulate_latency: float | None,
     config: str | None,
     public_url: str | None,
+    forwarded_allow_ips: str | None,
+    allowed_hosts: str | None,
     concurrency: int | None,
     expiry: float | None,
     retention: float | None,
@@ -128,9 +151,11 @@ def serve(
         simulate_latency=simulate_latency,
         upstream=upstream,
         public_url=public_url,
+        forwarded_allow_ips=_comma_list(forwarded_allow_ips),
+        allowed_hosts=_comma_list(allowed_hosts),
         concurrency=concurrency,
-        expiry_seconds=expiry,
-        retention_seconds=retention,
+        expiry=expiry,
+        retention=retention,
         worker=False if no_worker else None,
     )
     log = logging.getLogger("msgbatch")
@@ -142,7 +167,7 @@ def serve(
     try:
         server = MsgBatchServer(settings)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise BadConfig(str(exc)) from None
     log.info(
         "msgbatch %s listening on http://%s:%d database=%s worker=%s",
         __version__,
@@ -152,6 +177,10 @@ def serve(
         settings.worker,
     )
     uvicorn.run(server.app, **uvicorn_options(settings))
+
+
+def _comma_list(value: str | None) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -218,14 +247,18 @@ def worker(
         simulate_latency=simulate_latency,
         upstream=upstream,
         concurrency=concurrency,
-        lease_seconds=lease,
-        grace_seconds=grace,
-        retention_seconds=retention,
+        lease=lease,
+        grace=grace,
+        retention=retention,
     )
     logging.getLogger("msgbatch").info(
         "msgbatch %s worker database=%s concurrency=%d", __version__, _shown(settings.database), settings.concurrency
     )
-    _run(Worker(settings).run())
+    try:
+        process = Worker(settings)
+    except ConfigError as exc:
+        raise BadConfig(str(exc)) from None
+    _run(process.run())
 
 
 @main.command()

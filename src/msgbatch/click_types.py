@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from msgbatch.config import ConfigError, parse_duration
+from msgbatch.config import parse_duration
 
 
 class Duration(click.ParamType[float]):
@@ -14,6 +14,6 @@ class Duration(click.ParamType[float]):
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
-            return parse_duration(value, name=param.name if param and param.name else "value")
-        except ConfigError as exc:
+            return parse_duration(value)
+        except ValueError as exc:
             self.fail(str(exc), param, ctx)

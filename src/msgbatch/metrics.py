@@ -19,8 +19,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import msgspec
-
 from msgbatch import __version__
 from msgbatch.models import ERRORED, RESULT_NAMES, Batch, Job, Outcome
 
@@ -175,15 +173,6 @@ class BatchTiming:
     first_call_at: float  # wall clock, seconds since the epoch
     last_call_at: float
     backends: dict[str, BackendTiming]
-
-
-def _error_type_of(line: bytes) -> str:
-    """The error type inside an `errored` results line (rare: decoding it costs nothing that matters)."""
-    try:
-        value = msgspec.json.decode(line)
-        return str(value["result"]["error"]["error"]["type"])
-    except (msgspec.DecodeError, KeyError, TypeError):
-        return "unknown"
 
 
 class Metrics:
@@ -341,7 +330,7 @@ class Metrics:
                 "request.errored batch=%s custom_id=%s type=%s backend=%s attempts=%d",
                 self.batch_id(job.batch),
                 job.custom_id,
-                _error_type_of(outcome.line),
+                outcome.error_type or "unknown",
                 backend,
                 job.attempts,
             )

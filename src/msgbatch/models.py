@@ -32,6 +32,12 @@ class Batch(msgspec.Struct, kw_only=True):
     expired: int = 0
     first_request: int  # request rows are [first_request, first_request + total)
     betas: str = ""  # comma-separated anthropic-beta values
+    headers: str = "{}"  # JSON object: the other request headers every request of the batch carries
+
+    @property
+    def stop_request(self) -> int:
+        """One past the batch's last request id."""
+        return self.first_request + self.total
 
 
 class Job(msgspec.Struct, gc=False):
@@ -42,6 +48,7 @@ class Job(msgspec.Struct, gc=False):
     custom_id: str
     params: bytes
     betas: str
+    headers: str
     expires_at: int
     attempts: int
 
@@ -49,9 +56,9 @@ class Job(msgspec.Struct, gc=False):
 class Outcome(msgspec.Struct, gc=False):
     """What became of a claimed job.
 
-    With `result` set, the job is finished and `line` is its whole results line. With
-    `result` None, the job goes back to the queue, to be claimed again no sooner than
-    `not_before` (a retry).
+    With `result` set, the job is finished and `line` is its whole results line (`error_type`
+    says which error an `errored` one carries). With `result` None, the job goes back to the
+    queue, to be claimed again no sooner than `not_before` (a retry).
     """
 
     job: int
@@ -59,3 +66,4 @@ class Outcome(msgspec.Struct, gc=False):
     result: int | None
     line: bytes = b""
     not_before: int = 0
+    error_type: str | None = None

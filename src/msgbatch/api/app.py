@@ -21,12 +21,10 @@ from msgbatch.api.forwarded import ProxyPolicy
 from msgbatch.api.middleware import ApiMiddleware
 from msgbatch.backends.router import Router
 from msgbatch.config import Settings
-from msgbatch.engine.dispatcher import Dispatcher
-from msgbatch.engine.lifecycle import Lifecycle
+from msgbatch.engine.runtime import Runtime
 from msgbatch.errors import MsgbatchError
-from msgbatch.manager import BatchManager
-from msgbatch.metrics import CONTENT_TYPE, Metrics
-from msgbatch.store import Store, open_store
+from msgbatch.metrics import CONTENT_TYPE
+from msgbatch.store import Store
 
 log = logging.getLogger("msgbatch.api")
 
@@ -49,12 +47,6 @@ async def metrics(request: Request) -> Response:
     return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def build_router(settings: Settings) -> Router:
-    from msgbatch.backends.config import build_router as from_settings
-
-    return from_settings(settings)
-
-
 class MsgBatchServer:
     """Owns the moving parts; `app` starts and stops them through the ASGI lifespan."""
 
@@ -67,16 +59,13 @@ class MsgBatchServer:
         extra_routes: list[BaseRoute] | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.database)
-        self.router = router or build_router(settings)
-        self.manager = BatchManager(self.store, settings)
-        self.metrics = Metrics()
-        self.dispatcher: Dispatcher | None = None
-        self.lifecycle = Lifecycle.from_settings(self.store, settings)
-        if settings.worker:
-            self.dispatcher = Dispatcher.from_settings(self.store, self.router, settings, metrics=self.metrics)
-            self.manager.on_created.append(self.dispatcher.wake)
-            self.manager.on_canceled.append(self.dispatcher.batch_canceled)
+        self.runtime = Runtime(settings, store=store, router=router)
+        self.store = self.runtime.store
+        self.router = self.runtime.router
+        self.manager = self.runtime.manager
+        self.metrics = self.runtime.metrics
+        self.dispatcher = self.runtime.dispatcher
+        self.lifecycle = self.runtime.lifecycle
         routes: list[BaseRoute] = [*batches.routes, Route("/health", health), Route("/ready", ready)]
         routes += [Route("/metrics", metrics), *openapi.routes, *dashboard.routes, *(extra_routes or [])]
         self.app = Starlette(
@@ -92,28 +81,12 @@ class MsgBatchServer:
         self.app.state.settings = settings
         self.app.state.server = self
         self.app.state.metrics = self.metrics
-        self._started = False
 
     async def start(self) -> None:
-        await self.store.open()
-        if self.store.single_process and self.settings.worker:
-            recovered = await self.store.recover()
-            if recovered:
-                log.info("dispatcher.recovered requests=%d", recovered)
-        if self.dispatcher is not None:
-            await self.dispatcher.start()
-        self.lifecycle.start()
-        self._started = True
+        await self.runtime.start()
 
     async def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        await self.lifecycle.stop()
-        if self.dispatcher is not None:
-            await self.dispatcher.stop(self.settings.grace_seconds)
-        await self.router.aclose()
-        await self.store.close()
+        await self.runtime.stop()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:

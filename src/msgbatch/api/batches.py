@@ -21,6 +21,8 @@ from msgbatch.models import RESULT_CODES
 
 JSON = "application/json"
 _INTEGER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+# Request headers that belong to every request of a batch: kept with it, forwarded to backends.
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-user-profile-id")
 
 
 def _manager(request: Request) -> BatchManager:
@@ -56,8 +58,9 @@ def _json(value: object, status: int = 200) -> Response:
 async def create(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
+    headers = {name: value for name in FORWARDED_HEADERS if (value := request.headers.get(name))}
     async with create_body(request, manager.settings, request.app.state.create_budget) as body:
-        batch = await manager.create(workspace, body, parse_betas(request.headers.getlist("anthropic-beta")))
+        batch = await manager.create(workspace, body, parse_betas(request.headers.getlist("anthropic-beta")), headers)
         size = len(body)
     request.app.state.metrics.batch_created(batch, size)
     return _json(manager.render(batch, base_url(request)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.types import Scope
@@ -66,30 +67,33 @@ def _valid_host(host: str, header: str) -> str:
 class ProxyPolicy:
     """Which peers' `X-Forwarded-*` headers count, and which hosts this server answers as."""
 
-    def __init__(self, *, forwarded_allow_ips: str, allowed_hosts: str, public_url: str) -> None:
+    def __init__(self, *, forwarded_allow_ips: Sequence[str], allowed_hosts: Sequence[str], public_url: str) -> None:
         self.trust_all = False
         networks: list[IPNetwork] = []
-        for item in (part.strip() for part in forwarded_allow_ips.split(",")):
+        for item in (part.strip() for part in forwarded_allow_ips):
             if item == "*":
                 self.trust_all = True
             elif item:
                 try:
                     networks.append(ipaddress.ip_network(item, strict=False))
                 except ValueError:
-                    raise ConfigError(f"forwarded_allow_ips: {item!r} is not an IP address or network") from None
+                    problem = f"{item!r} is not an IP address or network"
+                    raise ConfigError(problem, key="forwarded_allow_ips") from None
         self.networks = tuple(networks)
-        self.allowed_hosts = tuple(h.strip().lower() for h in allowed_hosts.split(",") if h.strip())
+        self.allowed_hosts = tuple(h.strip().lower() for h in allowed_hosts if h.strip())
         for pattern in self.allowed_hosts:
-            if pattern != "*" and _hostname(pattern) != pattern.rstrip("."):  # a port, or not a host at all
-                raise ConfigError(f"allowed_hosts: {pattern!r} is not a host name (without a port), *.domain or *")
-            if pattern != "*" and not _HOST.fullmatch(pattern.removeprefix("*.")):
-                raise ConfigError(f"allowed_hosts: {pattern!r} is not a host name (without a port), *.domain or *")
+            name = pattern.removeprefix("*.")
+            # A port, or not a host name at all.
+            if pattern != "*" and (_hostname(name) != name.rstrip(".") or not _HOST.fullmatch(name)):
+                problem = f"{pattern!r} is not a host name (without a port), *.domain or *"
+                raise ConfigError(problem, key="allowed_hosts")
         self.public = None
         if public_url:
             scheme, sep, rest = public_url.rstrip("/").partition("://")
             host, _, path = rest.partition("/")
             if not sep or scheme not in _SCHEMES or not _HOST.fullmatch(host):
-                raise ConfigError(f"public_url: expected http(s)://host[:port][/prefix], got {public_url!r}")
+                problem = f"expected http(s)://host[:port][/prefix], got {public_url!r}"
+                raise ConfigError(problem, key="public_url")
             self.public = Origin(scheme, host, "/" + path if path else "")
         self.trusts = functools.lru_cache(maxsize=4096)(self._trusts)
 

@@ -1,4 +1,15 @@
-"""The dispatcher: claim requests under a lease, run them on their backend, record outcomes in groups."""
+"""The dispatcher: claim requests under a lease, run them on their backend, record outcomes in groups.
+
+start()      listen for wake-ups; start the side loops (claim, flush, renew, expiry) under a
+             supervisor, and `concurrency` runners that take claimed requests from a queue
+claim loop   leases requests (fairly across batches: the manager's rule) while slots are free
+runner       one request at a time: validate, route, call the backend, make its outcome
+flush loop   writes outcomes in groups (one transaction per few hundred), conditional on the lease
+renew loop   extends the leases of exactly the requests this process holds
+expiry loop  stops a request still running when its batch expires
+stop(grace)  stops claiming, lets running requests finish within `grace`, hands back the rest
+run_burst()  runs until nothing is claimable, running or unwritten, then stops (tests, tools)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -18,47 +28,24 @@ from msgbatch.backends.base import CallContext, RequestCanceled, request_cancele
 from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.config import Settings
-from msgbatch.errors import RESULT_ERROR_TYPES, MsgbatchError, error_body
-from msgbatch.ids import new_request_id
+from msgbatch.engine.supervisor import Supervisor
+from msgbatch.errors import MsgbatchError
+from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 from msgbatch.models import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Batch, Job, Outcome
-from msgbatch.store.base import Store
+from msgbatch.results import canceled_line, errored_line, expired_line, succeeded_line
 from msgbatch.validation import validate_params
 
 log = logging.getLogger("msgbatch.dispatcher")
 
-_encode = msgspec.json.encode
 _decode = msgspec.json.decode
-
-
-def result_line(custom_id: str, result: bytes) -> bytes:
-    # custom_id matched ^[a-zA-Z0-9_-]{1,64}$ at create: no escaping needed.
-    return b'{"custom_id":"' + custom_id.encode() + b'","result":' + result + b"}"
-
-
-def succeeded_line(custom_id: str, message: dict[str, Any]) -> bytes:
-    return result_line(custom_id, b'{"type":"succeeded","message":' + _encode(message) + b"}")
-
-
-def errored_line(custom_id: str, error_type: str, message: str) -> bytes:
-    if error_type not in RESULT_ERROR_TYPES:
-        # An HTTP-only type (request_too_large) would fail the SDK's validation of the line.
-        error_type = "invalid_request_error" if error_type == "request_too_large" else "api_error"
-    envelope = error_body(error_type, message, new_request_id())
-    # The spec documents' examples read `result.error.message`; the SDK's ErrorResponse keeps the
-    # message one level down but allows extra keys, so repeating it there makes both spellings work.
-    envelope = envelope[:-1] + b',"message":' + _encode(message) + b"}"
-    return result_line(custom_id, b'{"type":"errored","error":' + envelope + b"}")
-
-
-_CANCELED = b'{"type":"canceled"}'
-_EXPIRED = b'{"type":"expired"}'
+_MAX_CONTEXTS = 10_000
 
 
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
+        manager: BatchManager,
         router: Router,
         *,
         concurrency: int = 256,
@@ -70,7 +57,7 @@ class Dispatcher:
         claim_max: int = 1000,
         metrics: Metrics | None = None,
     ) -> None:
-        self.store = store
+        self.manager = manager
         self.router = router
         self.concurrency = concurrency
         self.lease_us = int(lease_seconds * 1_000_000)
@@ -79,21 +66,23 @@ class Dispatcher:
         self.flush_interval = flush_interval
         self.flush_max = flush_max
         self.claim_max = claim_max
-        self.on_ended: list[Callable[[list[str]], None]] = []
+        self.metrics = metrics or Metrics()
+        self.supervisor = Supervisor(self.owner)
 
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self._held: set[int] = set()  # every request leased to this process: queued, running, unwritten
         self._expiring: set[int] = set()
         self._done: list[Outcome] = []
         self._canceled: set[int] = set()
-        self._wake = asyncio.Event()
-        self._slot = asyncio.Event()
+        self._contexts: dict[int, CallContext] = {}
+        self._wake = asyncio.Event()  # maybe something to claim
+        self._slot = asyncio.Event()  # a slot freed, or outcomes written
         self._flush_now = asyncio.Event()
-        self._flushed = asyncio.Event()
+        self._flushed = asyncio.Event()  # outcomes waiting to be written
+        self._changed = asyncio.Event()  # anything moved (burst mode watches it)
         self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
-        self._workers: list[asyncio.Task[None]] = []
-        self.metrics = metrics or Metrics()
+        self._runners: list[asyncio.Task[None]] = []
         self.metrics.watch_dispatcher(
             in_flight=lambda: len(self._running), queued=self._queue.qsize, unwritten=lambda: len(self._done)
         )
@@ -101,11 +90,11 @@ class Dispatcher:
 
     @classmethod
     def from_settings(
-        cls, store: Store, router: Router, settings: Settings, *, metrics: Metrics | None = None
+        cls, manager: BatchManager, router: Router, settings: Settings, *, metrics: Metrics | None = None
     ) -> Dispatcher:
         """The dispatcher of `serve` and of `worker` alike."""
         return cls(
-            store,
+            manager,
             router,
             # Enough slots for every backend's own limit, so a freed backend slot is refilled at once.
             concurrency=router.dispatch_concurrency(settings.concurrency),
@@ -115,12 +104,11 @@ class Dispatcher:
         )
 
     def _report_limits(self) -> None:
-        # An adaptive limiter knows its current limit; a plain backend runs up to the dispatcher's.
         for backend in self.router.backends:
             limit = backend.concurrency_limit
             self.metrics.set_backend_limit(backend.name, limit if limit is not None else self.concurrency)
 
-    # -- signals from the manager ------------------------------------------------------------
+    # -- signals -----------------------------------------------------------------------------
 
     def wake(self, _batch: Batch | None = None) -> None:
         self._wake.set()
@@ -128,19 +116,28 @@ class Dispatcher:
     def batch_canceled(self, batch: Batch) -> None:
         self._canceled.add(batch.seq)
 
+    def on_notice(self, payload: str) -> None:
+        """A wake-up from another process: `work`, or `cancel:SEQ`."""
+        kind, _, seq = payload.partition(":")
+        if kind == "cancel" and seq.isdigit():
+            self._canceled.add(int(seq))
+        else:
+            self._wake.set()
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # New work and cancels from other processes (PostgreSQL); a no-op for a single-process store.
-        await self.store.listen(self.wake, self._canceled.add)
-        self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="msgbatch-claim"),
-            asyncio.create_task(self._flush_loop(), name="msgbatch-flush"),
-            asyncio.create_task(self._renew_loop(), name="msgbatch-renew"),
-            asyncio.create_task(self._expiry_loop(), name="msgbatch-expiry"),
-        ]
-        self._workers = [
-            asyncio.create_task(self._worker(), name=f"msgbatch-worker-{i}") for i in range(self.concurrency)
+        self._stopping = False
+        await self.manager.store.listen(self.on_notice)
+        for name, loop in (
+            ("claim", self._claim_loop),
+            ("flush", self._flush_loop),
+            ("renew", self._renew_loop),
+            ("expiry", self._expiry_loop),
+        ):
+            self.supervisor.start(name, loop)
+        self._runners = [
+            asyncio.create_task(self._runner(), name=f"msgbatch-runner-{i}") for i in range(self.concurrency)
         ]
         log.info("dispatcher.started owner=%s concurrency=%d", self.owner, self.concurrency)
 
@@ -153,37 +150,59 @@ class Dispatcher:
         while not self._queue.empty():
             unstarted.append(self._queue.get_nowait().id)
         if self._running:
-            deadline = asyncio.get_running_loop().time() + grace
-            while self._running and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.02)
-        for task in self._workers:
+            # The queue is empty now: the runners finish what they run, and take nothing new.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._until(lambda: not self._running), grace)
+        for task in self._runners:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*self._runners, return_exceptions=True)
+        self._runners = []
         abandoned = list(self._running)
         self._running.clear()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         with contextlib.suppress(Exception):
             await self._flush()
+        handed_back = unstarted + abandoned
         with contextlib.suppress(Exception):
-            if unstarted or abandoned:
-                await self.store.release(self.owner, unstarted + abandoned)
-        log.info(
-            "dispatcher.stopped owner=%s released=%d unfinished=%d",
-            self.owner,
-            len(unstarted),
-            len(abandoned),
-        )
+            await self.manager.release(self.owner, handed_back)
+        self._held.difference_update(handed_back)
+        log.info("dispatcher.stopped owner=%s released=%d unfinished=%d", self.owner, len(unstarted), len(abandoned))
+
+    async def run_burst(self, timeout: float = 60.0) -> None:
+        """Run until nothing is claimable, running or unwritten (waiting out retries that come due
+        meanwhile), then stop. Tests use it instead of sleeping."""
+        await self.start()
+        try:
+            await asyncio.wait_for(self._until_drained(), timeout)
+        finally:
+            await self.stop(grace=0)
+
+    async def _until_drained(self) -> None:
+        while True:
+            await self._until(self._quiet)
+            claimable, waiting, next_due = await self.manager.queue_summary(now_us())
+            if not claimable and not waiting:
+                if self._quiet():
+                    return
+                continue
+            if not claimable and next_due is not None:
+                await asyncio.sleep(min(max(0.0, (next_due - now_us()) / 1e6), self.poll_interval))
+            self._wake.set()
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.poll_interval)
+
+    def _quiet(self) -> bool:
+        return not (self._running or self._queue.qsize() or self._done)
+
+    async def _until(self, condition: Any) -> None:
+        while not condition():
+            self._changed.clear()
+            await self._changed.wait()
 
     async def drain(self, timeout: float = 60.0) -> None:
-        """Wait until no work is claimed, queued or waiting to be written (tests, benchmarks)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._running or not self._queue.empty() or self._done:
-            if loop.time() > deadline:
-                raise TimeoutError("dispatcher did not drain")
-            await asyncio.sleep(0.01)
+        """Wait until nothing is claimed, queued or waiting to be written (tests, benchmarks)."""
+        await asyncio.wait_for(self._until(self._quiet), timeout)
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -201,20 +220,23 @@ class Dispatcher:
             self._wake.clear()
             now = now_us()
             try:
-                jobs = await self.store.claim(self.owner, min(free, self.claim_max), now, now + self.lease_us)
+                jobs = await self.manager.claim(self.owner, min(free, self.claim_max), now, now + self.lease_us)
             except Exception:
                 log.exception("dispatcher.claim_failed owner=%s", self.owner)
                 await asyncio.sleep(self.poll_interval)
                 continue
             for job in jobs:
+                self._held.add(job.id)
                 self._queue.put_nowait(job)
-            if not jobs:
+            if jobs:
+                self._changed.set()
+            else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
     # -- running -----------------------------------------------------------------------------
 
-    async def _worker(self) -> None:
+    async def _runner(self) -> None:
         queue = self._queue
         task = asyncio.current_task()
         assert task is not None
@@ -229,10 +251,10 @@ class Dispatcher:
                 # The expiry watcher stopped this request: its batch's time is up.
                 self._expiring.discard(job.id)
                 task.uncancel()
-                outcome = Outcome(job.id, job.batch, EXPIRED, result_line(job.custom_id, _EXPIRED))
-            except Exception as exc:  # a bug must cost one request, not the worker
+                outcome = Outcome(job.id, job.batch, EXPIRED, expired_line(job.custom_id))
+            except Exception as exc:  # a bug must cost one request, not the runner
                 log.exception("dispatcher.run_failed request=%d", job.id)
-                outcome = Outcome(job.id, job.batch, ERRORED, errored_line(job.custom_id, "api_error", str(exc)))
+                outcome = self._errored(job, "api_error", str(exc))
             self.metrics.finished(job, outcome)
             self._done.append(outcome)
             # pop: a lapsed lease may have brought the same request back to this process meanwhile
@@ -241,13 +263,27 @@ class Dispatcher:
                 self._flush_now.set()
             self._flushed.set()
             self._slot.set()
+            self._changed.set()
+
+    def _context(self, job: Job) -> CallContext:
+        context = self._contexts.get(job.batch)
+        if context is None:
+            headers: dict[str, str] = _decode(job.headers) if job.headers and job.headers != "{}" else {}
+            version = headers.pop("anthropic-version", None)
+            context = CallContext(
+                betas=tuple(job.betas.split(",")) if job.betas else (), anthropic_version=version, extra_headers=headers
+            )
+            if len(self._contexts) >= _MAX_CONTEXTS:
+                self._contexts.clear()
+            self._contexts[job.batch] = context
+        return context
 
     async def _run(self, job: Job) -> Outcome:
         now = now_us()
         if job.batch in self._canceled:
-            return Outcome(job.id, job.batch, CANCELED, result_line(job.custom_id, _CANCELED))
+            return Outcome(job.id, job.batch, CANCELED, canceled_line(job.custom_id))
         if now >= job.expires_at:
-            return Outcome(job.id, job.batch, EXPIRED, result_line(job.custom_id, _EXPIRED))
+            return Outcome(job.id, job.batch, EXPIRED, expired_line(job.custom_id))
         try:
             params = _decode(job.params)
         except msgspec.DecodeError as exc:
@@ -261,26 +297,26 @@ class Dispatcher:
             return self._errored(job, "not_found_error", f"model: {model}")
         # A backend that holds requests back (the limiter) drops them once their batch is canceled.
         request_canceled.set(lambda: job.batch in self._canceled)
-        name, started = backend.name, time.perf_counter()
-        context = CallContext(betas=tuple(job.betas.split(",")) if job.betas else ())
+        started = time.perf_counter()
         try:
-            message = await backend.create_message(params, context)
+            message = await backend.create_message(params, self._context(job))
         except RequestCanceled:
-            return Outcome(job.id, job.batch, CANCELED, result_line(job.custom_id, _CANCELED))
+            return Outcome(job.id, job.batch, CANCELED, canceled_line(job.custom_id))
         except MsgbatchError as exc:
-            self.metrics.backend_call(job, name, started, exc.type)
+            self.metrics.backend_call(job, backend.name, started, exc.type)
             retry = backend.retry
             if exc.retryable and job.attempts < retry.max_attempts:
                 not_before = now_us() + int(retry.delay(job.attempts, exc.retry_after) * 1_000_000)
                 # A retry due past the expiry waits for it instead, and ends `expired`, not `errored`.
-                return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at))
+                return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at), error_type=exc.type)
             return self._errored(job, exc.result_type, exc.message)
-        self.metrics.backend_call(job, name, started, "ok")
+        self.metrics.backend_call(job, backend.name, started, "ok")
         return Outcome(job.id, job.batch, SUCCEEDED, succeeded_line(job.custom_id, message))
 
     @staticmethod
     def _errored(job: Job, error_type: str, message: str) -> Outcome:
-        return Outcome(job.id, job.batch, ERRORED, errored_line(job.custom_id, error_type, message))
+        line = errored_line(job.custom_id, error_type, message)
+        return Outcome(job.id, job.batch, ERRORED, line, error_type=error_type)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -308,21 +344,20 @@ class Dispatcher:
             # outcome per request, or the results' primary key would refuse the whole group.
             outcomes = list({o.job: o for o in reversed(outcomes)}.values())
         try:
-            _, ended = await self.store.complete(self.owner, outcomes, now_us())
+            ended = await self.manager.complete(self.owner, outcomes, now_us())
         except BaseException:
             self._done[:0] = outcomes  # keep them for the next try; leases still hold
             raise
+        self._held.difference_update(o.job for o in outcomes if o.job not in self._running)
         self._slot.set()  # written outcomes no longer hold back claiming
-        if ended:
-            for callback in self.on_ended:
-                callback(ended)
+        self._changed.set()
         for batch_id in ended:
             await self._log_ended(batch_id)
 
     async def _log_ended(self, batch_id: str) -> None:
         batch = None
         with contextlib.suppress(Exception):
-            batch = await self.store.get_batch(batch_id)
+            batch = await self.manager.find(batch_id)
         if batch is None:
             log.info("batch.ended id=%s", batch_id)
             return
@@ -359,8 +394,8 @@ class Dispatcher:
         interval = self.lease_us / 1_000_000 / 3
         while True:
             await asyncio.sleep(interval)
-            if self._running or self._queue.qsize() or self._done:
+            if self._held:
                 try:
-                    await self.store.renew_leases(self.owner, now_us() + self.lease_us)
+                    await self.manager.renew(self.owner, sorted(self._held), now_us() + self.lease_us)
                 except Exception:
                     log.exception("dispatcher.renew_failed owner=%s", self.owner)

@@ -1,4 +1,4 @@
-"""`msgbatch worker`: the dispatcher and the lifecycle tasks in a process with no HTTP API.
+"""`msgbatch worker`: the Runtime with no HTTP API, until SIGTERM or SIGINT.
 
 Run any number of them against one PostgreSQL database, next to `msgbatch serve --no-worker`
 API servers. A worker holds nothing the database does not know: claimed requests are leased,
@@ -15,48 +15,32 @@ import signal
 
 from msgbatch.backends.router import Router
 from msgbatch.config import Settings
-from msgbatch.engine.dispatcher import Dispatcher
-from msgbatch.engine.lifecycle import Lifecycle
-from msgbatch.store import Store, open_store
+from msgbatch.engine.runtime import Runtime
+from msgbatch.store import Store
 
 log = logging.getLogger("msgbatch.worker")
 
 
 class Worker:
     def __init__(self, settings: Settings, *, store: Store | None = None, router: Router | None = None) -> None:
-        # Backends are configured in one place, next to the API server that also runs them.
-        from msgbatch.api.app import build_router
-
         self.settings = settings
-        self.store = store or open_store(settings.database)
-        self.router = router or build_router(settings)
-        self.dispatcher = Dispatcher.from_settings(self.store, self.router, settings)
-        # Expiry, retention and lease reaping are safe to run in every process at once.
-        self.lifecycle = Lifecycle.from_settings(self.store, settings)
-        self._started = False
+        self.runtime = Runtime(settings, store=store, router=router, dispatch=True, recover=False)
+        self.store = self.runtime.store
+        self.router = self.runtime.router
+        self.manager = self.runtime.manager
+        dispatcher = self.runtime.dispatcher
+        assert dispatcher is not None
+        self.dispatcher = dispatcher
 
     async def start(self) -> None:
-        # Never requeue leases at start here, even on SQLite: they may belong to a live process.
-        # Leases that ran out are reaped by the lifecycle.
-        await self.store.open()
-        try:
-            await self.dispatcher.start()
-            self.lifecycle.start()
-        except BaseException:
-            await self.store.close()
-            raise
-        self._started = True
+        await self.runtime.start()
         log.info("worker.started owner=%s", self.dispatcher.owner)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; running requests get `grace` seconds, then the rest is handed back."""
-        if not self._started:
+        if not self.runtime.started:
             return
-        self._started = False
-        await self.lifecycle.stop()
-        await self.dispatcher.stop(self.settings.grace_seconds if grace is None else grace)
-        await self.router.aclose()
-        await self.store.close()
+        await self.runtime.stop(grace)
         log.info("worker.stopped owner=%s", self.dispatcher.owner)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

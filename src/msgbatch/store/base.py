@@ -1,21 +1,74 @@
-"""The storage interface. Each operation is one transaction; the rules live in the manager."""
+"""The store interface: a dialect that runs named statements. Every rule lives above it.
+
+A store knows its database and nothing of batches: it runs the named statements of its SQL file
+(`store/sql/<dialect>.sql`, the same names in every dialect), a group of them atomically, and
+delivers wake-ups between processes. What the statements mean, and which ones make up a
+transition, is decided once by the manager (`msgbatch.manager`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgspec
+from msgbatch.models import Batch
 
-from msgbatch.models import Batch, Job, Outcome
-
-# The batches table's columns, in the order `batch_from_row` reads them (same in every dialect).
-BATCH_COLUMNS = (
-    "seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at, "
-    "total, processing, succeeded, errored, canceled, expired, first_request, betas"
-)
+Row = tuple[Any, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One named statement (or block of them) to run, with its parameters.
+
+    `rows`, for a statement that declares `-- rows:` columns, are its input rows (iterated once):
+    SQLite runs the row-wise statements once per row, PostgreSQL gets each column as an array.
+    A list or tuple parameter is an array (SQLite: a JSON array, read with json_each).
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    rows: Iterable[Sequence[Any]] = ()
+
+
+class Store(Protocol):
+    dialect: str
+    # Whether one process owns the database (SQLite): then leases held at start-up are stale.
+    single_process: bool
+
+    async def open(self) -> None:
+        """Connect, and bring the schema up to date (`migrate`)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations the database lacks; returns the versions applied."""
+        ...
+
+    async def read(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        """The rows of a named read, outside any write transaction."""
+        ...
+
+    async def run(self, *steps: Step, durable: bool = False) -> list[list[Row]]:
+        """Run the steps in order in one transaction; the rows each step returned.
+
+        `durable`: the commit must survive a power loss, not only a crash (an accepted batch)."""
+        ...
+
+    async def listen(self, on_notice: Callable[[str], None]) -> None:
+        """Until `close()`, call `on_notice(payload)` for each `notify` step another process ran.
+        Returns at once; a single-process store has nothing to listen to."""
+        ...
+
+    async def tidy(self) -> None:
+        """The dialect's own periodic upkeep (PostgreSQL: vacuum the queue if nothing else does)."""
+        ...
+
+
+# The batch columns every batch query selects, in this order.
 def batch_from_row(row: Sequence[Any]) -> Batch:
     return Batch(
         seq=row[0],
@@ -35,99 +88,5 @@ def batch_from_row(row: Sequence[Any]) -> Batch:
         expired=row[14],
         first_request=row[15],
         betas=row[16],
+        headers=row[17],
     )
-
-
-class Store(Protocol):
-    # Whether one process owns the database (SQLite): then leases held at start-up are stale.
-    single_process: bool
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None: ...
-
-    async def create_batch(self, batch: Batch, requests: Sequence[tuple[str, msgspec.Raw | bytes]]) -> Batch:
-        """Store a batch and its requests atomically; returns it with `seq` and `first_request` set."""
-        ...
-
-    async def get_batch(self, batch_id: str) -> Batch | None: ...
-
-    async def list_batches(
-        self, workspace: str, limit: int, *, after_id: str | None, before_id: str | None
-    ) -> tuple[list[Batch], bool]:
-        """Newest first; the bool says whether more lie beyond in the direction asked."""
-        ...
-
-    async def cancel_batch(self, seq: int, now: int) -> None:
-        """Mark canceling, turn every not-yet-running request into a `canceled` result, end if idle."""
-        ...
-
-    async def delete_batch(self, seq: int) -> None: ...
-
-    def iter_results(
-        self, batch: Batch, *, result_type: int | None = None, custom_id: str | None = None
-    ) -> AsyncIterator[list[bytes]]:
-        """The batch's results lines in pages, read with constant memory."""
-        ...
-
-    async def claim(self, owner: str, limit: int, now: int, lease_until: int) -> list[Job]:
-        """Lease up to `limit` pending requests, spread fairly over the batches that have some."""
-        ...
-
-    async def complete(self, owner: str, outcomes: Sequence[Outcome], now: int) -> tuple[int, list[str]]:
-        """Record outcomes of jobs still leased by `owner`: how many were accepted, and the ids of
-        the batches that ended with them."""
-        ...
-
-    async def renew_leases(self, owner: str, lease_until: int) -> None: ...
-
-    async def release(self, owner: str, job_ids: Sequence[int]) -> None:
-        """Hand leased jobs back to the queue (shutdown)."""
-        ...
-
-    async def recover(self) -> int:
-        """On start of a single-process store: requeue every leased job (its owner is gone).
-
-        A store shared by several processes must not do that (the leases may belong to live
-        workers): there it only reaps leases that have run out."""
-        ...
-
-    async def listen(self, on_work: Callable[[], None], on_canceled: Callable[[int], None]) -> None:
-        """Until `close()`, call `on_work()` when another process queued work (a new batch, released
-        or reaped requests) and `on_canceled(seq)` when it canceled a batch. Returns at once; a
-        single-process store has nothing to listen to (the manager calls back in process)."""
-        ...
-
-    async def reap_leases(self, now: int) -> int: ...
-
-    async def expire_due(self, now: int) -> list[str]:
-        """End batches past `expires_at`: their unfinished requests become `expired`."""
-        ...
-
-    async def archive_due(self, created_before: int, now: int) -> list[str]:
-        """Archive ended batches created before the cutoff: drop their requests and results."""
-        ...
-
-
-RESULTS_PAGE = 2000
-
-
-async def keyset_pages(
-    fetch: Callable[[int, int], Awaitable[Sequence[tuple[int, bytes]]]], start: int, end: int
-) -> AsyncIterator[list[bytes]]:
-    """Results lines with ids in [start, end), a page at a time, in id order.
-
-    `fetch(cursor, limit)` returns up to `limit` (id, line) rows with cursor <= id < end. Each
-    page is its own short query, so a slow reader holds no connection or snapshot open.
-    """
-    cursor = start
-    while cursor < end:
-        rows = await fetch(cursor, RESULTS_PAGE)
-        if not rows:
-            return
-        yield [r[1] for r in rows]
-        if len(rows) < RESULTS_PAGE:
-            return
-        cursor = rows[-1][0] + 1

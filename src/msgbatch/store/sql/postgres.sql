@@ -1,0 +1,364 @@
+-- The scale-out store's statements (PostgreSQL 12 or newer), by name: the same names as sqlite.sql.
+--
+-- Format (store/queries.py): a block starts at `-- name: NAME` and holds one or more statements,
+-- each ending with `;` at the end of a line; they run in order, in the caller's transaction
+-- (pipelined: one round trip for a whole transaction).
+--   `-- rows: a type, b type` the step passes rows: each column arrives as an array parameter of
+--                             that type (`%(a)s`); a COPY ... FROM STDIN statement streams the
+--                             rows instead, in the binary format.
+-- Names starting with `_` are this dialect's own. Parameters are psycopg's `%(name)s`: no percent
+-- sign may appear anywhere else in a block, comments included.
+--
+-- Several processes share the database, so:
+-- - every transaction that touches a batch's counts or status locks that batch row first
+--   (several batches in `seq` order), then its jobs: one lock order, no deadlocks, and a batch is
+--   transitioned by exactly one process;
+-- - statements that only touch job rows (claim, renew, reap) skip rows others hold instead of
+--   waiting;
+-- - a completion is conditional on the lease (owner = me AND state = 1): a worker whose lease ran
+--   out and was taken over cannot write a second result;
+-- - request ids come from a counter that only grows: a stale completion never matches a new job.
+-- Every query is a key lookup or an ordered range scan with a limit; joins go through primary keys
+-- explicitly (LATERAL), so no plan depends on statistics the queue's churn makes stale.
+--
+-- The results lines written here for canceled and expired requests must be byte-identical to
+-- those of msgbatch/results.py (tests hold them to it). custom_id matched [a-zA-Z0-9_-]{1,64} at
+-- create: it needs no escaping.
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Schema, by version (msgbatch.migrations), applied under an advisory lock
+
+-- name: migrate_1
+-- batches, requests, jobs, results
+CREATE TABLE msgbatch.batches (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text COLLATE "C" NOT NULL UNIQUE,   -- ids sort by time in byte order: list order and cursors
+    workspace text NOT NULL,
+    status smallint NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    ended_at bigint,
+    cancel_initiated_at bigint,
+    archived_at bigint,
+    total integer NOT NULL,
+    processing integer NOT NULL,
+    succeeded integer NOT NULL DEFAULT 0,
+    errored integer NOT NULL DEFAULT 0,
+    canceled integer NOT NULL DEFAULT 0,
+    expired integer NOT NULL DEFAULT 0,
+    first_request bigint NOT NULL,
+    betas text NOT NULL DEFAULT ''
+) WITH (fillfactor = 50);  -- counter bumps stay HOT updates on the same page
+CREATE INDEX batches_by_workspace ON msgbatch.batches (workspace, id);
+CREATE INDEX batches_open ON msgbatch.batches (expires_at) WHERE status < 2;
+CREATE INDEX batches_claimable ON msgbatch.batches (seq) WHERE status = 0;
+CREATE INDEX batches_unarchived ON msgbatch.batches (created_at) WHERE archived_at IS NULL;
+-- Immutable once written: what the client sent. A batch's rows are [first_request, first_request + total).
+CREATE TABLE msgbatch.requests (
+    id bigint PRIMARY KEY,
+    custom_id text NOT NULL,
+    params bytea NOT NULL
+);
+-- Large params are stored out of line as they are: compressing them costs more than it saves here.
+ALTER TABLE msgbatch.requests ALTER COLUMN params SET STORAGE EXTERNAL;
+-- Only unfinished work. state 0: waiting (claimable from not_before on); 1: leased to `owner`
+-- until `lease_until`. A finished job's row is deleted in the transaction that writes its result.
+CREATE TABLE msgbatch.jobs (
+    id bigint PRIMARY KEY,
+    batch bigint NOT NULL,
+    state smallint NOT NULL DEFAULT 0,
+    not_before bigint NOT NULL DEFAULT 0,
+    owner text,
+    lease_until bigint,
+    attempts integer NOT NULL DEFAULT 0
+);
+-- Claims read a batch's id range of waiting jobs; an index on (batch, id) lets the planner fall
+-- back to the primary key and re-scan finished rows (see PERF-NOTES), one on (id) cannot.
+CREATE INDEX jobs_waiting ON msgbatch.jobs (id) WHERE state = 0;
+CREATE INDEX jobs_leased ON msgbatch.jobs (lease_until) WHERE state = 1;
+ALTER TABLE msgbatch.jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.05);
+-- Append-only: one row per request, the whole results line as it will be served.
+CREATE TABLE msgbatch.results (
+    id bigint PRIMARY KEY,
+    type smallint NOT NULL,
+    line bytea NOT NULL
+);
+ALTER TABLE msgbatch.results ALTER COLUMN line SET STORAGE EXTERNAL;
+-- Request ids are handed out in blocks, one per batch, and never reused.
+CREATE TABLE msgbatch.counters (name text PRIMARY KEY, value bigint NOT NULL);
+INSERT INTO msgbatch.counters VALUES ('request_ids', 0);
+
+-- name: migrate_2
+-- request headers kept with the batch
+ALTER TABLE msgbatch.batches ADD COLUMN headers text NOT NULL DEFAULT '{}';
+CREATE INDEX batches_canceling ON msgbatch.batches (seq) WHERE status = 1;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Batches
+
+-- name: reserve_request_ids
+-- Its own short transaction: creates never queue behind each other's COPY, and a failed create
+-- leaves a gap, never a reused id.
+UPDATE msgbatch.counters SET value = value + %(n)s WHERE name = 'request_ids' RETURNING value;
+
+-- name: insert_batch
+INSERT INTO msgbatch.batches (id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers)
+VALUES (%(id)s, %(workspace)s, 0, %(created_at)s, %(expires_at)s, %(total)s, %(total)s, %(first_request)s, %(betas)s, %(headers)s)
+RETURNING seq;
+
+-- name: insert_requests
+-- rows: id int8, custom_id text, params bytea
+COPY msgbatch.requests (id, custom_id, params) FROM STDIN (FORMAT BINARY);
+
+-- name: insert_jobs
+INSERT INTO msgbatch.jobs (id, batch)
+SELECT g, (SELECT seq FROM msgbatch.batches WHERE id = %(batch_id)s)
+FROM generate_series(%(first)s::int8, %(stop)s::int8 - 1) AS g;
+
+-- name: get_batch
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+FROM msgbatch.batches WHERE id = %(id)s;
+
+-- name: list_batches
+-- A workspace's batches older than `upper`, newest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+FROM msgbatch.batches WHERE workspace = %(workspace)s AND id < %(upper)s ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: list_batches_before
+-- A workspace's batches newer than `lower`, oldest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s ORDER BY id LIMIT %(limit)s;
+
+-- name: mark_canceling
+-- The conditional update takes the batch row lock: of two cancels, one acts.
+UPDATE msgbatch.batches SET status = 1, cancel_initiated_at = %(now)s
+WHERE seq = %(seq)s AND status = 0 RETURNING seq;
+
+-- name: delete_batch
+WITH gone AS (
+    DELETE FROM msgbatch.batches WHERE seq = %(seq)s RETURNING id, first_request, total
+), dropped_results AS (
+    DELETE FROM msgbatch.results AS r USING gone WHERE r.id >= gone.first_request AND r.id < gone.first_request + gone.total
+), dropped_requests AS (
+    DELETE FROM msgbatch.requests AS r USING gone WHERE r.id >= gone.first_request AND r.id < gone.first_request + gone.total
+), dropped_jobs AS (
+    DELETE FROM msgbatch.jobs AS j USING gone WHERE j.id >= gone.first_request AND j.id < gone.first_request + gone.total
+)
+SELECT id FROM gone;
+
+-- name: results_page
+-- Results lines of one batch's id range from `cursor` on, in id order; `type` filters when set.
+SELECT id, line FROM msgbatch.results
+WHERE id >= %(cursor)s AND id < %(stop)s AND (%(type)s::int2 IS NULL OR type = %(type)s::int2)
+ORDER BY id LIMIT %(limit)s;
+
+-- name: result_of
+SELECT line FROM msgbatch.results
+WHERE id = (SELECT id FROM msgbatch.requests WHERE id >= %(first)s AND id < %(stop)s AND custom_id = %(custom_id)s)
+  AND (%(type)s::int2 IS NULL OR type = %(type)s::int2);
+
+
+-- ---------------------------------------------------------------------------------------------
+-- The queue
+
+-- name: active_batches
+-- The batches that take work, in creation order.
+SELECT seq, first_request, total, betas, headers, expires_at FROM msgbatch.batches WHERE status = 0 ORDER BY seq;
+
+-- name: claim_jobs
+-- rows: seq int8, first int8, stop int8, take int4
+-- Lease up to `take` waiting jobs of each batch listed (by id range), in one statement; jobs other
+-- workers are claiming are skipped, not waited for.
+WITH picked AS (
+    SELECT j.id
+    FROM unnest(%(first)s::int8[], %(stop)s::int8[], %(take)s::int4[]) AS b(first, stop, take)
+    CROSS JOIN LATERAL (
+        SELECT id FROM msgbatch.jobs
+        WHERE id >= b.first AND id < b.stop AND state = 0 AND not_before <= %(now)s
+        ORDER BY id
+        LIMIT b.take
+        FOR UPDATE SKIP LOCKED
+    ) AS j
+), leased AS (
+    UPDATE msgbatch.jobs
+    SET state = 1, owner = %(owner)s, lease_until = %(until)s, attempts = attempts + 1
+    WHERE id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING id, batch, attempts
+)
+SELECT l.id, l.batch, l.attempts, r.custom_id, r.params
+FROM leased AS l
+CROSS JOIN LATERAL (SELECT custom_id, params FROM msgbatch.requests WHERE id = l.id) AS r;
+
+-- name: lock_batches
+-- Batch rows first, in seq order: the lock order every transaction here follows.
+SELECT seq FROM msgbatch.batches WHERE seq = ANY(%(seqs)s::int8[]) ORDER BY seq FOR NO KEY UPDATE;
+
+-- name: finish_jobs
+-- rows: id int8, type int2, line bytea
+-- Finished jobs still leased to `owner` get their results line and leave the queue; the counts of
+-- their batches move by as many. A job whose lease lapsed writes nothing. Each outcome is matched
+-- to its job by a primary-key lookup (LATERAL), never by a join the planner would order on guesses.
+WITH held AS (
+    SELECT o.id, o.type, o.line, j.batch
+    FROM unnest(%(id)s::int8[], %(type)s::int2[], %(line)s::bytea[]) AS o(id, type, line)
+    CROSS JOIN LATERAL (
+        SELECT batch FROM msgbatch.jobs WHERE id = o.id AND owner = %(owner)s AND state = 1 FOR UPDATE
+    ) AS j
+), done AS (
+    DELETE FROM msgbatch.jobs WHERE id = ANY(ARRAY(SELECT id FROM held))
+), kept AS (
+    INSERT INTO msgbatch.results (id, type, line) SELECT id, type, line FROM held
+)
+UPDATE msgbatch.batches AS b
+SET processing = b.processing - t.n, succeeded = b.succeeded + t.s, errored = b.errored + t.e,
+    canceled = b.canceled + t.c, expired = b.expired + t.x
+FROM (
+    SELECT batch, count(*) AS n, count(*) FILTER (WHERE type = 0) AS s, count(*) FILTER (WHERE type = 1) AS e,
+           count(*) FILTER (WHERE type = 2) AS c, count(*) FILTER (WHERE type = 3) AS x
+    FROM held GROUP BY batch
+) AS t
+WHERE b.seq = t.batch;
+
+-- name: requeue_jobs
+-- rows: id int8, not_before int8
+-- Jobs still leased to `owner` go back to the queue, to be claimed again from `not_before` on.
+UPDATE msgbatch.jobs AS j
+SET state = 0, owner = NULL, lease_until = NULL, not_before = r.not_before
+FROM unnest(%(id)s::int8[], %(not_before)s::int8[]) AS r(id, not_before)
+WHERE j.id = r.id AND j.owner = %(owner)s AND j.state = 1;
+
+-- name: settle_canceling
+-- Waiting jobs of a batch being canceled will never be claimed: each becomes a `canceled` result.
+-- `seqs`, when set, limits it to those batches. Only batches with waiting jobs are locked.
+WITH canceling AS (
+    SELECT seq, first_request, total FROM msgbatch.batches AS b
+    WHERE status = 1 AND (%(seqs)s::int8[] IS NULL OR seq = ANY(%(seqs)s::int8[]))
+      AND EXISTS (
+          SELECT 1 FROM msgbatch.jobs
+          WHERE id >= b.first_request AND id < b.first_request + b.total AND state = 0
+      )
+    ORDER BY seq
+    FOR NO KEY UPDATE
+), gone AS (
+    DELETE FROM msgbatch.jobs AS j USING canceling AS b
+    WHERE j.id >= b.first_request AND j.id < b.first_request + b.total AND j.state = 0
+    RETURNING j.id, j.batch
+), kept AS (
+    INSERT INTO msgbatch.results (id, type, line)
+    SELECT g.id, 2, convert_to('{"custom_id":"' || r.custom_id || '","result":{"type":"canceled"}}', 'UTF8')
+    FROM gone AS g CROSS JOIN LATERAL (SELECT custom_id FROM msgbatch.requests WHERE id = g.id) AS r
+)
+UPDATE msgbatch.batches AS b SET processing = b.processing - t.n, canceled = b.canceled + t.n
+FROM (SELECT batch, count(*) AS n FROM gone GROUP BY batch) AS t
+WHERE b.seq = t.batch;
+
+-- name: end_idle_batches
+-- Of the batches listed, those with nothing left to process end now. Only the transaction whose
+-- counts took processing to 0 can see it at 0 first (it holds the row lock); the status test
+-- keeps an ended batch from being ended twice.
+UPDATE msgbatch.batches SET status = 2, ended_at = %(now)s
+WHERE seq = ANY(%(seqs)s::int8[]) AND processing = 0 AND status < 2
+RETURNING id;
+
+-- name: end_idle_canceling
+UPDATE msgbatch.batches SET status = 2, ended_at = %(now)s WHERE status = 1 AND processing = 0 RETURNING id;
+
+-- name: renew_leases
+-- Only the leases named: a claim whose answer never reached its worker lapses and is reaped.
+-- Rows being completed or reaped right now are skipped, not waited for.
+UPDATE msgbatch.jobs SET lease_until = %(until)s
+WHERE id = ANY(ARRAY(
+    SELECT id FROM msgbatch.jobs
+    WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1
+    FOR UPDATE SKIP LOCKED
+));
+
+-- name: release_jobs
+-- Leased jobs handed back unstarted: the attempt they were claimed for did not happen.
+UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL, attempts = attempts - 1
+WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1
+RETURNING id;
+
+-- name: reap_leases
+UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL
+WHERE id = ANY(ARRAY(
+    SELECT id FROM msgbatch.jobs WHERE state = 1 AND lease_until < %(now)s FOR UPDATE SKIP LOCKED
+)) AND state = 1
+RETURNING id;
+
+-- name: queue_summary
+-- Of the waiting jobs of batches in progress: how many are claimable now, how many in all, and
+-- when the next one becomes claimable.
+SELECT count(*) FILTER (WHERE j.not_before <= %(now)s), count(*), min(j.not_before)
+FROM msgbatch.batches AS b
+CROSS JOIN LATERAL (
+    SELECT not_before FROM msgbatch.jobs WHERE id >= b.first_request AND id < b.first_request + b.total AND state = 0
+) AS j
+WHERE b.status = 0;
+
+-- name: notify
+-- A wake-up for the other processes: "work" (new or returned requests) or "cancel:SEQ".
+SELECT pg_notify('msgbatch', %(payload)s);
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Housekeeping
+
+-- name: due_batches
+SELECT seq FROM msgbatch.batches WHERE status < 2 AND expires_at <= %(now)s ORDER BY seq;
+
+-- name: expire_batch
+-- A batch past its expiry ends; every request not finished becomes `expired`. Lock, then look
+-- again: another process may have ended it since.
+WITH due AS (
+    SELECT seq, first_request, total FROM msgbatch.batches
+    WHERE seq = %(seq)s AND status < 2 AND expires_at <= %(now)s
+    FOR NO KEY UPDATE
+), gone AS (
+    DELETE FROM msgbatch.jobs AS j USING due AS b
+    WHERE j.id >= b.first_request AND j.id < b.first_request + b.total
+    RETURNING j.id
+), kept AS (
+    INSERT INTO msgbatch.results (id, type, line)
+    SELECT g.id, 3, convert_to('{"custom_id":"' || r.custom_id || '","result":{"type":"expired"}}', 'UTF8')
+    FROM gone AS g CROSS JOIN LATERAL (SELECT custom_id FROM msgbatch.requests WHERE id = g.id) AS r
+), ended AS (
+    UPDATE msgbatch.batches AS b
+    SET processing = b.processing - (SELECT count(*) FROM gone), expired = b.expired + (SELECT count(*) FROM gone),
+        status = 2, ended_at = %(now)s
+    FROM due WHERE b.seq = due.seq
+    RETURNING b.id
+)
+SELECT id FROM ended;
+
+-- name: archivable_batches
+SELECT seq FROM msgbatch.batches
+WHERE archived_at IS NULL AND status = 2 AND created_at < %(cutoff)s ORDER BY created_at LIMIT 100;
+
+-- name: archive_batch
+-- An ended batch past retention keeps its row; its requests and results go. Of two processes,
+-- the one whose update marks it archives it.
+WITH marked AS (
+    UPDATE msgbatch.batches SET archived_at = %(now)s
+    WHERE seq = %(seq)s AND archived_at IS NULL
+    RETURNING id, first_request, total
+), dropped_results AS (
+    DELETE FROM msgbatch.results AS r USING marked AS m WHERE r.id >= m.first_request AND r.id < m.first_request + m.total
+), dropped_requests AS (
+    DELETE FROM msgbatch.requests AS r USING marked AS m WHERE r.id >= m.first_request AND r.id < m.first_request + m.total
+)
+SELECT id FROM marked;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- This dialect's own
+
+-- name: _dead_jobs
+-- Whether the queue table needs a vacuum that the server's autovacuum (off) will not do.
+SELECT current_setting('autovacuum') = 'off' AND n_dead_tup > greatest(50000, 4 * n_live_tup)
+FROM pg_stat_user_tables WHERE relid = 'msgbatch.jobs'::regclass;

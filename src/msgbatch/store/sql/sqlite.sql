@@ -1,0 +1,283 @@
+-- The embedded store's statements (SQLite 3.35 or newer), by name: the same names as postgres.sql.
+--
+-- Format (store/queries.py): a block starts at `-- name: NAME` and holds one or more statements,
+-- each ending with `;` at the end of a line; they run in order, in the caller's transaction.
+--   `-- rows: a, b, c` the step passes rows: a statement written with `?` runs once per row (the
+--                      row's values in that order), one written with `:a` names runs once per row
+--                      with the row's columns and the step's parameters by name; every other
+--                      statement runs once.
+--   `-- inline`        a point read that takes microseconds: run on the event loop, not queued.
+-- A list parameter arrives as a JSON array (read it with json_each). Names starting with `_` are
+-- this dialect's own. The writer thread runs every write one at a time, so nothing here locks.
+--
+-- The results lines written here for canceled and expired requests must be byte-identical to
+-- those of msgbatch/results.py (tests hold them to it). custom_id matched [a-zA-Z0-9_-]{1,64} at
+-- create: it needs no escaping.
+
+
+-- name: _connect
+PRAGMA journal_mode = WAL;
+-- NORMAL in WAL mode survives a killed process; a power loss can only roll back the last
+-- results, which are then run again. Batch creation upgrades itself to FULL.
+PRAGMA synchronous = NORMAL;
+PRAGMA foreign_keys = OFF;
+PRAGMA cache_size = -65536;
+PRAGMA temp_store = MEMORY;
+
+-- name: _writer
+-- Scratch tables of the writer connection: set-based steps stage their rows here.
+CREATE TEMP TABLE IF NOT EXISTS finishing (id INTEGER PRIMARY KEY, type INTEGER NOT NULL, line BLOB NOT NULL, batch INTEGER);
+CREATE TEMP TABLE IF NOT EXISTS ending (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL);
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Schema, by version (PRAGMA user_version)
+
+-- name: migrate_1
+-- batches, requests, jobs, results (msgbatch 0.1.0)
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    workspace TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    cancel_initiated_at INTEGER,
+    archived_at INTEGER,
+    total INTEGER NOT NULL,
+    processing INTEGER NOT NULL,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    errored INTEGER NOT NULL DEFAULT 0,
+    canceled INTEGER NOT NULL DEFAULT 0,
+    expired INTEGER NOT NULL DEFAULT 0,
+    first_request INTEGER NOT NULL,
+    betas TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS batches_by_workspace ON batches (workspace, id);
+CREATE INDEX IF NOT EXISTS batches_open ON batches (expires_at) WHERE status < 2;
+CREATE INDEX IF NOT EXISTS batches_unarchived ON batches (created_at) WHERE archived_at IS NULL;
+-- Immutable once written: what the client sent.
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    custom_id TEXT NOT NULL,
+    params BLOB NOT NULL
+);
+-- Only unfinished work lives here, so the queue stays small however much history there is.
+-- state 0: waiting (claimable from not_before on), 1: leased to `owner` until `lease_until`.
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    batch INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    not_before INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (batch, id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (owner) WHERE state = 1;
+-- Append-only: one row per request, the whole results line as it will be served.
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY,
+    type INTEGER NOT NULL,
+    line BLOB NOT NULL
+);
+
+-- name: migrate_2
+-- request headers kept with the batch; request ids from a counter, as in PostgreSQL
+ALTER TABLE batches ADD COLUMN headers TEXT NOT NULL DEFAULT '{}';
+CREATE INDEX batches_canceling ON batches (seq) WHERE status = 1;
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO counters (name, value) VALUES ('request_ids', max(
+    (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'requests'),
+    (SELECT coalesce(max(id), 0) FROM requests)
+));
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Batches
+
+-- name: reserve_request_ids
+-- A block of `n` request ids that no other batch will ever get; returns the last one.
+UPDATE counters SET value = value + :n WHERE name = 'request_ids' RETURNING value;
+
+-- name: insert_batch
+INSERT INTO batches (id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers)
+VALUES (:id, :workspace, 0, :created_at, :expires_at, :total, :total, :first_request, :betas, :headers)
+RETURNING seq;
+
+-- name: insert_requests
+-- rows: id int8, custom_id text, params bytea
+INSERT INTO requests (id, custom_id, params) VALUES (?, ?, ?);
+
+-- name: insert_jobs
+INSERT INTO jobs (id, batch)
+SELECT id, (SELECT seq FROM batches WHERE id = :batch_id) FROM requests WHERE id >= :first AND id < :stop;
+
+-- name: get_batch
+-- inline
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+FROM batches WHERE id = :id;
+
+-- name: list_batches
+-- A workspace's batches older than `upper`, newest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+FROM batches WHERE workspace = :workspace AND id < :upper ORDER BY id DESC LIMIT :limit;
+
+-- name: list_batches_before
+-- A workspace's batches newer than `lower`, oldest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+FROM batches WHERE workspace = :workspace AND id > :lower ORDER BY id LIMIT :limit;
+
+-- name: mark_canceling
+UPDATE batches SET status = 1, cancel_initiated_at = :now WHERE seq = :seq AND status = 0 RETURNING seq;
+
+-- name: delete_batch
+DELETE FROM results WHERE id >= (SELECT first_request FROM batches WHERE seq = :seq)
+    AND id < (SELECT first_request + total FROM batches WHERE seq = :seq);
+DELETE FROM requests WHERE id >= (SELECT first_request FROM batches WHERE seq = :seq)
+    AND id < (SELECT first_request + total FROM batches WHERE seq = :seq);
+DELETE FROM jobs WHERE batch = :seq;
+DELETE FROM batches WHERE seq = :seq RETURNING id;
+
+-- name: results_page
+-- Results lines of one batch's id range from `cursor` on, in id order; `type` filters when set.
+SELECT id, line FROM results
+WHERE id >= :cursor AND id < :stop AND (:type IS NULL OR type = :type)
+ORDER BY id LIMIT :limit;
+
+-- name: result_of
+SELECT res.line FROM requests AS r JOIN results AS res ON res.id = r.id
+WHERE r.id >= :first AND r.id < :stop AND r.custom_id = :custom_id AND (:type IS NULL OR res.type = :type);
+
+
+-- ---------------------------------------------------------------------------------------------
+-- The queue
+
+-- name: active_batches
+-- The batches that take work, in creation order.
+SELECT seq, first_request, total, betas, headers, expires_at FROM batches WHERE status = 0 ORDER BY seq;
+
+-- name: claim_jobs
+-- rows: seq int8, first int8, stop int8, take int4
+-- Lease up to `take` waiting jobs of each batch listed.
+UPDATE jobs SET state = 1, owner = :owner, lease_until = :until, attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM jobs WHERE batch = :seq AND state = 0 AND not_before <= :now ORDER BY id LIMIT :take
+)
+RETURNING id, batch, attempts,
+    (SELECT custom_id FROM requests WHERE requests.id = jobs.id),
+    (SELECT params FROM requests WHERE requests.id = jobs.id);
+
+-- name: lock_batches
+-- Nothing to lock: the writer thread runs one transaction at a time.
+
+-- name: finish_jobs
+-- rows: id int8, type int2, line bytea
+-- Finished jobs still leased to `owner` get their results line and leave the queue; the counts of
+-- their batches move by as many. A job whose lease lapsed writes nothing.
+INSERT INTO temp.finishing (id, type, line) VALUES (?, ?, ?);
+UPDATE temp.finishing SET batch = (SELECT batch FROM jobs WHERE jobs.id = finishing.id AND owner = :owner AND state = 1);
+DELETE FROM temp.finishing WHERE batch IS NULL;
+INSERT INTO results (id, type, line) SELECT id, type, line FROM temp.finishing;
+DELETE FROM jobs WHERE id IN (SELECT id FROM temp.finishing);
+UPDATE batches
+SET processing = processing - t.n, succeeded = succeeded + t.s, errored = errored + t.e,
+    canceled = canceled + t.c, expired = expired + t.x
+FROM (
+    SELECT batch, count(*) AS n, sum(type = 0) AS s, sum(type = 1) AS e, sum(type = 2) AS c, sum(type = 3) AS x
+    FROM temp.finishing GROUP BY batch
+) AS t
+WHERE batches.seq = t.batch;
+DELETE FROM temp.finishing;
+
+-- name: requeue_jobs
+-- rows: id int8, not_before int8
+-- Jobs still leased to `owner` go back to the queue, to be claimed again from `not_before` on.
+UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL, not_before = :not_before
+WHERE id = :id AND owner = :owner AND state = 1;
+
+-- name: settle_canceling
+-- Waiting jobs of a batch being canceled will never be claimed: each becomes a `canceled` result.
+-- `seqs`, when set, limits it to those batches.
+INSERT INTO temp.ending (id, batch)
+SELECT j.id, j.batch FROM batches AS b JOIN jobs AS j ON j.batch = b.seq AND j.state = 0
+WHERE b.status = 1 AND (:seqs IS NULL OR b.seq IN (SELECT value FROM json_each(:seqs)));
+INSERT INTO results (id, type, line)
+SELECT e.id, 2, CAST('{"custom_id":"' || r.custom_id || '","result":{"type":"canceled"}}' AS BLOB)
+FROM temp.ending AS e JOIN requests AS r ON r.id = e.id;
+DELETE FROM jobs WHERE id IN (SELECT id FROM temp.ending);
+UPDATE batches SET processing = processing - t.n, canceled = canceled + t.n
+FROM (SELECT batch, count(*) AS n FROM temp.ending GROUP BY batch) AS t
+WHERE batches.seq = t.batch;
+DELETE FROM temp.ending;
+
+-- name: end_idle_batches
+-- Of the batches listed, those with nothing left to process end now.
+UPDATE batches SET status = 2, ended_at = :now
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND processing = 0 AND status < 2
+RETURNING id;
+
+-- name: end_idle_canceling
+UPDATE batches SET status = 2, ended_at = :now WHERE status = 1 AND processing = 0 RETURNING id;
+
+-- name: renew_leases
+UPDATE jobs SET lease_until = :until
+WHERE id IN (SELECT value FROM json_each(:ids)) AND owner = :owner AND state = 1;
+
+-- name: release_jobs
+-- Leased jobs handed back unstarted: the attempt they were claimed for did not happen.
+UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL, attempts = attempts - 1
+WHERE id IN (SELECT value FROM json_each(:ids)) AND owner = :owner AND state = 1
+RETURNING id;
+
+-- name: reap_leases
+UPDATE jobs SET state = 0, owner = NULL, lease_until = NULL WHERE state = 1 AND lease_until < :now RETURNING id;
+
+-- name: queue_summary
+-- Of the waiting jobs of batches in progress: how many are claimable now, how many in all, and
+-- when the next one becomes claimable.
+SELECT count(*) FILTER (WHERE j.not_before <= :now), count(*), min(j.not_before)
+FROM jobs AS j JOIN batches AS b ON b.seq = j.batch
+WHERE j.state = 0 AND b.status = 0;
+
+-- name: notify
+-- One process owns the file: the manager's callbacks reach the dispatcher directly.
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Housekeeping
+
+-- name: due_batches
+SELECT seq FROM batches WHERE status < 2 AND expires_at <= :now ORDER BY seq;
+
+-- name: expire_batch
+-- A batch past its expiry ends; every request not finished becomes `expired`.
+INSERT INTO temp.ending (id, batch)
+SELECT j.id, j.batch FROM jobs AS j JOIN batches AS b ON b.seq = j.batch
+WHERE j.batch = :seq AND b.status < 2 AND b.expires_at <= :now;
+INSERT INTO results (id, type, line)
+SELECT e.id, 3, CAST('{"custom_id":"' || r.custom_id || '","result":{"type":"expired"}}' AS BLOB)
+FROM temp.ending AS e JOIN requests AS r ON r.id = e.id;
+DELETE FROM jobs WHERE id IN (SELECT id FROM temp.ending);
+UPDATE batches
+SET processing = processing - (SELECT count(*) FROM temp.ending),
+    expired = expired + (SELECT count(*) FROM temp.ending),
+    status = 2, ended_at = :now
+WHERE seq = :seq AND status < 2 AND expires_at <= :now
+RETURNING id;
+DELETE FROM temp.ending;
+
+-- name: archivable_batches
+SELECT seq FROM batches WHERE archived_at IS NULL AND status = 2 AND created_at < :cutoff ORDER BY created_at LIMIT 100;
+
+-- name: archive_batch
+-- An ended batch past retention keeps its row; its requests and results go.
+DELETE FROM results WHERE id >= (SELECT first_request FROM batches WHERE seq = :seq AND archived_at IS NULL)
+    AND id < (SELECT first_request + total FROM batches WHERE seq = :seq AND archived_at IS NULL);
+DELETE FROM requests WHERE id >= (SELECT first_request FROM batches WHERE seq = :seq AND archived_at IS NULL)
+    AND id < (SELECT first_request + total FROM batches WHERE seq = :seq AND archived_at IS NULL);
+UPDATE batches SET archived_at = :now WHERE seq = :seq AND archived_at IS NULL RETURNING id;

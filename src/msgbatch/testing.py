@@ -1,0 +1,69 @@
+"""For tests and benchmarks that run servers: a free port, and waiting until a server answers.
+
+Plain standard library (no test framework, no HTTP client), so that `bench/` scripts and the test
+suite share it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import subprocess
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["ServerDidNotAnswer", "free_port", "wait_until_answers"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it; another process may take it
+    before the caller binds it, which is unlikely within a test)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerDidNotAnswer(RuntimeError):
+    """The server exited, or did not answer in time; the message says which."""
+
+
+def wait_until_answers(
+    url: str,
+    *,
+    process: subprocess.Popen[Any] | threading.Thread | None = None,
+    timeout: float = 30.0,
+    status: int | None = 200,
+    interval: float = 0.05,
+) -> None:
+    """Poll `GET url` until it answers `status` (any status when None). Give the server's
+    `process` (or thread) to fail as soon as it exits rather than at the deadline.
+
+    Uses `http.client` directly: no proxy from the environment gets in the way of a loopback URL.
+    """
+    parts = urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        if isinstance(process, subprocess.Popen) and process.poll() is not None:
+            raise ServerDidNotAnswer(f"{url}: the server exited with status {process.returncode}")
+        if isinstance(process, threading.Thread) and not process.is_alive():
+            raise ServerDidNotAnswer(f"{url}: the server's thread ended")
+        connection = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=1.0)
+        try:
+            connection.request("GET", target)
+            response = connection.getresponse()
+            response.read()
+            if status is None or response.status == status:
+                return
+            last = f"it answered {response.status}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        finally:
+            connection.close()
+        if time.monotonic() > deadline:
+            raise ServerDidNotAnswer(f"{url} did not answer {status or 'at all'} within {timeout:g}s ({last})")
+        time.sleep(interval)

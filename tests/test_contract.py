@@ -1,0 +1,693 @@
+"""The contract of the rules (BatchManager) and the engine (Dispatcher), run on SQLite and
+PostgreSQL alike: a rule one store forgot shows up here.
+
+Every test gets a database of its own (a SQLite file in tmp_path, or a PostgreSQL database cloned
+from the migrated template). The race tests open more managers on the same database: several
+processes' worth of connections doing the same work at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from conftest import create_body, fresh_pg_database, make_batch, manager_for, params_of
+from msgbatch.backends.base import CallContext
+from msgbatch.backends.mock import MockBackend
+from msgbatch.backends.retry import RetryPolicy
+from msgbatch.backends.router import Router
+from msgbatch.backends.simulate import simulate
+from msgbatch.clock import now_us
+from msgbatch.engine.dispatcher import Dispatcher
+from msgbatch.engine.lifecycle import Lifecycle
+from msgbatch.errors import OverloadedError
+from msgbatch.ids import new_batch_id
+from msgbatch.manager import BatchManager
+from msgbatch.models import (
+    CANCELED,
+    CANCELING,
+    ENDED,
+    ERRORED,
+    IN_PROGRESS,
+    RESULT_CODES,
+    RESULT_NAMES,
+    SUCCEEDED,
+    Batch,
+    Job,
+    Outcome,
+)
+from msgbatch.results import canceled_line, expired_line
+from msgbatch.store import open_store
+
+HOUR = 3600 * 1_000_000
+SECOND = 1_000_000
+
+ManagerFactory = Callable[..., Awaitable[BatchManager]]
+
+
+def database_for(kind: str, tmp_path: Path) -> contextlib.AbstractContextManager[str]:
+    """A SQLite file, or a fresh PostgreSQL database dropped afterwards."""
+    if kind == "sqlite":
+        return contextlib.nullcontext(str(tmp_path / "contract.db"))
+    return fresh_pg_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def open_another(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ManagerFactory]:
+    """Opens managers on one database for this test (each one stands for a process)."""
+    with database_for(request.param, tmp_path) as database:
+        opened: list[BatchManager] = []
+
+        async def factory(**settings: Any) -> BatchManager:
+            store = open_store(database)
+            await store.open()
+            manager = manager_for(store, **settings)
+            opened.append(manager)
+            return manager
+
+        try:
+            yield factory
+        finally:
+            for manager in opened:
+                await manager.store.close()
+
+
+@pytest.fixture
+async def manager(open_another: ManagerFactory) -> BatchManager:
+    return await open_another()
+
+
+def line(job: Job, kind: str = "succeeded") -> bytes:
+    return b'{"custom_id":"' + job.custom_id.encode() + b'","result":{"type":"' + kind.encode() + b'"}}'
+
+
+def done(job: Job, result: int = SUCCEEDED) -> Outcome:
+    return Outcome(job.id, job.batch, result, line(job, RESULT_NAMES[result]))
+
+
+async def claim_all(manager: BatchManager, owner: str = "w1", *, lease: int = HOUR, limit: int = 100_000) -> list[Job]:
+    now = now_us()
+    return await manager.claim(owner, limit, now, now + lease)
+
+
+async def results_of(manager: BatchManager, batch: Batch, **kwargs: Any) -> list[dict[str, Any]]:
+    lines = []
+    async for page in await manager.results(batch.workspace, batch.id, partial=True, **kwargs):
+        lines += [json.loads(raw) for raw in page]
+    return lines
+
+
+async def raw_results(manager: BatchManager, batch: Batch) -> dict[str, bytes]:
+    found = {}
+    async for page in await manager.results(batch.workspace, batch.id, partial=True):
+        for raw in page:
+            found[json.loads(raw)["custom_id"]] = raw
+    return found
+
+
+async def check_consistent(manager: BatchManager, batch: Batch) -> Batch:
+    """Counts add up, match the results, and every custom_id has exactly one result."""
+    fresh = await manager.find(batch.id)
+    assert fresh is not None
+    counts = (fresh.succeeded, fresh.errored, fresh.canceled, fresh.expired)
+    assert fresh.processing + sum(counts) == fresh.total
+    lines = await results_of(manager, fresh)
+    ids = [r["custom_id"] for r in lines]
+    assert len(ids) == len(set(ids)), "a request has two results"
+    tally = [0, 0, 0, 0]
+    for r in lines:
+        tally[RESULT_CODES[r["result"]["type"]]] += 1
+    assert tuple(tally) == counts
+    if fresh.processing == 0:
+        assert len(ids) == fresh.total
+        assert fresh.status == ENDED and fresh.ended_at is not None
+    return fresh
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+async def test_create_and_find(manager: BatchManager) -> None:
+    batch = await manager.create("w", create_body(3), "b1,b2", {"anthropic-version": "2026-10-21"})
+    assert batch.seq > 0 and batch.first_request > 0
+    assert (batch.status, batch.total, batch.processing, batch.betas) == (IN_PROGRESS, 3, 3, "b1,b2")
+    assert await manager.find(batch.id) == batch
+    assert json.loads(batch.headers) == {"anthropic-version": "2026-10-21"}
+    assert await manager.find(new_batch_id()) is None
+
+
+async def test_request_ids_are_blocks_never_reused(manager: BatchManager) -> None:
+    a = await make_batch(manager, 5)
+    b = await make_batch(manager, 7)
+    assert b.first_request >= a.first_request + 5
+    jobs = await claim_all(manager)
+    await manager.complete("w1", [done(j) for j in jobs if j.batch == a.seq], now_us())
+    await manager.delete("w", a.id)
+    c = await make_batch(manager, 2)
+    assert c.first_request >= b.first_request + 7
+    assert await manager.find(a.id) is None
+
+
+async def test_list_newest_first_with_cursors(manager: BatchManager) -> None:
+    mine = [await make_batch(manager, 1) for _ in range(5)]
+    await make_batch(manager, 1, workspace="other")
+    newest_first = [b.id for b in reversed(mine)]
+
+    async def page(limit: int, after: str | None = None, before: str | None = None) -> tuple[list[str], bool]:
+        batches, more = await manager.list_batches("w", limit=limit, after_id=after, before_id=before)
+        return [b.id for b in batches], more
+
+    assert await page(2) == (newest_first[:2], True)
+    assert await page(2, after=newest_first[1]) == (newest_first[2:4], True)
+    assert await page(2, after=newest_first[3]) == (newest_first[4:], False)
+    # before_id: the ones just newer than it, still newest first
+    assert await page(2, before=newest_first[4]) == (newest_first[2:4], True)
+    assert await page(10, before=newest_first[1]) == (newest_first[:1], False)
+    assert await page(1000) == (newest_first, False)
+
+
+async def test_large_params_round_trip(manager: BatchManager) -> None:
+    big = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x" * 300_000}]}
+    body = msgspec.json.encode(
+        {"requests": [{"custom_id": "big", "params": big}, {"custom_id": "small", "params": {"a": 1}}]}
+    )
+    batch = await manager.create("w", body, "")
+    jobs = sorted(await claim_all(manager), key=lambda j: j.custom_id)
+    assert [(j.custom_id, msgspec.json.decode(j.params)) for j in jobs] == [("big", big), ("small", {"a": 1})]
+    assert all(j.batch == batch.seq for j in jobs)
+
+
+# -- the queue -------------------------------------------------------------------------------
+
+
+async def test_claim_leases_each_request_once(manager: BatchManager) -> None:
+    batch = await manager.create("w", create_body(10), "x", {"anthropic-user-profile-id": "p"})
+    first = await manager.claim("w1", 4, now_us(), now_us() + HOUR)
+    second = await claim_all(manager, "w2")
+    assert len(first) == 4 and len(second) == 6
+    assert {j.id for j in first}.isdisjoint({j.id for j in second})
+    assert await claim_all(manager, "w3") == []
+    job = first[0]
+    assert (job.batch, job.betas, job.expires_at, job.attempts) == (batch.seq, "x", batch.expires_at, 1)
+    assert json.loads(job.headers) == {"anthropic-user-profile-id": "p"}
+    assert msgspec.json.decode(job.params) == params_of(int(job.custom_id[1:]))
+
+
+async def test_claim_is_fair_across_batches(manager: BatchManager) -> None:
+    big = await make_batch(manager, 100, prefix="big")
+    small = await make_batch(manager, 5, prefix="small")
+    jobs = await manager.claim("w1", 10, now_us(), now_us() + HOUR)
+    per_batch = {seq: sum(j.batch == seq for j in jobs) for seq in (big.seq, small.seq)}
+    assert per_batch == {big.seq: 5, small.seq: 5}
+    # What a drained batch leaves goes to the others.
+    jobs = await manager.claim("w1", 10, now_us(), now_us() + HOUR)
+    assert [j.batch for j in jobs] == [big.seq] * 10
+    # An uneven limit is split as evenly as it goes, and never exceeded.
+    jobs = await manager.claim("w1", 7, now_us(), now_us() + HOUR)
+    assert len(jobs) == 7
+    # With one request per claim, the batches take turns.
+    third = await make_batch(manager, 5, prefix="third")
+    await make_batch(manager, 1, prefix="fourth")
+    served = [(await manager.claim("w1", 1, now_us(), now_us() + HOUR))[0].batch for _ in range(6)]
+    assert len(set(served[:3])) == 3 and third.seq in served
+
+
+async def test_claim_skips_batches_not_in_progress(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 3)
+    await manager.cancel("w", batch.id)
+    assert await claim_all(manager) == []
+
+
+async def test_complete_counts_results_and_ends_once(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 6)
+    jobs = await claim_all(manager)
+    kinds = [SUCCEEDED, SUCCEEDED, ERRORED, SUCCEEDED]
+    assert await manager.complete("w1", [done(j, k) for j, k in zip(jobs, kinds, strict=False)], now_us()) == []
+    mid = await check_consistent(manager, batch)
+    assert (mid.processing, mid.succeeded, mid.errored, mid.status) == (2, 3, 1, IN_PROGRESS)
+    assert await manager.complete("w1", [done(j) for j in jobs[4:]], now_us()) == [batch.id]
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.processing, final.succeeded) == (ENDED, 0, 5)
+    # Completing again is refused: the jobs are gone.
+    assert await manager.complete("w1", [done(j) for j in jobs], now_us()) == []
+    assert await check_consistent(manager, batch) == final
+
+
+async def test_complete_is_conditional_on_the_lease(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 2)
+    jobs = await claim_all(manager, "owner-a")
+    assert await manager.complete("owner-b", [done(j) for j in jobs], now_us()) == []
+    assert await results_of(manager, batch) == []
+    assert (await check_consistent(manager, batch)).processing == 2
+
+
+async def test_stale_owner_is_rejected_after_reap_and_reclaim(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 1)
+    now = now_us()
+    [stale] = await manager.claim("slow", 10, now, now + SECOND)
+    assert await manager.reap(now + 2 * SECOND) == 1
+    [fresh] = await manager.claim("fast", 10, now + 2 * SECOND, now + HOUR)
+    assert fresh.id == stale.id and fresh.attempts == 2
+    assert await manager.complete("slow", [done(stale, ERRORED)], now_us()) == []
+    assert await manager.complete("fast", [done(fresh)], now_us()) == [batch.id]
+    final = await check_consistent(manager, batch)
+    assert (final.succeeded, final.errored) == (1, 0)
+
+
+async def test_retry_goes_back_to_the_queue(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 1)
+    [job] = await claim_all(manager)
+    later = now_us() + 5 * SECOND
+    assert await manager.complete("w1", [Outcome(job.id, job.batch, None, not_before=later)], now_us()) == []
+    assert (await check_consistent(manager, batch)).processing == 1
+    assert await manager.claim("w1", 10, later - SECOND, later + HOUR) == []
+    [again] = await manager.claim("w1", 10, later, later + HOUR)
+    assert (again.id, again.attempts) == (job.id, 2)
+
+
+async def test_retry_in_a_canceling_batch_is_canceled(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 3)
+    jobs = await manager.claim("w1", 2, now_us(), now_us() + HOUR)
+    await manager.cancel("w", batch.id)
+    retry = Outcome(jobs[0].id, jobs[0].batch, None, not_before=now_us())
+    assert await manager.complete("w1", [retry, done(jobs[1])], now_us()) == [batch.id]
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.canceled, final.succeeded) == (ENDED, 2, 1)
+    assert await claim_all(manager) == []
+
+
+async def test_renew_extends_only_the_leases_named(manager: BatchManager) -> None:
+    await make_batch(manager, 3)
+    now = now_us()
+    jobs = await manager.claim("w1", 10, now, now + SECOND)
+    await manager.renew("w1", [jobs[0].id, jobs[1].id], now + HOUR)
+    await manager.renew("someone-else", [jobs[2].id], now + HOUR)  # touches nothing of w1's
+    assert await manager.reap(now + 2 * SECOND) == 1  # the lease not named lapsed
+    assert await manager.reap(now + 2 * HOUR) == 2
+
+
+async def test_release_hands_jobs_back_unspent(manager: BatchManager) -> None:
+    await make_batch(manager, 3)
+    jobs = await claim_all(manager)
+    assert await manager.release("someone-else", [j.id for j in jobs]) == 0  # not theirs
+    assert await claim_all(manager, "w2") == []
+    assert await manager.release("w1", [jobs[0].id, jobs[1].id]) == 2
+    again = await claim_all(manager, "w2")
+    assert sorted(j.id for j in again) == sorted(j.id for j in jobs[:2])
+    assert all(j.attempts == 1 for j in again)
+
+
+async def test_reap_takes_only_lapsed_leases(manager: BatchManager) -> None:
+    await make_batch(manager, 4)
+    now = now_us()
+    await manager.claim("short", 2, now, now + SECOND)
+    await manager.claim("long", 2, now, now + HOUR)
+    assert await manager.reap(now + 2 * SECOND) == 2
+    assert await manager.reap(now + 2 * SECOND) == 0
+    assert len(await manager.claim("w3", 10, now + 2 * SECOND, now + HOUR)) == 2
+
+
+async def test_recover(manager: BatchManager) -> None:
+    await make_batch(manager, 3)
+    now = now_us()
+    await manager.claim("w1", 1, now, now + HOUR)
+    await manager.claim("w2", 1, now, now - SECOND)  # already lapsed
+    recovered = await manager.recover()
+    # One process per database: every lease is stale at start. Shared: only lapsed leases go back.
+    assert recovered == (2 if manager.store.single_process else 1)
+
+
+# -- cancel, and what becomes of its running requests -----------------------------------------
+
+
+async def test_cancel_running_requests_finish(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 5)
+    running = await manager.claim("w1", 2, now_us(), now_us() + HOUR)
+    await manager.cancel("w", batch.id)
+    mid = await check_consistent(manager, batch)
+    assert (mid.status, mid.canceled, mid.processing) == (CANCELING, 3, 2)
+    assert mid.cancel_initiated_at is not None
+    assert await manager.cancel("w", batch.id) == mid  # again: nothing changes
+    assert await manager.complete("w1", [done(j) for j in running], now_us()) == [batch.id]
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.succeeded, final.canceled) == (ENDED, 2, 3)
+    lines = await results_of(manager, final, result_type=CANCELED)
+    assert len(lines) == 3 and all(r["result"] == {"type": "canceled"} for r in lines)
+
+
+async def test_cancel_of_an_idle_batch_ends_it(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 3)
+    canceled = await manager.cancel("w", batch.id)
+    assert (canceled.status, canceled.canceled) == (ENDED, 3)
+    final = await check_consistent(manager, batch)
+    with pytest.raises(Exception, match="already ended"):
+        await manager.cancel("w", batch.id)
+    assert await manager.find(batch.id) == final
+
+
+async def _canceled_with_two_running(manager: BatchManager, lease: int = HOUR) -> tuple[Batch, list[Job]]:
+    """Claim 2 of a batch's 3 requests, then cancel it: `canceling`, 2 still processing."""
+    batch = await make_batch(manager, 3)
+    now = now_us()
+    running = await manager.claim("w1", 2, now, now + lease)
+    mid = await manager.cancel("w", batch.id)
+    assert (mid.status, mid.canceled, mid.processing) == (CANCELING, 1, 2)
+    return batch, running
+
+
+async def test_cancel_then_release_ends_the_batch(manager: BatchManager) -> None:
+    """A worker stopping (SIGTERM) hands back running requests of a canceling batch."""
+    batch, running = await _canceled_with_two_running(manager)
+    assert await manager.release("w1", [j.id for j in running]) == 2
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.canceled, final.processing) == (ENDED, 3, 0)
+    assert await claim_all(manager) == []
+
+
+async def test_cancel_then_reap_ends_the_batch(manager: BatchManager) -> None:
+    """A worker killed: its leases lapse and are reaped."""
+    batch, _ = await _canceled_with_two_running(manager, lease=SECOND)
+    assert await manager.reap(now_us() + 2 * SECOND) == 2
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.canceled, final.processing) == (ENDED, 3, 0)
+
+
+async def test_cancel_then_recover_ends_the_batch(manager: BatchManager) -> None:
+    """A restart: stale leases are recovered (single process) or have lapsed (shared)."""
+    batch, _ = await _canceled_with_two_running(manager, lease=-SECOND)
+    await manager.recover()
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.canceled, final.processing) == (ENDED, 3, 0)
+
+
+async def test_cancel_then_expiry_ends_the_batch(open_another: ManagerFactory) -> None:
+    manager = await open_another(expiry_seconds=3600)
+    batch, running = await _canceled_with_two_running(manager)
+    later = now_us() + 2 * HOUR
+    assert await manager.expire_due(later) == [batch.id]
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.canceled, final.expired, final.ended_at) == (ENDED, 1, 2, later)
+    assert await manager.complete("w1", [done(j) for j in running], now_us()) == []  # too late
+    assert await check_consistent(manager, batch) == final
+
+
+async def test_canceling_batch_ends_across_processes(open_another: ManagerFactory) -> None:
+    """API server + worker: cancel while requests run, the worker stops, another takes over."""
+    api, worker = await open_another(), await open_another()
+    batch = await make_batch(api, 6)
+    running = await claim_all(worker, "first-worker", limit=4)
+    await api.cancel("w", batch.id)
+    await worker.release("first-worker", [j.id for j in running])
+    final = await check_consistent(api, batch)
+    assert (final.status, final.canceled) == (ENDED, 6)
+
+
+# -- expiry, retention, delete -------------------------------------------------------------------
+
+
+async def test_expire_due(open_another: ManagerFactory) -> None:
+    manager = await open_another(expiry_seconds=3600)
+    batch = await make_batch(manager, 5)
+    other = await (await open_another(expiry_seconds=36000)).create("w", create_body(1), "")
+    jobs = [j for j in await manager.claim("w1", 3, now_us(), now_us() + 10 * HOUR) if j.batch == batch.seq]
+    await manager.complete("w1", [done(jobs[0])], now_us())
+    later = now_us() + 2 * HOUR
+    assert await manager.expire_due(later) == [batch.id]
+    assert await manager.expire_due(later) == []
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.expired, final.succeeded, final.ended_at) == (ENDED, 4, 1, later)
+    # A request still running when the batch expired cannot write a result any more.
+    assert await manager.complete("w1", [done(j) for j in jobs[1:]], now_us()) == []
+    await check_consistent(manager, final)
+    found = await manager.find(other.id)
+    assert found is not None and found.status == IN_PROGRESS
+
+
+async def test_archive_due_drops_results(open_another: ManagerFactory) -> None:
+    manager = await open_another(retention_seconds=1800)
+    old = await make_batch(manager, 2)
+    running = await make_batch(manager, 1)
+    for job in await claim_all(manager):
+        if job.batch == old.seq:
+            await manager.complete("w1", [done(job)], now_us())
+    later = now_us() + HOUR
+    assert await manager.archive_due(later) == [old.id]
+    assert await manager.archive_due(later) == []
+    archived = await manager.find(old.id)
+    assert archived is not None and archived.archived_at == later and archived.succeeded == 2
+    with pytest.raises(Exception, match="no available results"):
+        await manager.results("w", old.id)
+    found = await manager.find(running.id)
+    assert found is not None and found.archived_at is None
+
+
+async def test_delete_batch(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 2)
+    await manager.cancel("w", batch.id)
+    await manager.delete("w", batch.id)
+    assert await manager.find(batch.id) is None
+    assert await manager.list_batches("w", limit=10, after_id=None, before_id=None) == ([], False)
+
+
+async def test_results_pages_and_filters(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 4500)
+    jobs = await claim_all(manager)
+    outcomes = [done(j, ERRORED if i % 3 == 0 else SUCCEEDED) for i, j in enumerate(jobs)]
+    assert await manager.complete("w1", outcomes, now_us()) == [batch.id]
+    final = await check_consistent(manager, batch)
+    pages = [page async for page in await manager.results("w", batch.id)]
+    assert len(pages) > 1 and sum(map(len, pages)) == 4500
+    errored = await results_of(manager, final, result_type=ERRORED)
+    assert len(errored) == 1500 and all(r["result"]["type"] == "errored" for r in errored)
+    assert await results_of(manager, final, custom_id="r42") == [{"custom_id": "r42", "result": {"type": "errored"}}]
+    assert await results_of(manager, final, custom_id="r43", result_type=ERRORED) == []
+    assert await results_of(manager, final, custom_id="nope") == []
+
+
+async def test_lines_made_in_sql_match_the_results_module(open_another: ManagerFactory) -> None:
+    manager = await open_another(expiry_seconds=3600)
+    canceled = await make_batch(manager, 2, prefix="c-")
+    await manager.cancel("w", canceled.id)
+    expiring = await make_batch(manager, 2, prefix="e_")
+    await manager.expire_due(now_us() + 2 * HOUR)
+    assert await raw_results(manager, canceled) == {f"c-{i}": canceled_line(f"c-{i}") for i in range(2)}
+    assert await raw_results(manager, expiring) == {f"e_{i}": expired_line(f"e_{i}") for i in range(2)}
+
+
+# -- several processes at once ---------------------------------------------------------------
+
+
+async def test_racing_claims_never_share_a_job(open_another: ManagerFactory) -> None:
+    a, b = await open_another(), await open_another()
+    await make_batch(a, 600)
+    await make_batch(a, 50)
+    seen: list[int] = []
+
+    async def worker(manager: BatchManager, owner: str) -> None:
+        while jobs := await manager.claim(owner, 25, now_us(), now_us() + HOUR):
+            seen.extend(j.id for j in jobs)
+
+    await asyncio.gather(worker(a, "a"), worker(b, "b"), worker(a, "a2"), worker(b, "b2"))
+    assert len(seen) == len(set(seen)) == 650
+
+
+async def test_racing_expiry_transitions_once(open_another: ManagerFactory) -> None:
+    a, b = await open_another(expiry_seconds=3600), await open_another(expiry_seconds=3600)
+    batch = await make_batch(a, 200)
+    jobs = await a.claim("w1", 50, now_us(), now_us() + 10 * HOUR)
+    later = now_us() + 2 * HOUR
+    first, second, _ = await asyncio.gather(
+        a.expire_due(later), b.expire_due(later), a.complete("w1", [done(j) for j in jobs], now_us())
+    )
+    assert sorted(first + second) == [batch.id]
+    final = await check_consistent(a, batch)
+    assert final.status == ENDED and final.expired + final.succeeded == 200
+
+
+async def test_racing_cancels_count_once(open_another: ManagerFactory) -> None:
+    a, b = await open_another(), await open_another()
+    batch = await make_batch(a, 300)
+    running = await b.claim("w1", 40, now_us(), now_us() + HOUR)
+    await asyncio.gather(
+        a.cancel("w", batch.id),
+        b.cancel("w", batch.id),
+        a.cancel("w", batch.id),
+        b.complete("w1", [done(j) for j in running[:20]], now_us()),
+    )
+    mid = await check_consistent(a, batch)
+    assert (mid.status, mid.canceled, mid.succeeded, mid.processing) == (CANCELING, 260, 20, 20)
+    assert await b.complete("w1", [done(j) for j in running[20:]], now_us()) == [batch.id]
+    assert (await check_consistent(b, batch)).status == ENDED
+
+
+async def test_racing_completions_and_reaping(open_another: ManagerFactory) -> None:
+    """Two workers finish a batch while a third process reaps lapsed leases and requeues them."""
+    a, b, c = await open_another(), await open_another(), await open_another()
+    batch = await make_batch(a, 400)
+
+    async def ended(manager: BatchManager) -> bool:
+        found = await manager.find(batch.id)
+        return found is not None and found.status == ENDED
+
+    async def worker(manager: BatchManager, owner: str, lease: int) -> None:
+        while not await ended(manager):
+            jobs = await manager.claim(owner, 30, now_us(), now_us() + lease)
+            await asyncio.sleep(0.002)
+            await manager.complete(owner, [done(j) for j in jobs], now_us())
+
+    async def reaper() -> None:
+        while not await ended(c):
+            await c.reap(now_us())
+            await asyncio.sleep(0.001)
+
+    # Worker "a" holds its leases for no time at all: the reaper hands its jobs to "b" while "a"
+    # is still running them, and "a"'s completions must then be refused.
+    await asyncio.wait_for(asyncio.gather(worker(a, "a", 0), worker(b, "b", HOUR), reaper()), 60)
+    final = await check_consistent(a, batch)
+    assert (final.status, final.succeeded) == (ENDED, 400)
+
+
+async def test_racing_cancel_reap_and_release(open_another: ManagerFactory) -> None:
+    """Cancel while one worker hands its requests back and another process reaps: ends once."""
+    a, b, c = await open_another(), await open_another(), await open_another()
+    batch = await make_batch(a, 120)
+    short = await b.claim("short", 40, now_us(), now_us() - SECOND)  # already lapsed
+    held = await b.claim("held", 40, now_us(), now_us() + HOUR)
+    await asyncio.gather(
+        a.cancel("w", batch.id), c.reap(now_us()), b.release("held", [j.id for j in held]), c.reap(now_us())
+    )
+    final = await check_consistent(a, batch)
+    assert (final.status, final.canceled, final.processing) == (ENDED, 120, 0)
+    assert len(short) == 40
+
+
+async def test_racing_archive_and_delete(open_another: ManagerFactory) -> None:
+    a, b = await open_another(retention_seconds=1800), await open_another(retention_seconds=1800)
+    batches = [await make_batch(a, 3) for _ in range(4)]
+    for batch in batches:
+        await a.cancel("w", batch.id)
+    later = now_us() + HOUR
+    first, second, _ = await asyncio.gather(a.archive_due(later), b.archive_due(later), b.delete("w", batches[0].id))
+    assert len(first) + len(second) == len(set(first + second))
+    assert set(first + second) <= {b.id for b in batches}
+    for batch in batches[1:]:
+        found = await a.find(batch.id)
+        assert found is not None and found.archived_at == later
+
+
+# -- the dispatcher on each store ----------------------------------------------------------
+
+
+def simulator_backend(**kwargs: Any) -> MockBackend:
+    return MockBackend(lambda params, context: simulate(params)[0], **kwargs)
+
+
+async def test_dispatcher_writes_one_outcome_per_request(manager: BatchManager) -> None:
+    """A request whose lease lapsed can run twice in one process; only one outcome is written."""
+    batch = await make_batch(manager, 2)
+    dispatcher = Dispatcher(manager, Router([], simulator_backend()), owner="w1")
+    jobs = await claim_all(manager, "w1")
+    dispatcher._done = [done(jobs[0]), done(jobs[0], ERRORED), done(jobs[1])]
+    await dispatcher._flush()
+    assert dispatcher._done == []
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.succeeded, final.errored) == (ENDED, 2, 0)
+
+
+async def test_burst_runs_every_batch_to_the_end(manager: BatchManager) -> None:
+    """Burst mode: retries come due and run; invalid params and unknown models end errored."""
+    failed_once: set[str] = set()
+
+    def flaky(params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        text = params["messages"][0]["content"]
+        if text.startswith("retry") and text not in failed_once:
+            failed_once.add(text)
+            raise OverloadedError("busy", retry_after=0.05)
+        return simulate(params)[0]
+
+    router = Router([], MockBackend(flaky, retry=RetryPolicy(max_attempts=3, base=0.01, cap=0.05)))
+    requests = [{"custom_id": f"ok-{i}", "params": params_of(i)} for i in range(30)]
+    requests += [
+        {"custom_id": f"retry-{i}", "params": {**params_of(i), "messages": [{"role": "user", "content": f"retry {i}"}]}}
+        for i in range(5)
+    ]
+    requests.append({"custom_id": "bad", "params": {"model": "m"}})
+    batch = await manager.create("w", msgspec.json.encode({"requests": requests}), "")
+    small = await make_batch(manager, 3, prefix="small")
+    await Dispatcher(manager, router, owner="burst", poll_interval=0.05).run_burst(timeout=30)
+    final = await check_consistent(manager, batch)
+    assert (final.status, final.succeeded, final.errored) == (ENDED, 35, 1)
+    assert (await check_consistent(manager, small)).succeeded == 3
+    assert failed_once == {f"retry {i}" for i in range(5)}
+    [bad] = await results_of(manager, final, custom_id="bad")
+    assert bad["result"]["error"]["error"] == {"type": "invalid_request_error", "message": "max_tokens: Field required"}
+
+
+async def test_dispatcher_stop_hands_back_what_it_holds(manager: BatchManager) -> None:
+    gate = asyncio.Event()
+
+    async def held(params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        await gate.wait()
+        return simulate(params)[0]
+
+    batch = await make_batch(manager, 6)
+    dispatcher = Dispatcher(manager, Router([], MockBackend(held)), owner="stopping", concurrency=4, poll_interval=0.05)
+    await dispatcher.start()
+    await asyncio.wait_for(dispatcher._until(lambda: len(dispatcher._running) == 4), 10)
+    await dispatcher.stop(grace=0.05)
+    # Nothing was finished; everything comes back claimable, no attempt spent.
+    again = await claim_all(manager, "next")
+    assert len(again) == 6 and all(j.attempts == 1 for j in again)
+    assert (await check_consistent(manager, batch)).processing == 6
+
+
+async def test_a_lost_claim_lapses_and_runs(manager: BatchManager) -> None:
+    """A claim commits but its answer never reaches the worker (the database restarted as it
+    committed): the lease is recorded under the worker's name. The worker renews only the leases
+    it knows it holds, so that one lapses, is reaped, and runs, while the worker stays busy."""
+    owner = "worker-1"
+    lost_batch = await make_batch(manager, 1, prefix="lost")
+    now = now_us()
+    [lost] = await manager.claim(owner, 10, now, now + SECOND)
+    busy_batch = await make_batch(manager, 2, prefix="busy")
+    release = asyncio.Event()
+
+    async def answer(params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        if params["messages"][0]["content"] in ("q0", "q1") and context.betas == ("busy",):
+            await release.wait()
+        return simulate(params)[0]
+
+    busy = await manager.create("w", create_body(2, "busy-held"), "busy")
+    dispatcher = Dispatcher(
+        manager, Router([], MockBackend(answer)), owner=owner, lease_seconds=1.0, poll_interval=0.05
+    )
+    lifecycle = Lifecycle(manager, interval=0.1)
+    await dispatcher.start()
+    lifecycle.start()
+    try:
+
+        async def lost_ran() -> bool:
+            found = await manager.find(lost_batch.id)
+            return found is not None and found.status == ENDED
+
+        async def until_lost_ran() -> None:
+            while not await lost_ran():
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(until_lost_ran(), 15)
+        still = await manager.find(busy.id)
+        assert still is not None and still.status == IN_PROGRESS  # the worker was busy all along
+        [result] = await results_of(manager, lost_batch)
+        assert result["custom_id"] == lost.custom_id and result["result"]["type"] == "succeeded"
+    finally:
+        release.set()
+        await lifecycle.stop()
+        await dispatcher.stop(grace=5)
+    await check_consistent(manager, busy_batch)
