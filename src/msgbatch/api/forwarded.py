@@ -30,7 +30,7 @@ from msgbatch.errors import InvalidRequestError
 # A DNS name (underscores allowed: container names have them), an IPv4 address, or [IPv6]; a port.
 _HOST = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", re.ASCII)
 # A path of RFC 3986 segment characters.
-_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*", re.ASCII)
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*", re.ASCII)
 _SCHEMES = ("http", "https")
 _FORWARDED = (b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

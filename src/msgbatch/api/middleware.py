@@ -4,7 +4,9 @@ Every response carries a `request-id` header (error bodies repeat it) and, unles
 its own (the dashboard's files do), `cache-control: no-store`: answers carry batch state and must
 not be kept by a shared cache. The request's origin (`api/forwarded.py`) is worked out and
 checked first, so a request naming a host this server does not answer as is refused before any
-route runs. Whatever escapes Starlette's own exception handling lands in `handle_exception`.
+route runs -- except the probes (`/health`, `/ready`, `/metrics`), which name no URL and are
+called by address. Whatever escapes Starlette's own exception handling lands in
+`handle_exception`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from msgbatch.api.forwarded import ProxyPolicy
 from msgbatch.ids import new_request_id
 
 NO_STORE = (b"cache-control", b"no-store")
+PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 
 class ApiMiddleware:
@@ -46,7 +49,8 @@ class ApiMiddleware:
             await send(message)
 
         try:
-            state["origin"] = self.policy.origin(scope)
+            if scope["path"] not in PROBES:
+                state["origin"] = self.policy.origin(scope)
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:
             response = exception_response(Request(scope, receive), exc)

@@ -123,15 +123,13 @@ def server_paths() -> Group:
         "additionalProperties": False,
     }
     paths = {
-        "/health": {
-            "get": operation("health", "Liveness", response("Alive.", status("ok")), (400,), authenticated=False)
-        },
+        "/health": {"get": operation("health", "Liveness", response("Alive.", status("ok")), (), authenticated=False)},
         "/ready": {
             "get": operation(
                 "ready",
                 "Readiness: the database answers",
                 response("Ready.", status("ready")),
-                (400, 503),
+                (503,),
                 authenticated=False,
             )
         },
@@ -140,7 +138,7 @@ def server_paths() -> Group:
                 "metrics",
                 "Prometheus metrics of this process",
                 response("Prometheus text format.", {"type": "string"}, "text/plain"),
-                (400,),
+                (),
                 authenticated=False,
             )
         },
