@@ -105,6 +105,14 @@ async def test_unusable_values_from_a_proxy_are_refused(
             assert resp.headers["request-id"] == body["request_id"]
 
 
+async def test_two_host_headers_are_refused(start: Callable[..., Any]) -> None:
+    srv = await start()
+    async with client_from(srv, STRANGER) as http:
+        resp = await http.get(B, headers=[("x-api-key", KEY), ("host", "a.example"), ("host", "b.example")])
+        assert resp.status_code == 400
+        assert resp.json()["error"]["message"] == "The request has more than one Host header."
+
+
 async def test_the_last_value_counts(start: Callable[..., Any]) -> None:
     # A proxy that appends: the client's own value comes first, the proxy's last.
     srv = await start()

@@ -470,6 +470,8 @@ MALFORMED = {
     "nul-in-header": request_head("GET", "/health", "x-a: a\x00b"),
     "bad-request-line": b"GET\r\n\r\n",
     "not-http": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,  # a TLS hello
+    "http2-prior-knowledge": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "raw-byte-in-url": b"GET /v1/messages/batches/\xff HTTP/1.1\r\nhost: x\r\n\r\n",
 }
 
 
@@ -479,6 +481,19 @@ def test_malformed_requests_get_the_api_error_body(serve: ServeProcess, name: st
     assert check_raw(raw, 400, "invalid_request_error").startswith("Invalid HTTP request: ")
     assert raw.headers["connection"] == "close"
     assert served_batches(serve) == []
+
+
+def test_upgrade_requests(serve: ServeProcess) -> None:
+    upgrade = ["connection: upgrade, http2-settings", "upgrade: h2c", "http2-settings: AAMAAABkAARAAAAAAAIAAAAA"]
+    # With a body (curl --http2 on plain http:// sends this): the body would be lost, so refused.
+    body = b'{"requests": [{"custom_id": "a", "params": {}}]}'
+    head = request_head("POST", B, f"x-api-key: {KEY}", f"content-length: {len(body)}", *upgrade)
+    message = check_raw(exchange(serve.port, head + body), 400, "invalid_request_error")
+    assert message == "Upgrade is not supported: send the request without an Upgrade header."
+    assert served_batches(serve) == []
+    # Without one: plain HTTP/1.1.
+    raw = exchange(serve.port, request_head("GET", "/health", "connection: upgrade", "upgrade: websocket"), 8)
+    assert raw.status == 200 and raw.body == b'{"status":"ok"}'
 
 
 def test_url_over_the_limit_is_414(serve: ServeProcess) -> None:

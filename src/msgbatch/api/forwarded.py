@@ -133,6 +133,8 @@ class ProxyPolicy:
         forwarded: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             if name == b"host":
+                if host_value is not None:  # which one did the client mean? (RFC 9112: answer 400)
+                    raise InvalidRequestError("The request has more than one Host header.")
                 host_value = value
             elif name in _FORWARDED:
                 forwarded[name] = value

@@ -17,7 +17,9 @@ text 400. So msgbatch keeps httptools and adds, in `EdgeProtocol`:
   the application reads are timed by it (`api/body.py`).
 - **Malformed requests** (a bad `Content-Length`, both `Content-Length` and chunked, a bad chunk
   size, a bad header character, ...) get `400 invalid_request_error` with llhttp's reason, in
-  the API's error shape with a request id, instead of uvicorn's plain text.
+  the API's error shape with a request id, instead of uvicorn's plain text. So does an
+  `Upgrade` request with a body (llhttp would give the body to the new protocol, and the route
+  would see none); without a body it is served as plain HTTP/1.1.
 
 Every refusal is one INFO line; the answer is followed by `connection: close`, and what the
 client still sends is read and dropped for a moment, so that the answer is not lost to a reset.
@@ -116,9 +118,25 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self.parser.should_upgrade() and any(
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+            for name, value in self.headers
+        ):
+            # llhttp hands what follows an `Upgrade` request's head to the new protocol, so its body
+            # would never reach the route (curl --http2 sends `Upgrade: h2c` on plain http://).
+            self._refuse(
+                400, "invalid_request_error", "Upgrade is not supported: send the request without an Upgrade header."
+            )
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
