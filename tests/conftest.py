@@ -248,12 +248,12 @@ def _migrated_template() -> str:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
-        async def migrate() -> None:
-            from msgbatch.store.postgres import PostgresStore
+        from msgbatch.store.postgres import PostgresStore
 
-            await PostgresStore(pg_url_for(name)).migrate()
-
-        asyncio.run(migrate())
+        # In a thread of its own: the first test to ask may be running an event loop already.
+        migrating = threading.Thread(target=asyncio.run, args=(PostgresStore(pg_url_for(name)).migrate(),))
+        migrating.start()
+        migrating.join()
         atexit.register(_drop_database, name)
         _template.append(name)
     return _template[0]

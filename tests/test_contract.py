@@ -135,11 +135,14 @@ async def check_consistent(manager: BatchManager, batch: Batch) -> Batch:
 
 
 async def test_create_and_find(manager: BatchManager) -> None:
-    batch = await manager.create("w", create_body(3), "b1,b2", {"anthropic-version": "2026-10-21"})
+    batch = await manager.create(
+        "w", create_body(3), "b1,b2", {"anthropic-version": "2026-10-21"}, metadata={"team": "search"}
+    )
     assert batch.seq > 0 and batch.first_request > 0
     assert (batch.status, batch.total, batch.processing, batch.betas) == (IN_PROGRESS, 3, 3, "b1,b2")
     assert await manager.find(batch.id) == batch
     assert json.loads(batch.headers) == {"anthropic-version": "2026-10-21"}
+    assert json.loads(batch.metadata) == {"team": "search"}
     assert await manager.find(new_batch_id()) is None
 
 
@@ -238,6 +241,23 @@ async def test_complete_counts_results_and_ends_once(manager: BatchManager) -> N
     # Completing again is refused: the jobs are gone.
     assert await manager.complete("w1", [done(j) for j in jobs], now_us()) == []
     assert await check_consistent(manager, batch) == final
+
+
+async def test_token_usage_adds_up_per_batch(manager: BatchManager) -> None:
+    batch = await make_batch(manager, 3)
+    other = await make_batch(manager, 1, prefix="o")
+    jobs = await claim_all(manager)
+    mine = [j for j in jobs if j.batch == batch.seq]
+    outcomes = [Outcome(j.id, j.batch, SUCCEEDED, line(j), tokens=(10, 20, 3, 4)) for j in mine[:2]]
+    outcomes.append(done(mine[2], ERRORED))
+    outcomes += [Outcome(j.id, j.batch, SUCCEEDED, line(j), tokens=(1, 1, 1, 1)) for j in jobs if j.batch == other.seq]
+    await manager.complete("w1", outcomes, now_us())
+    found = await manager.find(batch.id)
+    assert found is not None
+    usage = (found.input_tokens, found.output_tokens, found.cache_read_input_tokens, found.cache_creation_input_tokens)
+    assert usage == (20, 40, 6, 8)
+    found = await manager.find(other.id)
+    assert found is not None and found.input_tokens == 1
 
 
 async def test_complete_is_conditional_on_the_lease(manager: BatchManager) -> None:

@@ -76,6 +76,8 @@ class BatchManager:
         body: bytes | bytearray | memoryview,
         betas: str,
         headers: dict[str, str] | None = None,
+        *,
+        metadata: dict[str, str] | None = None,
     ) -> Batch:
         requests = parse_create_body(body, self.settings.max_requests)
         now = now_us()
@@ -94,6 +96,7 @@ class BatchManager:
             first_request=first,
             betas=betas,
             headers=msgspec.json.encode(headers or {}).decode(),
+            metadata=msgspec.json.encode(metadata or {}).decode(),
         )
         inserted, *_ = await self.store.run(
             Step(
@@ -107,6 +110,7 @@ class BatchManager:
                     "first_request": first,
                     "betas": betas,
                     "headers": batch.headers,
+                    "metadata": batch.metadata,
                 },
             ),
             Step("insert_requests", rows=[(first + i, r.custom_id, r.params) for i, r in enumerate(requests)]),
@@ -176,7 +180,7 @@ class BatchManager:
             {"first": batch.first_request, "stop": batch.stop_request, "custom_id": custom_id, "type": result_type},
         )
         if rows:
-            yield [bytes(row[0]) for row in rows]
+            yield [row[0] for row in rows]
 
     async def _result_pages(self, batch: Batch, result_type: int | None) -> AsyncIterator[list[bytes]]:
         # Keyset pages, each its own short query: a slow reader holds no connection or snapshot.
@@ -187,7 +191,7 @@ class BatchManager:
             )
             if not rows:
                 return
-            yield [bytes(row[1]) for row in rows]
+            yield [row[1] for row in rows]
             if len(rows) < RESULTS_PAGE:
                 return
             cursor = rows[-1][0] + 1
@@ -243,7 +247,7 @@ class BatchManager:
             taken: dict[int, int] = {}
             for rid, seq, attempts, custom_id, params in rows:
                 _, _, _, betas, headers, expires_at = info[seq]
-                jobs.append(Job(rid, seq, custom_id, bytes(params), betas, headers, expires_at, attempts))
+                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts))
                 taken[seq] = taken.get(seq, 0) + 1
             remaining -= len(rows)
             if rows:
@@ -259,7 +263,7 @@ class BatchManager:
         if not outcomes:
             return []
         seqs = sorted({o.batch for o in outcomes})
-        finished = [(o.job, o.result, o.line) for o in outcomes if o.result is not None]
+        finished = [(o.job, o.result, o.line, *o.tokens) for o in outcomes if o.result is not None]
         retries = [(o.job, o.not_before) for o in outcomes if o.result is None]
         steps = [Step("lock_batches", {"seqs": seqs})]
         if finished:

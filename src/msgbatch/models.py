@@ -8,6 +8,8 @@ import msgspec
 IN_PROGRESS, CANCELING, ENDED = 0, 1, 2
 STATUS_NAMES = ("in_progress", "canceling", "ended")
 
+NO_TOKENS = (0, 0, 0, 0)
+
 # result types, as stored
 SUCCEEDED, ERRORED, CANCELED, EXPIRED = 0, 1, 2, 3
 RESULT_NAMES = ("succeeded", "errored", "canceled", "expired")
@@ -33,6 +35,12 @@ class Batch(msgspec.Struct, kw_only=True):
     first_request: int  # request rows are [first_request, first_request + total)
     betas: str = ""  # comma-separated anthropic-beta values
     headers: str = "{}"  # JSON object: the other request headers every request of the batch carries
+    metadata: str = "{}"  # JSON object of string pairs the client attached to the batch
+    # Token usage of the batch's succeeded requests so far.
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
 
     @property
     def stop_request(self) -> int:
@@ -67,3 +75,5 @@ class Outcome(msgspec.Struct, gc=False):
     line: bytes = b""
     not_before: int = 0
     error_type: str | None = None
+    # A succeeded Message's usage: input, output, cache read and cache creation tokens.
+    tokens: tuple[int, int, int, int] = NO_TOKENS

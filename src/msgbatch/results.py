@@ -13,8 +13,9 @@ import msgspec
 
 from msgbatch.errors import RESULT_ERROR_TYPES, error_body
 from msgbatch.ids import new_request_id
+from msgbatch.models import NO_TOKENS
 
-__all__ = ["canceled_line", "errored_line", "expired_line", "succeeded_line"]
+__all__ = ["canceled_line", "errored_line", "expired_line", "succeeded_line", "tokens_of"]
 
 _encode = msgspec.json.encode
 
@@ -45,3 +46,20 @@ def canceled_line(custom_id: str) -> bytes:
 
 def expired_line(custom_id: str) -> bytes:
     return _line(custom_id, b'{"type":"expired"}')
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def tokens_of(message: dict[str, Any]) -> tuple[int, int, int, int]:
+    """A Message's usage as counted for its batch: input, output, cache read, cache creation."""
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return NO_TOKENS
+    return (
+        _count(usage.get("input_tokens")),
+        _count(usage.get("output_tokens")),
+        _count(usage.get("cache_read_input_tokens")),
+        _count(usage.get("cache_creation_input_tokens")),
+    )

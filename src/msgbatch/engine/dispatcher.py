@@ -33,7 +33,7 @@ from msgbatch.errors import MsgbatchError
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 from msgbatch.models import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Batch, Job, Outcome
-from msgbatch.results import canceled_line, errored_line, expired_line, succeeded_line
+from msgbatch.results import canceled_line, errored_line, expired_line, succeeded_line, tokens_of
 from msgbatch.validation import validate_params
 
 log = logging.getLogger("msgbatch.dispatcher")
@@ -311,7 +311,8 @@ class Dispatcher:
                 return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at), error_type=exc.type)
             return self._errored(job, exc.result_type, exc.message)
         self.metrics.backend_call(job, backend.name, started, "ok")
-        return Outcome(job.id, job.batch, SUCCEEDED, succeeded_line(job.custom_id, message))
+        line = succeeded_line(job.custom_id, message)
+        return Outcome(job.id, job.batch, SUCCEEDED, line, tokens=tokens_of(message))
 
     @staticmethod
     def _errored(job: Job, error_type: str, message: str) -> Outcome:

@@ -89,4 +89,9 @@ def batch_from_row(row: Sequence[Any]) -> Batch:
         first_request=row[15],
         betas=row[16],
         headers=row[17],
+        metadata=row[18],
+        input_tokens=row[19],
+        output_tokens=row[20],
+        cache_read_input_tokens=row[21],
+        cache_creation_input_tokens=row[22],
     )

@@ -94,6 +94,15 @@ INSERT INTO msgbatch.counters VALUES ('request_ids', 0);
 ALTER TABLE msgbatch.batches ADD COLUMN headers text NOT NULL DEFAULT '{}';
 CREATE INDEX batches_canceling ON msgbatch.batches (seq) WHERE status = 1;
 
+-- name: migrate_3
+-- batch metadata; token usage of each batch
+ALTER TABLE msgbatch.batches
+    ADD COLUMN metadata text NOT NULL DEFAULT '{}',
+    ADD COLUMN input_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN output_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cache_read_input_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cache_creation_input_tokens bigint NOT NULL DEFAULT 0;
+
 
 -- ---------------------------------------------------------------------------------------------
 -- Batches
@@ -104,8 +113,12 @@ CREATE INDEX batches_canceling ON msgbatch.batches (seq) WHERE status = 1;
 UPDATE msgbatch.counters SET value = value + %(n)s WHERE name = 'request_ids' RETURNING value;
 
 -- name: insert_batch
-INSERT INTO msgbatch.batches (id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers)
-VALUES (%(id)s, %(workspace)s, 0, %(created_at)s, %(expires_at)s, %(total)s, %(total)s, %(first_request)s, %(betas)s, %(headers)s)
+INSERT INTO msgbatch.batches (
+    id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers, metadata
+) VALUES (
+    %(id)s, %(workspace)s, 0, %(created_at)s, %(expires_at)s, %(total)s, %(total)s, %(first_request)s, %(betas)s,
+    %(headers)s, %(metadata)s
+)
 RETURNING seq;
 
 -- name: insert_requests
@@ -119,19 +132,22 @@ FROM generate_series(%(first)s::int8, %(stop)s::int8 - 1) AS g;
 
 -- name: get_batch
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
 FROM msgbatch.batches WHERE id = %(id)s;
 
 -- name: list_batches
 -- A workspace's batches older than `upper`, newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
 FROM msgbatch.batches WHERE workspace = %(workspace)s AND id < %(upper)s ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: list_batches_before
 -- A workspace's batches newer than `lower`, oldest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
 FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s ORDER BY id LIMIT %(limit)s;
 
 -- name: mark_canceling
@@ -199,13 +215,17 @@ CROSS JOIN LATERAL (SELECT custom_id, params FROM msgbatch.requests WHERE id = l
 SELECT seq FROM msgbatch.batches WHERE seq = ANY(%(seqs)s::int8[]) ORDER BY seq FOR NO KEY UPDATE;
 
 -- name: finish_jobs
--- rows: id int8, type int2, line bytea
--- Finished jobs still leased to `owner` get their results line and leave the queue; the counts of
--- their batches move by as many. A job whose lease lapsed writes nothing. Each outcome is matched
--- to its job by a primary-key lookup (LATERAL), never by a join the planner would order on guesses.
+-- rows: id int8, type int2, line bytea, input_tokens int8, output_tokens int8, cache_read_input_tokens int8, cache_creation_input_tokens int8
+-- Finished jobs still leased to `owner` get their results line and leave the queue; the counts and
+-- token usage of their batches move by as much. A job whose lease lapsed writes nothing. Each
+-- outcome is matched to its job by a primary-key lookup (LATERAL), never by a join the planner
+-- would order on guesses.
 WITH held AS (
-    SELECT o.id, o.type, o.line, j.batch
-    FROM unnest(%(id)s::int8[], %(type)s::int2[], %(line)s::bytea[]) AS o(id, type, line)
+    SELECT o.id, o.type, o.line, o.i, o.o, o.cr, o.cc, j.batch
+    FROM unnest(
+        %(id)s::int8[], %(type)s::int2[], %(line)s::bytea[], %(input_tokens)s::int8[], %(output_tokens)s::int8[],
+        %(cache_read_input_tokens)s::int8[], %(cache_creation_input_tokens)s::int8[]
+    ) AS o(id, type, line, i, o, cr, cc)
     CROSS JOIN LATERAL (
         SELECT batch FROM msgbatch.jobs WHERE id = o.id AND owner = %(owner)s AND state = 1 FOR UPDATE
     ) AS j
@@ -216,10 +236,14 @@ WITH held AS (
 )
 UPDATE msgbatch.batches AS b
 SET processing = b.processing - t.n, succeeded = b.succeeded + t.s, errored = b.errored + t.e,
-    canceled = b.canceled + t.c, expired = b.expired + t.x
+    canceled = b.canceled + t.c, expired = b.expired + t.x,
+    input_tokens = b.input_tokens + t.i, output_tokens = b.output_tokens + t.o,
+    cache_read_input_tokens = b.cache_read_input_tokens + t.cr,
+    cache_creation_input_tokens = b.cache_creation_input_tokens + t.cc
 FROM (
     SELECT batch, count(*) AS n, count(*) FILTER (WHERE type = 0) AS s, count(*) FILTER (WHERE type = 1) AS e,
-           count(*) FILTER (WHERE type = 2) AS c, count(*) FILTER (WHERE type = 3) AS x
+           count(*) FILTER (WHERE type = 2) AS c, count(*) FILTER (WHERE type = 3) AS x,
+           sum(i) AS i, sum(o) AS o, sum(cr) AS cr, sum(cc) AS cc
     FROM held GROUP BY batch
 ) AS t
 WHERE b.seq = t.batch;
@@ -279,15 +303,33 @@ WHERE id = ANY(ARRAY(
 ));
 
 -- name: release_jobs
--- Leased jobs handed back unstarted: the attempt they were claimed for did not happen.
+-- Leased jobs handed back unstarted: the attempt they were claimed for did not happen. Their
+-- batches are locked first, as everywhere; it also orders this with a cancel of the same batch, so
+-- that whichever transaction comes second sees the other's work when it settles the batch.
+WITH locked AS (
+    SELECT seq FROM msgbatch.batches
+    WHERE seq IN (SELECT batch FROM msgbatch.jobs WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1)
+    ORDER BY seq
+    FOR NO KEY UPDATE
+)
 UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL, attempts = attempts - 1
-WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1
+WHERE id = ANY(%(ids)s::int8[]) AND owner = %(owner)s AND state = 1 AND batch IN (SELECT seq FROM locked)
 RETURNING id;
 
 -- name: reap_leases
+-- Lapsed leases go back to the queue, their batches locked first (see release_jobs). Jobs being
+-- completed right now are skipped, not waited for.
+WITH locked AS (
+    SELECT seq FROM msgbatch.batches
+    WHERE seq IN (SELECT batch FROM msgbatch.jobs WHERE state = 1 AND lease_until < %(now)s)
+    ORDER BY seq
+    FOR NO KEY UPDATE
+)
 UPDATE msgbatch.jobs SET state = 0, owner = NULL, lease_until = NULL
 WHERE id = ANY(ARRAY(
-    SELECT id FROM msgbatch.jobs WHERE state = 1 AND lease_until < %(now)s FOR UPDATE SKIP LOCKED
+    SELECT id FROM msgbatch.jobs
+    WHERE state = 1 AND lease_until < %(now)s AND batch IN (SELECT seq FROM locked)
+    FOR UPDATE SKIP LOCKED
 )) AND state = 1
 RETURNING id;
 

@@ -26,7 +26,10 @@ PRAGMA temp_store = MEMORY;
 
 -- name: _writer
 -- Scratch tables of the writer connection: set-based steps stage their rows here.
-CREATE TEMP TABLE IF NOT EXISTS finishing (id INTEGER PRIMARY KEY, type INTEGER NOT NULL, line BLOB NOT NULL, batch INTEGER);
+CREATE TEMP TABLE IF NOT EXISTS finishing (
+    id INTEGER PRIMARY KEY, type INTEGER NOT NULL, line BLOB NOT NULL, batch INTEGER,
+    input_tokens INTEGER, output_tokens INTEGER, cache_read_input_tokens INTEGER, cache_creation_input_tokens INTEGER
+);
 CREATE TEMP TABLE IF NOT EXISTS ending (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL);
 
 
@@ -93,6 +96,14 @@ INSERT INTO counters (name, value) VALUES ('request_ids', max(
     (SELECT coalesce(max(id), 0) FROM requests)
 ));
 
+-- name: migrate_3
+-- batch metadata; token usage of each batch
+ALTER TABLE batches ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE batches ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN cache_read_input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0;
+
 
 -- ---------------------------------------------------------------------------------------------
 -- Batches
@@ -102,8 +113,8 @@ INSERT INTO counters (name, value) VALUES ('request_ids', max(
 UPDATE counters SET value = value + :n WHERE name = 'request_ids' RETURNING value;
 
 -- name: insert_batch
-INSERT INTO batches (id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers)
-VALUES (:id, :workspace, 0, :created_at, :expires_at, :total, :total, :first_request, :betas, :headers)
+INSERT INTO batches (id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers, metadata)
+VALUES (:id, :workspace, 0, :created_at, :expires_at, :total, :total, :first_request, :betas, :headers, :metadata)
 RETURNING seq;
 
 -- name: insert_requests
@@ -117,19 +128,22 @@ SELECT id, (SELECT seq FROM batches WHERE id = :batch_id) FROM requests WHERE id
 -- name: get_batch
 -- inline
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
 FROM batches WHERE id = :id;
 
 -- name: list_batches
 -- A workspace's batches older than `upper`, newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
 FROM batches WHERE workspace = :workspace AND id < :upper ORDER BY id DESC LIMIT :limit;
 
 -- name: list_batches_before
 -- A workspace's batches newer than `lower`, oldest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
 FROM batches WHERE workspace = :workspace AND id > :lower ORDER BY id LIMIT :limit;
 
 -- name: mark_canceling
@@ -176,19 +190,25 @@ RETURNING id, batch, attempts,
 -- Nothing to lock: the writer thread runs one transaction at a time.
 
 -- name: finish_jobs
--- rows: id int8, type int2, line bytea
--- Finished jobs still leased to `owner` get their results line and leave the queue; the counts of
--- their batches move by as many. A job whose lease lapsed writes nothing.
-INSERT INTO temp.finishing (id, type, line) VALUES (?, ?, ?);
+-- rows: id int8, type int2, line bytea, input_tokens int8, output_tokens int8, cache_read_input_tokens int8, cache_creation_input_tokens int8
+-- Finished jobs still leased to `owner` get their results line and leave the queue; the counts and
+-- token usage of their batches move by as much. A job whose lease lapsed writes nothing.
+INSERT INTO temp.finishing (id, type, line, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens)
+VALUES (?, ?, ?, ?, ?, ?, ?);
 UPDATE temp.finishing SET batch = (SELECT batch FROM jobs WHERE jobs.id = finishing.id AND owner = :owner AND state = 1);
 DELETE FROM temp.finishing WHERE batch IS NULL;
 INSERT INTO results (id, type, line) SELECT id, type, line FROM temp.finishing;
 DELETE FROM jobs WHERE id IN (SELECT id FROM temp.finishing);
 UPDATE batches
 SET processing = processing - t.n, succeeded = succeeded + t.s, errored = errored + t.e,
-    canceled = canceled + t.c, expired = expired + t.x
+    canceled = canceled + t.c, expired = expired + t.x,
+    input_tokens = batches.input_tokens + t.i, output_tokens = batches.output_tokens + t.o,
+    cache_read_input_tokens = batches.cache_read_input_tokens + t.cr,
+    cache_creation_input_tokens = batches.cache_creation_input_tokens + t.cc
 FROM (
-    SELECT batch, count(*) AS n, sum(type = 0) AS s, sum(type = 1) AS e, sum(type = 2) AS c, sum(type = 3) AS x
+    SELECT batch, count(*) AS n, sum(type = 0) AS s, sum(type = 1) AS e, sum(type = 2) AS c, sum(type = 3) AS x,
+           sum(input_tokens) AS i, sum(output_tokens) AS o, sum(cache_read_input_tokens) AS cr,
+           sum(cache_creation_input_tokens) AS cc
     FROM temp.finishing GROUP BY batch
 ) AS t
 WHERE batches.seq = t.batch;
