@@ -338,6 +338,20 @@ async def test_decoded_size_counts_not_the_compressed_one(tmp_path: Path) -> Non
         assert await stored(client) == [ok.json()["id"]]
 
 
+@pytest.mark.parametrize("wbits", [15, -15, 31])
+async def test_compressed_bodies_arriving_a_byte_at_a_time(http: httpx2.AsyncClient, wbits: int) -> None:
+    compressor = zlib.compressobj(wbits=wbits)
+    content = compressor.compress(VALID) + compressor.flush()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for i in range(len(content)):
+            yield content[i : i + 1]
+
+    encoding = "gzip" if wbits == 31 else "deflate"
+    resp = await http.post(B, headers={**AUTH, "content-encoding": encoding}, content=trickle())
+    assert resp.status_code == 200, resp.text
+
+
 class GzipTransport(httpx2.AsyncBaseTransport):
     """Compresses every request body on its way to the app, as a gzip-sending client would."""
 

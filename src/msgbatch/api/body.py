@@ -123,6 +123,7 @@ class _Decoder:
         self.encoding = encoding
         self._stream: zlib._Decompress | None = None
         self._ended = False
+        self._first = b""  # deflate: the first byte, until the second tells the two kinds apart
 
     def _start(self, first: bytes) -> zlib._Decompress:
         if self.encoding == "gzip":
@@ -133,6 +134,10 @@ class _Decoder:
 
     def feed(self, data: bytes, room: int) -> list[bytes]:
         out: list[bytes] = []
+        if self._stream is None and self.encoding == "deflate" and len(self._first + data) < 2:
+            self._first += data
+            return out
+        data, self._first = self._first + data, b""
         try:
             while data:
                 if self._stream is None or (self._ended and self.encoding == "gzip"):
@@ -155,7 +160,7 @@ class _Decoder:
         return out
 
     def finish(self) -> None:
-        if self._stream is not None and not self._ended:
+        if self._first or (self._stream is not None and not self._ended):
             raise InvalidRequestError(f"The request body ends in the middle of its {self.encoding} stream.")
 
 

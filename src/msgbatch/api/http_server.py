@@ -102,7 +102,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return False
         except httptools.HttpParserUpgrade:
             pass  # no upgrades here (ws="none"): the request is served as plain HTTP
-        return not self.transport.is_closing()
+        return not self._refused and not self.transport.is_closing()
 
     # -- parser callbacks ------------------------------------------------------------------
 
@@ -112,8 +112,6 @@ class EdgeProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._head_bytes = 0
         self._heads_done += 1
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -128,6 +126,8 @@ class EdgeProtocol(HttpToolsProtocol):
                 400, "invalid_request_error", "Upgrade is not supported: send the request without an Upgrade header."
             )
             return
+        self._in_head = False
+        self._head_bytes = 0
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -183,18 +183,24 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, error_type: str, message: str) -> None:
         """Answer in the API's error shape and close, reading (and dropping) input for a moment."""
+        if self._refused:
+            return
         self._cancel_timers()
         log.info("http.refused status=%d peer=%s reason=%s", status, self._peer(), message)
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            if cycle.response_started:
-                # An answer to an earlier request on this connection is under way: no room for ours.
-                self.transport.close()
-                return
-            # The route is still reading this request (a bad chunk in its body): it reads no more
-            # and answers nothing, and says nothing of a client that left (api/exceptions.py).
+        if self._in_head:  # a request not handed to a route yet: answerable once the one before is
+            answerable = cycle is None or cycle.response_complete
+        else:  # the body of the request a route has: answerable if the route has not answered
+            answerable = cycle is not None and not cycle.response_started
+        if not answerable:
+            # An answer now would be taken for the answer to an earlier request: just close.
+            self.transport.close()
+            return
+        if not self._in_head:
+            # The route reads no more of this body and answers nothing, and says nothing of a
+            # client that left (api/exceptions.py).
             cycle.disconnected = True
             cycle.scope["state"]["refused"] = status
             cycle.message_event.set()
