@@ -524,6 +524,24 @@ def test_headers_over_the_limit_are_431(serve: ServeProcess) -> None:
     assert exchange(serve.port, request_head("GET", "/health", "connection: close", *some)).status == 200
 
 
+def test_the_header_limit_is_configurable(tmp_path: Path) -> None:
+    server = ServeProcess(tmp_path, env={"MSGBATCH_MAX_HEADER_BYTES": "2048"}).start()
+    try:
+        raw = exchange(server.port, request_head("GET", "/health", f"x-pad: {'p' * 2100}"))
+        assert check_raw(raw, 431, "request_too_large") == "The request line and headers exceed 2,048 bytes."
+        assert exchange(server.port, request_head("GET", "/health", "connection: close", "x-pad: p")).status == 200
+    finally:
+        server.stop()
+
+
+def test_a_gzip_create_on_a_real_socket(serve: ServeProcess) -> None:
+    body = gzip.compress(msgspec.json.encode(_body("a", "b")))
+    head = request_head("POST", B, "x-api-key: sk-ok", "content-encoding: gzip", f"content-length: {len(body)}")
+    raw = exchange(serve.port, head.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n") + body)
+    assert raw.status == 200, raw.body
+    assert msgspec.json.decode(raw.body)["request_counts"]["processing"] == 2
+
+
 def test_path_traversal_on_a_real_socket_is_404(serve: ServeProcess) -> None:
     for path in [f"{B}/msgbatch_x/../", f"{B}/../batches/", f"{B}/./", f"{B}/%2e%2e/"]:
         raw = exchange(serve.port, request_head("GET", path, f"x-api-key: {KEY}", "connection: close"))
