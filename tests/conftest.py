@@ -37,6 +37,16 @@ from msgbatch.store import Store
 from msgbatch.testing import ServerDidNotAnswer, free_port, wait_until_answers
 
 TEST_KEY = "sk-test-key"
+TIERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, the folder it lives in: `pytest -m "not acceptance"`
+    (or `pytest tests/unit tests/integration`) is the fast inner loop."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -67,6 +67,14 @@ _upstream_option = click.option(
     "openai=http://127.0.0.1:8000/v1 (POST /v1/chat/completions). Its key: MSGBATCH_UPSTREAM_API_KEY; "
     "its concurrency: --concurrency.",
 )
+_strict_batch_params_option = click.option(
+    "--strict-batch-params",
+    is_flag=True,
+    default=None,
+    help="Refuse (as errored results) what the hosted API refuses inside a batch, under each batch's "
+    "anthropic-version: sampling parameters from 2026-10-21 on, fast mode, threads, thinking budgets "
+    "below 1024, ... (MSGBATCH_STRICT_BATCH_PARAMS).  [default: off]",
+)
 _log_level_option = click.option(
     "--log-level", default="info", show_default=True, help="debug, info, warning or error."
 )
@@ -114,6 +122,7 @@ def main() -> None:
 @click.option("--no-worker", is_flag=True, default=False, help="Serve the API only; run no requests here.")
 @_log_level_option
 @_upstream_option
+@_strict_batch_params_option
 def serve(
     host: str | None,
     port: int | None,
@@ -129,6 +138,7 @@ def serve(
     no_worker: bool,
     log_level: str,
     upstream: str | None,
+    strict_batch_params: bool | None,
 ) -> None:
     """Run the API server (and, unless --no-worker, the dispatcher) in this process.
 
@@ -157,6 +167,7 @@ def serve(
         expiry=expiry,
         retention=retention,
         worker=False if no_worker else None,
+        strict_batch_params=strict_batch_params,
     )
     log = logging.getLogger("msgbatch")
     if settings.open_auth:
@@ -218,6 +229,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @_retention_option
 @_log_level_option
 @_upstream_option
+@_strict_batch_params_option
 def worker(
     database: str | None,
     simulate_latency: float | None,
@@ -228,6 +240,7 @@ def worker(
     retention: float | None,
     log_level: str,
     upstream: str | None,
+    strict_batch_params: bool | None,
 ) -> None:
     """Run requests, with no HTTP API: the worker of the scale-out shape.
 
@@ -250,6 +263,7 @@ def worker(
         lease=lease,
         grace=grace,
         retention=retention,
+        strict_batch_params=strict_batch_params,
     )
     logging.getLogger("msgbatch").info(
         "msgbatch %s worker database=%s concurrency=%d", __version__, _shown(settings.database), settings.concurrency

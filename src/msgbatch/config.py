@@ -127,7 +127,8 @@ class _HttpBackend(_Backend, frozen=True):
 
 class AnthropicBackendConfig(_HttpBackend, frozen=True, tag="anthropic"):
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
-    anthropic_version: NonEmpty = "2023-06-01"
+    # A pin when set; otherwise each batch's own anthropic-version goes upstream (2023-06-01 without one).
+    anthropic_version: NonEmpty | None = None
 
 
 class OpenAIBackendConfig(_HttpBackend, frozen=True, tag="openai"):
@@ -184,6 +185,8 @@ class Settings(_Table, frozen=True):
     lifecycle_interval: Seconds = Seconds(1)
     # Backends (backends/config.py builds the Router from these).
     upstream: str = ""  # `anthropic=URL` or `openai=URL`: one upstream serving every model
+    # Refuse (errored, invalid_request_error) what the hosted API refuses inside a batch.
+    strict_batch_params: bool = False
     default_backend: str | None = None
     backends: list[BackendConfig] = []
     routes: list[RouteConfig] = []

@@ -2,10 +2,13 @@
 
 Only the envelope is checked here (the request count, each `custom_id`, `params` being an
 object); what is inside `params` is checked per request when it runs, as the hosted API does.
+But the whole body must be JSON: msgspec skips over `params` without decoding its strings, so
+invalid UTF-8 in there is looked for here (`_check_utf8`), or it would be stored and fail later.
 """
 
 from __future__ import annotations
 
+import codecs
 import gc
 import re
 
@@ -26,6 +29,13 @@ class _CreateBody(msgspec.Struct, gc=False):
 
 
 _decoder = msgspec.json.Decoder(_CreateBody)
+_UTF8_SLICE = 1 << 20
+# A `\uD800`-`\uDBFF` escape not followed by a low one, or a `\uDC00`-`\uDFFF` not preceded by a
+# high one: an odd run of backslashes before the `u` makes it an escape rather than literal text.
+_LONE_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<![\\][uU][dD][89abAB][0-9a-fA-F]{2})(?<!\\)(?:\\\\)*(\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
 _MSGSPEC_PATH = re.compile(r"`\$((?:\.[A-Za-z_]\w*|\[\d+\])*)`")
 _TYPE_WORDS = {
     "str": "a valid string",
@@ -53,6 +63,48 @@ def _translate(exc: msgspec.ValidationError) -> str:
     return text
 
 
+def _not_json(body: bytes | bytearray | memoryview, exc: msgspec.DecodeError) -> InvalidRequestError:
+    """msgspec's complaint, unless the body holds a lone surrogate escape, which msgspec reports as
+    a truncated input or an unexpected end of a hex escape: say that instead."""
+    match = _LONE_SURROGATE.search(body)
+    if match is not None:
+        escape = (match.group(1) or match.group(2)).decode()
+        at = match.start(1) if match.group(1) else match.start(2)
+        return InvalidRequestError(
+            f"The request body is not valid JSON: {escape} at byte {at} is a lone UTF-16 surrogate "
+            "(a high surrogate escape must be followed by a low one, as in \\ud83d\\ude00)"
+        )
+    return InvalidRequestError(f"The request body is not valid JSON: {exc}")
+
+
+def _check_utf8(body: bytes | bytearray | memoryview) -> None:
+    # msgspec validated the strings it decoded, not the ones inside params (kept raw). An ASCII
+    # body is valid UTF-8, and isascii() scans 50 MB in a few milliseconds; any other body is
+    # decoded in slices, so that checking it never holds a second copy of it as a str.
+    data: bytes | bytearray
+    if isinstance(body, memoryview):  # the buffer it views, unless it views only part of it
+        obj = body.obj
+        data = obj if isinstance(obj, bytes | bytearray) and len(obj) == body.nbytes else body.tobytes()
+    else:
+        data = body
+    if data.isascii():
+        return
+    view = memoryview(data)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for start in range(0, len(view), _UTF8_SLICE):
+            decoder.decode(view[start : start + _UTF8_SLICE])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        try:  # the error path only: decode it whole for the exact position
+            bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(
+                f"The request body is not valid JSON: invalid UTF-8 at byte {exc.start} ({exc.reason})"
+            ) from None
+        raise InvalidRequestError("The request body is not valid JSON: invalid UTF-8") from None
+
+
 def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -> list[_Request]:
     """Check the envelope of a create call; params stay as the raw bytes they came as."""
     # The cyclic GC would walk 100k fresh objects several times during a big parse; it can't
@@ -65,10 +117,14 @@ def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -
         except msgspec.ValidationError as exc:
             raise InvalidRequestError(_translate(exc)) from None
         except msgspec.DecodeError as exc:
-            raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+            raise _not_json(body, exc) from None
+        except RecursionError:
+            # msgspec recurses once per level of nesting, params included (it skips them by parsing).
+            raise InvalidRequestError("The request body nests arrays and objects too deeply to be parsed") from None
     finally:
         if gc_was_enabled:
             gc.enable()
+    _check_utf8(body)
     requests = parsed.requests
     if not requests:
         raise InvalidRequestError("requests: List should have at least 1 item after validation, not 0")

@@ -2,9 +2,16 @@
 
 Runs once per request (up to 100,000 per batch), so it is plain `isinstance` checks and
 returns the first problem found as a message in the API's style, field path first
-(`messages.0.role: Input should be 'user' or 'assistant'`). Keys it does not know pass
+(`messages.0.role: Input should be 'user', 'assistant' or 'system'`). Keys it does not know pass
 untouched: the documents use top-level `web_search`, `citations`, `code_execution` objects and
 newer API fields must reach the backend. An optional key set to `null` counts as absent.
+
+With `strict=True` (the `strict_batch_params` setting) a request is also refused wherever the
+hosted API refuses it inside a batch (`_STRICT_REFUSALS`, thinking budgets below 1024, billing a
+user profile), and under the batch's `anthropic-version` rules (`version`, from the create call's
+header): from `2026-10-21` on, `temperature`, `top_p`, `top_k`, a `document` block in an assistant
+turn and non-empty `citations` on a user text block are refused. Without it they pass: local
+models want their sampling parameters.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ _OBJ = "Input should be a valid dictionary or object"
 _GE1 = "must be greater than or equal to 1"
 _STR_OR_BLOCKS = "Input should be a valid string or a list of content blocks"
 
-_ROLES = frozenset({"user", "assistant"})
+_ROLES = frozenset({"user", "assistant", "system"})
 _TOOL_CHOICE_TYPES = frozenset({"auto", "any", "tool", "none"})
 # `between_tools` is in the SDK's ThinkingConfigParam union, so a drop-in must take it too.
 _THINKING_TYPES = frozenset({"enabled", "disabled", "adaptive", "between_tools"})
+_CLEAR_AT = frozenset({"next_user_message", "never"})
+_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
 
 
 def _is_int(value: object) -> bool:
@@ -68,10 +77,17 @@ def _check_messages(messages: object) -> str | None:
         role = message.get("role")
         if role is None:
             return f"messages.{i}.role: {_REQUIRED}"
-        if role not in _ROLES:
-            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        # isinstance first: a dict or list role must not reach the frozenset lookup (unhashable).
+        if not isinstance(role, str) or role not in _ROLES:
+            return f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
         content = message.get("content")
-        if content is None:
+        if role == "system":
+            err = _check_system_message(message, i)
+            if err is not None:
+                return err
+            if content is None:
+                continue
+        elif content is None:
             return f"messages.{i}.content: {_REQUIRED}"
         if isinstance(content, str):
             continue
@@ -80,6 +96,20 @@ def _check_messages(messages: object) -> str | None:
         err = _check_blocks(content, f"messages.{i}.content")
         if err is not None:
             return err
+    return None
+
+
+def _check_system_message(message: dict[str, Any], i: int) -> str | None:
+    """A mid-conversation `role: "system"` message. Its beta form adds `clear_at` and a per-message
+    `output_config`, and may leave `content` out when it carries output_config fields."""
+    clear_at = message.get("clear_at")
+    if clear_at is not None and (not isinstance(clear_at, str) or clear_at not in _CLEAR_AT):
+        return f"messages.{i}.clear_at: Input should be 'next_user_message' or 'never'"
+    output_config = message.get("output_config")
+    if output_config is not None and not isinstance(output_config, dict):
+        return f"messages.{i}.output_config: {_OBJ}"
+    if message.get("content") is None and not output_config:
+        return f"messages.{i}: a system message needs content or output_config fields"
     return None
 
 
@@ -114,7 +144,7 @@ def _check_tool_choice(choice: object) -> str | None:
     ctype = choice.get("type")
     if ctype is None:
         return f"tool_choice.type: {_REQUIRED}"
-    if ctype not in _TOOL_CHOICE_TYPES:
+    if not isinstance(ctype, str) or ctype not in _TOOL_CHOICE_TYPES:
         return "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'"
     if ctype == "tool":
         name = choice.get("name")
@@ -131,7 +161,7 @@ def _check_thinking(thinking: object) -> str | None:
     ttype = thinking.get("type")
     if ttype is None:
         return f"thinking.type: {_REQUIRED}"
-    if ttype not in _THINKING_TYPES:
+    if not isinstance(ttype, str) or ttype not in _THINKING_TYPES:
         return "thinking.type: Input should be 'enabled', 'disabled', 'adaptive' or 'between_tools'"
     # The hosted API requires budget_tokens with "enabled"; the source documents omit it and
     # their examples must run, so only a budget that is present is checked.
@@ -144,8 +174,37 @@ def _check_thinking(thinking: object) -> str | None:
     return None
 
 
-def validate_params(params: object) -> str | None:
-    """Return None when `params` is an acceptable Messages request, else the error message."""
+def _check_output_config(config: object) -> str | None:
+    """`output_config`: `effort`, and `format` (structured outputs: a JSON schema)."""
+    if not isinstance(config, dict):
+        return f"output_config: {_OBJ}"
+    effort = config.get("effort")
+    if effort is not None and (not isinstance(effort, str) or effort not in _EFFORTS):
+        return "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        return f"output_config.format: {_OBJ}"
+    ftype = fmt.get("type")
+    if ftype is None:
+        return f"output_config.format.type: {_REQUIRED}"
+    if ftype != "json_schema":
+        return "output_config.format.type: Input should be 'json_schema'"
+    schema = fmt.get("schema")
+    if schema is None:
+        return f"output_config.format.schema: {_REQUIRED}"
+    if not isinstance(schema, dict):
+        return f"output_config.format.schema: {_OBJ}"
+    return None
+
+
+def validate_params(params: object, *, strict: bool = False, version: str | None = None) -> str | None:
+    """Return None when `params` is an acceptable Messages request, else the error message.
+
+    `strict`: refuse what the hosted API refuses inside a batch, under the rules of the batch's
+    anthropic-version `version` (None: the client sent none, as curl users do).
+    """
     if not isinstance(params, dict):
         return f"params: {_OBJ}"
 
@@ -225,4 +284,104 @@ def validate_params(params: object) -> str | None:
         if err is not None:
             return err
 
+    output_config = params.get("output_config")
+    if output_config is not None:
+        err = _check_output_config(output_config)
+        if err is not None:
+            return err
+
+    if strict:
+        return _hosted_refusal(params, version)
+    return None
+
+
+# --- strict: the hosted API's refusals inside a batch -----------------------------------------
+
+_IN_BATCHES = "is not supported in the Message Batches API"
+# Top-level keys the hosted API refuses in a batch request, whatever their value (null is absent):
+# fast mode, threads, and the research-preview flags. Its messages follow the API's own
+# `"stream=True" is not supported in the Message Batches API`.
+_STRICT_REFUSALS = {
+    "speed": f"speed: fast mode {_IN_BATCHES}",
+    "thread": f"thread: a thread (server-held conversation state) {_IN_BATCHES}",
+    "cache_hint": f"cache_hint: this research-preview flag {_IN_BATCHES}",
+    "context_hint": f"context_hint: this research-preview flag {_IN_BATCHES}",
+}
+_MIN_THINKING_BUDGET = 1024
+# The first API version that removed the sampling parameters and tightened message content.
+_VERSION_2026_10_21 = "2026-10-21"
+_SAMPLING = ("temperature", "top_p", "top_k")
+
+
+def _is_version_at_least(version: str | None, first: str) -> bool:
+    # Versions are dates; a value that is not one (a typo, a future scheme) gets no rules.
+    return (
+        version is not None
+        and len(version) == 10
+        and version[4] == "-"
+        and version[7] == "-"
+        and version.replace("-", "").isdigit()
+        and version >= first
+    )
+
+
+def _hosted_refusal(params: dict[str, Any], version: str | None) -> str | None:
+    for key, message in _STRICT_REFUSALS.items():
+        if params.get(key) is not None:
+            return message
+    thinking = params.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if budget is None:
+            return f"thinking.budget_tokens: {_REQUIRED}"
+        if budget < _MIN_THINKING_BUDGET:
+            return f"thinking.budget_tokens: Input should be greater than or equal to {_MIN_THINKING_BUDGET}"
+    billing = params.get("billing_policy")
+    if isinstance(billing, dict) and billing.get("bill_to") == "user_profile":
+        return f"billing_policy.bill_to: billing a user profile {_IN_BATCHES}"
+    if _is_version_at_least(version, _VERSION_2026_10_21):
+        return _refused_by_2026_10_21(params)
+    return None
+
+
+def _refused_by_2026_10_21(params: dict[str, Any]) -> str | None:
+    for key in _SAMPLING:
+        if key in params:  # refused even at its default value, even as null: the field is gone
+            return f"{key}: Extra inputs are not permitted"
+    for i, message in enumerate(params["messages"]):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        role = message["role"]
+        for j, block in enumerate(content):
+            btype = block["type"]
+            if role == "assistant" and btype == "document":
+                return (
+                    f"messages.{i}.content.{j}: a document block is not allowed in an assistant message "
+                    f"under anthropic-version {_VERSION_2026_10_21}; send documents in a user message"
+                )
+            if role == "user":
+                err = _user_citations(block, f"messages.{i}.content.{j}")
+                if err is not None:
+                    return err
+    return None
+
+
+def _user_citations(block: dict[str, Any], path: str) -> str | None:
+    """Non-empty `citations` on a user text block, directly or inside a search_result block."""
+    btype = block["type"]
+    if btype == "text":
+        if block.get("citations"):
+            return (
+                f"{path}.citations: citations are not allowed on a text block in a user message "
+                f"under anthropic-version {_VERSION_2026_10_21}"
+            )
+    elif btype == "search_result":
+        inner = block.get("content")
+        if isinstance(inner, list):
+            for k, item in enumerate(inner):
+                if isinstance(item, dict) and item.get("type") == "text":
+                    err = _user_citations(item, f"{path}.content.{k}")
+                    if err is not None:
+                        return err
     return None

@@ -13,10 +13,16 @@ The text answer, exactly:
 
 where E is the first 8 whitespace-separated words of the last `user` message's text (its
 string content, or its `text` blocks joined by one space) after `[[simulate ...]]` directives
-are removed, joined by single spaces; S is the first 4 words of the system prompt's text;
-and the filler is 6-48 words, stretched to a full stop, from a fixed built-in vocabulary.
+are removed, joined by single spaces; S is the first 4 words of the system prompt's text (the
+top-level `system`, then each `role: "system"` message in `messages` still shown to the model:
+one with `clear_at: "next_user_message"` is not once a later user message exists); and the
+filler is 6-48 words, stretched to a full stop, from a fixed built-in vocabulary.
 When the last user message has no text the head is `Based on the tool result:` (it holds a
 `tool_result` block) or `Regarding your message:`. One word counts as one output token.
+
+With structured outputs (`output_config.format`, or the older top-level `output_format`, of type
+`json_schema`) the text is instead a JSON document valid against the schema, generated from it as
+tool inputs are (below), and every 4 characters of it count as one output token.
 
 `stop_sequences` are searched in that text (after any `max_tokens` cut): the text is cut right
 before the earliest-ending match, with `stop_reason` `stop_sequence`. So a stop sequence taken
@@ -219,12 +225,48 @@ def _simulated_error(error_type: str) -> MsgbatchError:
 # --- prompt measurement -----------------------------------------------------------------------
 
 
-def _system_text(system: object) -> str:
-    if isinstance(system, str):
-        return system
-    if isinstance(system, list):
-        return " ".join(b["text"] for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
+def _text_of(content: object) -> str:
+    """The text of a system prompt: a string, or its text blocks joined by one space."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str))
     return ""
+
+
+def _system_text(params: dict[str, Any], top_level: str) -> str:
+    """The system prompt the model sees: the top-level one, then the mid-conversation system
+    messages still shown (`clear_at: "next_user_message"` hides one once a later user turn exists)."""
+    messages = params.get("messages")
+    if not isinstance(messages, list):
+        return top_level
+    parts = [top_level] if top_level else []
+    user_seen = False
+    for message in reversed(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role == "user":
+            user_seen = True
+        elif role == "system" and not (user_seen and message.get("clear_at") == "next_user_message"):
+            text = _text_of(message.get("content"))
+            if text:
+                parts.insert(1 if top_level else 0, text)
+    return " ".join(parts)
+
+
+def _output_schema(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema of a structured-outputs request (`output_config.format`, else the older
+    top-level `output_format`), or None."""
+    config = params.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt is None:
+        fmt = params.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema")
+        if isinstance(schema, dict):
+            return schema
+    return None
 
 
 def _block_chars(block: object) -> int:
@@ -512,7 +554,9 @@ def _generate(params: dict[str, Any], user_text: str, has_result: bool) -> dict[
     max_tokens = params.get("max_tokens")
     if not isinstance(max_tokens, int) or max_tokens < 1:
         max_tokens = 1
-    system_text = _system_text(params.get("system"))
+    top_system = _text_of(params.get("system"))
+    system_text = _system_text(params, top_system)
+    schema = _output_schema(params)
     if "tools" in params or "tool_choice" in params:
         tool, forced = _pick_tool(params, user_text, has_result)
     else:
@@ -552,11 +596,19 @@ def _generate(params: dict[str, Any], user_text: str, has_result: bool) -> dict[
         content.append({"type": "thinking", "thinking": shown, "signature": signature})
 
     if stop_reason == "end_turn":
-        if tool is None:
+        # The answer as units of one output token each: words joined by spaces, or for structured
+        # outputs the JSON document in runs of 4 characters joined by nothing.
+        sep = " "
+        if tool is None and schema is not None:
+            document = json.dumps(_value_for(schema, schema, random.Random(seed[16:48]), 0), ensure_ascii=False)
+            words = [document[i : i + 4] for i in range(0, len(document), 4)]
+            sep = ""
+        elif tool is None:
             words = _head(echo, system_text, has_result).split()
             words += _ANSWER_POOL[start : _ANSWER_ENDS[start + filler_len - 1]]
-        elif forced:
-            # A forced tool call comes without preamble, as from the real API.
+        elif forced or schema is not None:
+            # A forced tool call comes without preamble, as from the real API; so does one whose
+            # text would have to be JSON.
             words = []
         else:
             words = f"I'll use the {tool['name']} tool for this.".split()
@@ -565,7 +617,7 @@ def _generate(params: dict[str, Any], user_text: str, has_result: bool) -> dict[
         cut = len(words) > limit
         if cut:
             words = words[:limit]
-        text = " ".join(words)
+        text = sep.join(words)
         hit: tuple[int, int, str] | None = None  # (start, end, sequence)
         stop_sequences = params.get("stop_sequences")
         if stop_sequences and text:
@@ -577,7 +629,8 @@ def _generate(params: dict[str, Any], user_text: str, has_result: bool) -> dict[
         if hit is not None:
             text = text[: hit[0]]
             # The stop sequence itself was generated, and billed, but is not returned.
-            used = min(max_tokens, used + len(text.split()) + 1)
+            spent = len(text.split()) if sep else -(-len(text) // 4)
+            used = min(max_tokens, used + spent + 1)
             stop_reason, stop_sequence = "stop_sequence", hit[2]
         elif cut:
             used = max_tokens
@@ -614,7 +667,7 @@ def _generate(params: dict[str, Any], user_text: str, has_result: bool) -> dict[
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {
-            "input_tokens": max(1, (_prompt_chars(params, system_text) + 3) // 4),
+            "input_tokens": max(1, (_prompt_chars(params, top_system) + 3) // 4),
             # The API bills at least one output token even for an empty answer.
             "output_tokens": max(1, used),
             "cache_creation_input_tokens": 0,

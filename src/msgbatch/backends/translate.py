@@ -5,6 +5,7 @@ Request (Messages params -> chat completion body):
 | Messages | Chat Completions |
 |---|---|
 | `system` (string or text blocks) | a first `system` message |
+| `role: "system"` messages in `messages` | `system` messages in place (see below) |
 | `text` / `image` (base64 or url) blocks | a string, or `text` / `image_url` parts |
 | assistant `tool_use` blocks | the assistant message's `tool_calls` (arguments as JSON) |
 | user `tool_result` blocks | `tool` messages, before the rest of that user turn |
@@ -12,20 +13,28 @@ Request (Messages params -> chat completion body):
 | `tool_choice.disable_parallel_tool_use` | `parallel_tool_calls: false` |
 | `max_tokens`, `temperature`, `top_p`, `top_k` | the same names |
 | `stop_sequences`, `metadata.user_id` | `stop`, `user` |
-| `output_format` `{"type": "json_schema", "schema": …}` | `response_format` json_schema |
+| `output_config.format` (or the older `output_format`), JSON schema | `response_format` json_schema |
+| `output_config.effort` (or a system message's) | `reasoning_effort` (`xhigh`, `max` -> `high`) |
+| a custom tool's `strict: true` | the function's `strict: true` |
 
+A mid-conversation system message goes where it stands, its text blocks joined; one with
+`clear_at: "next_user_message"` is left out once a later user message exists (the model no longer
+sees it), and the effort of the last system message after the last user message is the turn's.
 `thinking` blocks of earlier assistant turns are dropped (a chat server cannot check them), and
 `thinking` itself only decides whether a reasoning answer comes back as a `thinking` block.
-Keys without a Chat Completions meaning (`cache_control`, `service_tier`, `context_management`, …)
-are left out. Anything whose meaning would be lost — documents, server tools, MCP servers,
-images inside tool results, search results — raises `Untranslatable`, which the backend reports
-as an `invalid_request_error` result.
+Keys that change how a request is run or billed but not what it asks (`cache_control`,
+`service_tier`, `speed`, `inference_geo`, `diagnostics`, `billing_policy`, `fallbacks`, …) are
+left out. Anything whose meaning would be lost — documents, server tools, MCP servers, images
+inside tool results, search results, and the beta features `compaction`, `thread`,
+`context_management`, `output_config.task_budget`, mid-conversation tool changes — raises
+`Untranslatable`, which the backend reports as an `invalid_request_error` result saying what.
 
 Answer (chat completion -> Message): text content -> a `text` block, `tool_calls` -> `tool_use`
 blocks with their arguments parsed, reasoning -> a `thinking` block when thinking was asked for,
 `finish_reason` `stop` -> `end_turn` (or `stop_sequence` when the server names the sequence that
-matched, as vLLM does), `length` -> `max_tokens`, `tool_calls` -> `tool_use`, `content_filter`
--> `refusal`; usage -> input/output tokens, cached prompt tokens -> `cache_read_input_tokens`.
+matched: vLLM's `stop_reason`, SGLang's `matched_stop`), `length` -> `max_tokens`, `tool_calls`
+-> `tool_use`, `content_filter` -> `refusal`; usage -> input/output tokens, cached prompt tokens
+-> `cache_read_input_tokens`.
 """
 
 from __future__ import annotations
@@ -53,6 +62,16 @@ _FINISH = {
     "content_filter": "refusal",
 }
 _IGNORED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+# Top-level keys whose meaning a chat completion cannot carry: refused rather than dropped.
+_UNTRANSLATABLE_KEYS = {
+    "mcp_servers": "mcp_servers",
+    "container": "container",
+    "compaction": "compaction (the beta compaction request)",
+    "thread": "thread (server-held conversation state)",
+    "context_management": "context_management (context editing)",
+}
+# Chat Completions' reasoning_effort stops at `high` on most servers.
+_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 
 
 def _no(path: str, what: str) -> Untranslatable:
@@ -126,6 +145,32 @@ def _tool_call(block: dict[str, Any], path: str) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+def _system_message(message: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """A mid-conversation system message as a Chat Completions `system` message (None: no text)."""
+    content = message.get("content")
+    if content is None:
+        return None
+    if isinstance(content, str):
+        text = content
+    else:
+        text = "\n".join(p["text"] for p in _text_of_blocks(content, f"{path}.content"))
+    return {"role": "system", "content": text} if text else None
+
+
+def _shown(messages: list[Any]) -> list[bool]:
+    """Which messages the model sees: a system message with `clear_at: "next_user_message"` is
+    not once a later user message exists."""
+    shown = [True] * len(messages)
+    user_seen = False
+    for i in range(len(messages) - 1, -1, -1):
+        role = messages[i]["role"]
+        if role == "user":
+            user_seen = True
+        elif role == "system" and user_seen and messages[i].get("clear_at") == "next_user_message":
+            shown[i] = False
+    return shown
+
+
 def _messages(params: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     system = params.get("system")
@@ -135,8 +180,16 @@ def _messages(params: dict[str, Any]) -> list[dict[str, Any]]:
     elif isinstance(system, list) and system:
         parts = _text_of_blocks(system, "system")
         out.append({"role": "system", "content": "\n".join(p["text"] for p in parts)})
-    for i, message in enumerate(params["messages"]):
-        role, content = message["role"], message["content"]
+    messages = params["messages"]
+    for i, (message, shown) in enumerate(zip(messages, _shown(messages), strict=True)):
+        role = message["role"]
+        if role == "system":
+            # Translated even when hidden: its tool changes (untranslatable) outlive its text.
+            system_turn = _system_message(message, f"messages.{i}")
+            if shown and system_turn is not None:
+                out.append(system_turn)
+            continue
+        content = message["content"]
         if isinstance(content, str):
             out.append({"role": role, "content": content})
             continue
@@ -174,6 +227,33 @@ def _messages(params: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _effort(params: dict[str, Any]) -> str | None:
+    """The effort of the turn being generated: that of the last system message after the last
+    user message that sets one, else the top-level `output_config.effort`."""
+    for message in reversed(params["messages"]):
+        role = message["role"]
+        if role == "user":
+            break
+        config = message.get("output_config") if role == "system" else None
+        if isinstance(config, dict) and config.get("effort") is not None:
+            return str(config["effort"])
+    config = params.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    return str(effort) if effort is not None else None
+
+
+def _response_format(params: dict[str, Any]) -> dict[str, Any] | None:
+    config = params.get("output_config")
+    fmt, where = (config.get("format"), "output_config.format") if isinstance(config, dict) else (None, "")
+    if fmt is None:
+        fmt, where = params.get("output_format"), "output_format"
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise _no(where, f"this {where}")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt.get("schema") or {}}}
+
+
 def _tools(tools: list[Any]) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(tools):
@@ -183,6 +263,8 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
         function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
         if isinstance(tool.get("description"), str):
             function["description"] = tool["description"]
+        if tool.get("strict") is True:
+            function["strict"] = True
         out.append({"type": "function", "function": function})
     return out
 
@@ -208,9 +290,12 @@ def to_chat_completion(params: dict[str, Any], model: str | None = None) -> dict
 
 
 def _to_chat_completion(params: dict[str, Any], model: str | None) -> dict[str, Any]:
-    for key in ("mcp_servers", "container"):
+    for key, what in _UNTRANSLATABLE_KEYS.items():
         if params.get(key):
-            raise _no(key, key)
+            raise _no(key, what)
+    config = params.get("output_config")
+    if isinstance(config, dict) and config.get("task_budget") is not None:
+        raise _no("output_config.task_budget", "a task budget")
     body: dict[str, Any] = {
         "model": model or params["model"],
         "messages": _messages(params),
@@ -235,14 +320,14 @@ def _to_chat_completion(params: dict[str, Any], model: str | None) -> dict[str, 
     metadata = params.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         body["user"] = metadata["user_id"]
-    output_format = params.get("output_format")
-    if output_format is not None:
-        if not isinstance(output_format, dict) or output_format.get("type") != "json_schema":
-            raise _no("output_format", "this output_format")
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "output", "schema": output_format.get("schema") or {}},
-        }
+    response_format = _response_format(params)
+    if response_format is not None:
+        body["response_format"] = response_format
+    effort = _effort(params)
+    if effort is not None:
+        if effort not in _EFFORT:
+            raise _no("output_config.effort", f"the effort {effort!r}")
+        body["reasoning_effort"] = _EFFORT[effort]
     return body
 
 
@@ -334,9 +419,12 @@ def from_chat_completion(answer: dict[str, Any], params: dict[str, Any], backend
     if any(block["type"] == "tool_use" for block in content):
         stop_reason = "tool_use"
     elif stop_reason == "end_turn":
-        matched = choice.get("stop_reason")  # vLLM: the stop string that ended the answer
-        if isinstance(matched, str) and matched in (params.get("stop_sequences") or ()):
-            stop_reason, stop_sequence = "stop_sequence", matched
+        # The stop string that ended the answer: vLLM's `stop_reason`, SGLang's `matched_stop`.
+        for key in ("stop_reason", "matched_stop"):
+            matched = choice.get(key)
+            if isinstance(matched, str) and matched in (params.get("stop_sequences") or ()):
+                stop_reason, stop_sequence = "stop_sequence", matched
+                break
 
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
     assert isinstance(usage, dict)

@@ -56,8 +56,10 @@ class Dispatcher:
         flush_max: int = 1000,
         claim_max: int = 1000,
         metrics: Metrics | None = None,
+        strict_batch_params: bool = False,
     ) -> None:
         self.manager = manager
+        self.strict_batch_params = strict_batch_params
         self.router = router
         self.concurrency = concurrency
         self.lease_us = int(lease_seconds * 1_000_000)
@@ -101,6 +103,7 @@ class Dispatcher:
             lease_seconds=settings.lease_seconds,
             poll_interval=settings.poll_interval,
             metrics=metrics,
+            strict_batch_params=settings.strict_batch_params,
         )
 
     def _report_limits(self) -> None:
@@ -286,9 +289,10 @@ class Dispatcher:
             return Outcome(job.id, job.batch, EXPIRED, expired_line(job.custom_id))
         try:
             params = _decode(job.params)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             return self._errored(job, "invalid_request_error", f"params: {exc}")
-        problem = validate_params(params)
+        context = self._context(job)
+        problem = validate_params(params, strict=self.strict_batch_params, version=context.anthropic_version)
         if problem is not None:
             return self._errored(job, "invalid_request_error", problem)
         model = params["model"]
@@ -299,7 +303,7 @@ class Dispatcher:
         request_canceled.set(lambda: job.batch in self._canceled)
         started = time.perf_counter()
         try:
-            message = await backend.create_message(params, self._context(job))
+            message = await backend.create_message(params, context)
         except RequestCanceled:
             return Outcome(job.id, job.batch, CANCELED, canceled_line(job.custom_id))
         except MsgbatchError as exc:

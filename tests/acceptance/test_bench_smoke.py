@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_core.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_core.py"
 
 
 def test_bench_core_quick(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
 
 Skipped unless `MSGBATCH_TEST_UPSTREAM_URL` names the server's root, e.g.
 
-    MSGBATCH_TEST_UPSTREAM_URL=http://127.0.0.1:8011 pytest tests/test_real_upstream.py -s
+    MSGBATCH_TEST_UPSTREAM_URL=http://127.0.0.1:8011 pytest tests/acceptance/test_real_upstream.py -s
 
 (`MSGBATCH_TEST_UPSTREAM_MODEL`: the served model name, default `tiny-llama`;
 `MSGBATCH_TEST_UPSTREAM_REQUESTS`: requests per batch, default 300;

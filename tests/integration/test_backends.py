@@ -104,7 +104,7 @@ async def test_anthropic_backend_forwards_params_headers_and_key(tmp_path: Path,
     assert call.path == "/v1/messages"
     assert call.body == request("a", **extra)["params"]  # as received, unknown keys included
     assert call.headers["x-api-key"] == UPSTREAM_KEY
-    assert call.headers["anthropic-version"] == "2023-06-01"
+    assert call.headers["anthropic-version"] == "2026-10-21"  # the batch's own: what the SDK sent
     assert call.headers["anthropic-beta"] == "files-api-2025-04-14,custom-beta"
     message = results["a"].message
     assert message.content[0].text == "echo: a"
@@ -120,7 +120,7 @@ async def test_connections_are_pooled(msgbatch: MsgBatchServer, fake: FakeUpstre
     # 60 requests, at most 16 at once: far fewer connections than requests.
     backend = msgbatch.router.default
     assert isinstance(backend, AdaptiveLimiter)
-    assert 1 <= backend.inner._client.connections <= 16  # type: ignore[attr-defined]
+    assert 1 <= backend.inner.inner._client.connections <= 16  # type: ignore[attr-defined]
 
 
 async def test_openai_round_trip_text_system_tools_stop_images(tmp_path: Path, fake: FakeUpstream) -> None:

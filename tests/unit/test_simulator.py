@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import re
 import time
 from typing import Any
 
+import jsonschema
 import pydantic
 import pytest
 from anthropic.types.beta.messages import BetaMessageBatchIndividualResponse
@@ -609,3 +611,93 @@ def test_simulate_does_not_mutate_params() -> None:
     before = copy.deepcopy(p)
     simulate(p)
     assert p == before
+
+
+# --- mid-conversation system messages ---------------------------------------------------------
+
+
+def test_system_messages_in_messages_join_the_system_prompt() -> None:
+    p = params(system="Be brief.")
+    p["messages"] = [
+        {"role": "user", "content": "Hello there"},
+        {"role": "system", "content": "Answer in French"},
+        {"role": "assistant", "content": "D'accord"},
+        {"role": "system", "content": [{"type": "text", "text": "Cleared"}], "clear_at": "next_user_message"},
+        {"role": "user", "content": QUESTION},
+        {"role": "system", "output_config": {"effort": "low"}},  # beta: no content
+    ]
+    assert validate_params(p) is None
+    text = text_of(run(p))
+    assert text.startswith(f'Following the system prompt ("Be brief. Answer in"), regarding "{QUESTION}":')
+    # Without a later user message a next_user_message system message is still shown.
+    p["messages"] = [
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "Now shown", "clear_at": "next_user_message"},
+    ]
+    assert text_of(run(p)).startswith('Following the system prompt ("Be brief. Now shown"), regarding "Hi":')
+    del p["system"]
+    assert text_of(run(p)).startswith('Following the system prompt ("Now shown"), regarding "Hi":')
+
+
+# --- structured outputs -----------------------------------------------------------------------
+
+STRUCTURED_SCHEMAS: list[dict[str, Any]] = [
+    {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer", "minimum": 0, "maximum": 130},
+            "email": {"type": "string", "format": "email"},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "plan": {"type": "string", "enum": ["free", "pro"]},
+            "score": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "address": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "zip": {"type": ["string", "null"]}},
+                "required": ["city", "zip"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["name", "age", "email", "tags", "plan", "score", "address"],
+        "additionalProperties": False,
+    },
+    {
+        "$defs": {"item": {"type": "object", "properties": {"sku": {"const": "A-1"}}, "required": ["sku"]}},
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/item"}, "minItems": 2}},
+        "required": ["items"],
+    },
+    {"type": "array", "items": {"anyOf": [{"type": "integer", "multipleOf": 5}, {"type": "null"}]}, "minItems": 3},
+    {"type": "string", "minLength": 12},
+]
+
+
+@pytest.mark.parametrize("schema", STRUCTURED_SCHEMAS)
+@pytest.mark.parametrize("where", ["output_config", "output_format"])
+def test_structured_output_is_json_valid_against_the_schema(schema: dict[str, Any], where: str) -> None:
+    fmt = {"type": "json_schema", "schema": schema}
+    for i in range(10):
+        extra = {"output_config": {"format": fmt}} if where == "output_config" else {"output_format": fmt}
+        p = params(f"Extract the record, take {i}", **extra)
+        assert validate_params(p) is None
+        message = run(p)
+        assert message["stop_reason"] == "end_turn"
+        [block] = message["content"]
+        jsonschema.validate(json.loads(block["text"]), schema)
+        assert message["usage"]["output_tokens"] == -(-len(block["text"]) // 4)
+
+
+def test_structured_output_under_max_tokens_and_stop_sequences() -> None:
+    schema = STRUCTURED_SCHEMAS[0]
+    p = params(output_config={"format": {"type": "json_schema", "schema": schema}, "effort": "low"}, max_tokens=3)
+    message = run(p)
+    assert message["stop_reason"] == "max_tokens" and message["usage"]["output_tokens"] == 3
+    assert len(message["content"][0]["text"]) == 12  # 3 tokens of 4 characters: a cut document
+    p = params(output_config={"format": {"type": "json_schema", "schema": schema}}, stop_sequences=['"age"'])
+    message = run(p)
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", '"age"')
+    assert message["content"][0]["text"].startswith('{"name": ')
+    # A forced tool still answers with the tool call, without a preamble.
+    p = params(output_config={"format": {"type": "json_schema", "schema": schema}}, tools=[WEATHER])
+    p["tool_choice"] = {"type": "tool", "name": "get_weather"}
+    assert [b["type"] for b in run(p)["content"]] == ["tool_use"]

@@ -23,7 +23,7 @@ from msgbatch.store import open_store
 from msgbatch.store.queries import load_queries, migrations
 from msgbatch.store.sqlite import SQLiteStore
 
-RELEASE_0_1_0 = Path(__file__).parent / "data" / "release-0.1.0.db"
+RELEASE_0_1_0 = Path(__file__).parent.parent / "data" / "release-0.1.0.db"
 LATEST = migrations(load_queries("sqlite"))[-1][0]
 
 

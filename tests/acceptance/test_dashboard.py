@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 KEY = "dash-key"
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 MODEL = "claude-sonnet-4-5-20250929"
 
 

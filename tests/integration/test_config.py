@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -27,7 +28,7 @@ from msgbatch.config import (
 )
 from msgbatch.testing import free_port
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def from_file(tmp_path: Path, content: str, env: dict[str, str] | None = None, **flags: object) -> Settings:
@@ -371,3 +372,50 @@ def test_a_list_setting_reads_its_env_var_comma_separated(monkeypatch: pytest.Mo
     ]
     with pytest.raises(ConfigError, match=r"^MSGBATCH_WAITS: expected a duration .*, got 'soon'$"):
         list(config._from_env({"MSGBATCH_WAITS": "1s,soon"}))
+
+
+def test_strict_batch_params_from_file_env_and_flag(tmp_path: Path) -> None:
+    assert load_settings(None, env={}).strict_batch_params is False  # off by default
+    config = tmp_path / "msgbatch.toml"
+    config.write_text("strict_batch_params = true\n")
+    assert load_settings(str(config), env={}).strict_batch_params is True
+    assert load_settings(str(config), env={"MSGBATCH_STRICT_BATCH_PARAMS": "false"}).strict_batch_params is False
+    assert load_settings(None, env={"MSGBATCH_STRICT_BATCH_PARAMS": "true"}).strict_batch_params is True
+    assert load_settings(None, env={}, strict_batch_params=True).strict_batch_params is True
+    config.write_text('strict_batch_params = "maybe"\n')
+    with pytest.raises(ConfigError, match="strict_batch_params: expected"):
+        load_settings(str(config), env={})
+    with pytest.raises(ConfigError, match="MSGBATCH_STRICT_BATCH_PARAMS: expected"):
+        load_settings(None, env={"MSGBATCH_STRICT_BATCH_PARAMS": "2"})
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [([], {}, False), (["--strict-batch-params"], {}, True), ([], {"MSGBATCH_STRICT_BATCH_PARAMS": "true"}, True)],
+)
+def test_strict_batch_params_flag_and_env_on_serve_and_worker(
+    command: str, args: list[str], env: dict[str, str], expected: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    import msgbatch.api.app
+    import msgbatch.engine.worker
+    from msgbatch.cli import main
+
+    seen: list[bool] = []
+
+    class Recorder:
+        def __init__(self, settings: Any) -> None:
+            seen.append(settings.strict_batch_params)
+            self.app = None
+
+        async def run(self) -> None:
+            return None
+
+    monkeypatch.setattr(msgbatch.api.app, "MsgBatchServer", Recorder)
+    monkeypatch.setattr(msgbatch.engine.worker, "Worker", Recorder)
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: None)
+    result = CliRunner().invoke(main, [command, "--database", str(tmp_path / "x.db"), *args], env=env)
+    assert result.exit_code == 0, result.output
+    assert seen == [expected]

@@ -305,3 +305,133 @@ def test_malformed_answers_are_retryable(answer: dict[str, Any]) -> None:
     with pytest.raises(MsgbatchError) as caught:
         from_chat_completion(answer, params())
     assert caught.value.type == "api_error" and caught.value.retryable
+
+
+# --- the current SDK's shapes -----------------------------------------------------------------
+
+
+def test_system_messages_in_place() -> None:
+    body = to_chat_completion(
+        params(
+            system="Be brief.",
+            messages=[
+                {"role": "user", "content": "Hi"},
+                {
+                    "role": "system",
+                    "content": [{"type": "text", "text": "Answer"}, {"type": "text", "text": "in French"}],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "D'accord"}]},
+                {"role": "system", "content": "Shown once", "clear_at": "next_user_message"},
+                {"role": "user", "content": "Why?"},
+                {"role": "system", "content": "Still shown", "clear_at": "never"},
+                {"role": "system", "output_config": {"effort": "medium"}},
+            ],
+        )
+    )
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "Answer\nin French"},  # not an assistant turn: a system message
+        {"role": "assistant", "content": "D'accord"},
+        {"role": "user", "content": "Why?"},
+        {"role": "system", "content": "Still shown"},
+    ]
+    assert body["reasoning_effort"] == "medium"  # the system message's, for the turn after it
+
+
+@pytest.mark.parametrize(
+    ("config", "effort"),
+    [
+        ({"effort": "low"}, "low"),
+        ({"effort": "high"}, "high"),
+        ({"effort": "xhigh"}, "high"),
+        ({"effort": "max"}, "high"),
+        ({"effort": None}, None),
+        ({}, None),
+    ],
+)
+def test_effort(config: dict[str, Any], effort: str | None) -> None:
+    assert to_chat_completion(params(output_config=config)).get("reasoning_effort") == effort
+
+
+def test_structured_outputs_and_strict_tools() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    expected = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    body = to_chat_completion(params(output_config={"format": {"type": "json_schema", "schema": schema}}))
+    assert body["response_format"] == expected
+    # The older top-level output_format keeps working; output_config.format wins over it.
+    assert to_chat_completion(params(output_format={"type": "json_schema", "schema": schema}))["response_format"] == (
+        expected
+    )
+    both = params(output_config={"format": {"type": "json_schema", "schema": schema}}, output_format={"type": "x"})
+    assert to_chat_completion(both)["response_format"] == expected
+    tool = {**WEATHER, "strict": True}
+    assert to_chat_completion(params(tools=[tool]))["tools"][0]["function"]["strict"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"compaction": {"type": "summarize"}}, "compaction: compaction .* cannot be sent"),
+        ({"thread": {"type": "continue", "previous_message_id": "msg_1"}}, "thread: thread .* cannot be sent"),
+        (
+            {"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}},
+            "context_management: context_management .* cannot be sent",
+        ),
+        ({"output_config": {"task_budget": {"type": "tokens", "total": 1000}}}, "output_config.task_budget"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "system", "content": [{"type": "tool_addition", "tool": {"type": "tool_reference"}}]},
+                ]
+            },
+            "messages.1.content.0: a tool_addition block cannot be sent",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "system",
+                        "content": [{"type": "tool_removal", "tool": {}}],
+                        "clear_at": "next_user_message",
+                    },
+                    {"role": "user", "content": "Hi"},
+                ]
+            },
+            "messages.0.content.0: a tool_removal block cannot be sent",  # hidden text, lasting tool change
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "compaction", "content": "summary"}]}]},
+            "messages.0.content.0: a compaction block cannot be sent",
+        ),
+    ],
+)
+def test_untranslatable_beta_features_say_what(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(Untranslatable, match=message):
+        to_chat_completion(params(**extra))
+
+
+def test_features_that_only_change_how_a_request_runs_are_left_out() -> None:
+    body = to_chat_completion(
+        params(
+            speed="fast",
+            inference_geo="us",
+            diagnostics={"previous_message_id": None},
+            billing_policy={"type": "billing_policy", "bill_to": "self"},
+            fallbacks="default",
+            cache_control={"type": "ephemeral"},
+            user_profile_id="up_1",
+            context_management=None,
+        )
+    )
+    assert set(body) == {"model", "messages", "max_tokens"}
+
+
+def test_sglang_names_the_matched_stop_sequence() -> None:
+    answer = completion({"role": "assistant", "content": "Paris"}, "stop", matched_stop="END")
+    message = from_chat_completion(answer, params(stop_sequences=["END"]))
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
+    # A token id (SGLang's matched EOS) is not a stop sequence.
+    answer = completion({"role": "assistant", "content": "Paris"}, "stop", matched_stop=128009)
+    assert from_chat_completion(answer, params(stop_sequences=["END"]))["stop_reason"] == "end_turn"

@@ -136,6 +136,14 @@ def _create(name: str, body: Any, message: str | None = None, prefix: str | None
     return Case(name, "POST", B, 400, "invalid_request_error", message, prefix, json=body, **kw)
 
 
+def _raw_params(params: bytes, custom_id: bytes = b'"a"') -> bytes:
+    return b'{"requests": [{"custom_id": ' + custom_id + b', "params": ' + params + b"}]}"
+
+
+def _nested(depth: int) -> bytes:
+    return _raw_params(b'{"model": "m", "x": ' + b"[" * depth + b"]" * depth + b"}")
+
+
 def _req(custom_id: Any = "a", params: Any = None, drop: str = "") -> dict[str, Any]:
     r: dict[str, Any] = {
         "custom_id": custom_id,
@@ -181,6 +189,35 @@ CASES = [
     _create("params-number", {"requests": [_req(params=5)]}),
     _create("params-null", {"requests": [{"custom_id": "a", "params": None}]}),
     _create("params-true", {"requests": [{"custom_id": "a", "params": True}]}),
+    # Found by fuzzing: these were a 500 (RecursionError), accepted and stored (invalid UTF-8 inside
+    # params, which msgspec keeps raw), or refused with "unexpected end of hex escape".
+    _create("params-nested-967", _nested(967), "The request body nests arrays and objects too deeply to be parsed"),
+    _create("params-nested-1800", _nested(1800), "The request body nests arrays and objects too deeply to be parsed"),
+    _create(
+        "params-invalid-utf8",
+        _raw_params(b'{"model": "m\xff", "max_tokens": 1, "messages": []}'),
+        "The request body is not valid JSON: invalid UTF-8 at byte 55 (invalid start byte)",
+    ),
+    _create(
+        "params-truncated-utf8",
+        _raw_params(b'{"model": "caf\xc3", "max_tokens": 1, "messages": []}'),
+        prefix="The request body is not valid JSON: invalid UTF-8 at byte 57",
+    ),
+    _create(
+        "params-lone-surrogate",
+        _raw_params(b'{"model": "\\ud800", "max_tokens": 1, "messages": []}'),
+        prefix="The request body is not valid JSON: \\ud800 at byte 54 is a lone UTF-16 surrogate",
+    ),
+    _create(
+        "params-lone-low-surrogate",
+        _raw_params(b'{"model": "x\\udfffy", "max_tokens": 1, "messages": []}'),
+        prefix="The request body is not valid JSON: \\udfff at byte 55 is a lone UTF-16 surrogate",
+    ),
+    _create(
+        "custom-id-lone-surrogate",
+        _raw_params(b"{}", custom_id=b'"\\ud83d"'),
+        prefix="The request body is not valid JSON: \\ud83d at byte 29 is a lone UTF-16 surrogate",
+    ),
     Case("too-large", "POST", B, 413, "request_too_large", content=b'{"requests": [' + b" " * MAX_BODY + b"]}"),
     # unknown ids
     Case("retrieve-unknown", "GET", f"{B}/{UNKNOWN}", 404, "not_found_error", NOT_FOUND),
