@@ -619,7 +619,7 @@ async def _ended_batch(http: httpx2.AsyncClient) -> str:
         ({"x-forwarded-proto": "https", "x-forwarded-host": "api.example.com"}, "https://api.example.com"),
         ({"host": "10.0.0.5:8787", "x-forwarded-host": "api.example.com:8443"}, "http://api.example.com:8443"),
         # Of several values the last counts: the one the nearest (trusted) proxy added; the first
-        # may be whatever the client sent (tests/test_forwarded.py).
+        # may be whatever the client sent (tests/integration/test_forwarded.py).
         ({"x-forwarded-proto": "https, http", "x-forwarded-host": "edge.example, inner:8787"}, "http://inner:8787"),
     ],
     ids=["default", "host", "proto", "proto+host", "forwarded-host-wins", "proxy-chain-last-value"],

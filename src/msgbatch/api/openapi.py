@@ -6,7 +6,7 @@ dialect (OpenAI's `/v1/files` + `/v1/batches`) adds a function like `message_bat
 entry in `GROUPS`.
 
 The document promises exactly what the server does, and CI holds it to that:
-`tests/test_openapi_fuzz.py` drives schemathesis against a real `msgbatch serve` and fails on any
+`tests/acceptance/test_openapi_fuzz.py` drives schemathesis against a real `msgbatch serve` and fails on any
 server error or any response outside these schemas (statuses, headers, bodies, content types).
 """
 

@@ -4,7 +4,7 @@ The schemathesis command runs all its phases (examples, coverage of boundary val
 unsupported methods, random fuzzing, stateful create -> retrieve/cancel/results/delete chains)
 with every check on: no 5xx, statuses, content types, headers and bodies exactly as documented,
 auth enforced, invalid input refused, 405 with `Allow`, a deleted batch gone. The rules JSON
-Schema cannot express are in tests/schemathesis.toml and tests/fuzz_hooks.py.
+Schema cannot express are in tests/acceptance/schemathesis.toml and tests/acceptance/fuzz_hooks.py.
 
 Bounded and repeatable: a fixed seed and `MSGBATCH_FUZZ_EXAMPLES` examples per operation and
 phase (default 40: over 2,000 cases in about 20 s). `MSGBATCH_FUZZ_SEED=random` (or any number)

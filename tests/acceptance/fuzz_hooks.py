@@ -1,4 +1,4 @@
-"""schemathesis hooks (tests/schemathesis.toml): what JSON Schema cannot say about valid input.
+"""schemathesis hooks (tests/acceptance/schemathesis.toml): what JSON Schema cannot say about valid input.
 
 custom_ids are unique within a batch, and a list takes one cursor at most. A case generated as
 valid is made to follow both rules; a case generated as invalid stays as it is (duplicates are
