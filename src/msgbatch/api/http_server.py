@@ -38,7 +38,14 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from msgbatch.config import Settings
-from msgbatch.errors import error_body
+from msgbatch.errors import (
+    HeadersTooLargeError,
+    InvalidRequestError,
+    MsgbatchError,
+    RequestTimeoutError,
+    URITooLongError,
+    error_body,
+)
 from msgbatch.ids import new_request_id
 
 log = logging.getLogger("msgbatch.http")
@@ -98,7 +105,7 @@ class EdgeProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._refuse(400, "invalid_request_error", f"Invalid HTTP request: {exc}")
+            self._refuse(InvalidRequestError(f"Invalid HTTP request: {exc}"))
             return False
         except httptools.HttpParserUpgrade:
             pass  # no upgrades here (ws="none"): the request is served as plain HTTP
@@ -122,9 +129,7 @@ class EdgeProtocol(HttpToolsProtocol):
         ):
             # llhttp hands what follows an `Upgrade` request's head to the new protocol, so its body
             # would never reach the route (curl --http2 sends `Upgrade: h2c` on plain http://).
-            self._refuse(
-                400, "invalid_request_error", "Upgrade is not supported: send the request without an Upgrade header."
-            )
+            self._refuse(InvalidRequestError("Upgrade is not supported: send the request without an Upgrade header."))
             return
         self._in_head = False
         self._head_bytes = 0
@@ -158,11 +163,9 @@ class EdgeProtocol(HttpToolsProtocol):
         url = getattr(self, "url", b"")
         # Only the method and a space came before the URL: the URL itself is what is too long.
         if self.max_head_bytes - len(url) <= 16:
-            self._refuse(414, "request_too_large", f"The URL exceeds {self.max_head_bytes:,} bytes.")
+            self._refuse(URITooLongError(f"The URL exceeds {self.max_head_bytes:,} bytes."))
         else:
-            self._refuse(
-                431, "request_too_large", f"The request line and headers exceed {self.max_head_bytes:,} bytes."
-            )
+            self._refuse(HeadersTooLargeError(f"The request line and headers exceed {self.max_head_bytes:,} bytes."))
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -170,7 +173,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.close()  # nothing was asked: nothing to answer
             return
         self._refuse(
-            408, "timeout_error", f"The request line and headers did not arrive within {self.head_timeout:g} s."
+            RequestTimeoutError(f"The request line and headers did not arrive within {self.head_timeout:g} s.")
         )
 
     def _drain_timed_out(self) -> None:
@@ -181,12 +184,12 @@ class EdgeProtocol(HttpToolsProtocol):
     def _peer(self) -> str:
         return self.client[0] if self.client else "-"
 
-    def _refuse(self, status: int, error_type: str, message: str) -> None:
+    def _refuse(self, error: MsgbatchError) -> None:
         """Answer in the API's error shape and close, reading (and dropping) input for a moment."""
         if self._refused:
             return
         self._cancel_timers()
-        log.info("http.refused status=%d peer=%s reason=%s", status, self._peer(), message)
+        log.info("http.refused status=%d peer=%s reason=%s", error.status, self._peer(), error.message)
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -202,11 +205,11 @@ class EdgeProtocol(HttpToolsProtocol):
             # The route reads no more of this body and answers nothing, and says nothing of a
             # client that left (api/exceptions.py).
             cycle.disconnected = True
-            cycle.scope["state"]["refused"] = status
+            cycle.scope["state"]["refused"] = error.status
             cycle.message_event.set()
         request_id = new_request_id()
-        body = error_body(error_type, message, request_id)
-        head = [STATUS_LINE[status]]
+        body = error_body(error.type, error.message, request_id)
+        head = [STATUS_LINE[error.status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [
