@@ -183,6 +183,8 @@ class Settings(_Table, frozen=True):
     grace_seconds: Seconds = field(default=Seconds(10), name="grace")
     poll_interval: Seconds = Seconds(0.5)
     lifecycle_interval: Seconds = Seconds(1)
+    # PostgreSQL: how long a call may wait for a connection before it answers 503.
+    database_timeout: Seconds = Seconds(3)
     # Backends (backends/config.py builds the Router from these).
     upstream: str = ""  # `anthropic=URL` or `openai=URL`: one upstream serving every model
     # Refuse (errored, invalid_request_error) what the hosted API refuses inside a batch.

@@ -43,7 +43,7 @@ class OutageGuard:
         *,
         timeouts_to_trip: int = 3,
         probe_delay: float = 0.5,
-        max_probe_delay: float = 10.0,
+        max_probe_delay: float = 2.0,
     ) -> None:
         self.inner = inner
         self.name = inner.name
