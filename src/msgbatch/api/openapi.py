@@ -48,7 +48,7 @@ _WHY = {
     415: "A `Content-Encoding` other than gzip, deflate or identity.",
     429: "Too many large creates at once; retry after `retry-after` seconds.",
     500: "An unexpected failure (a bug: it is logged).",
-    503: "The database does not answer.",
+    503: "The database does not answer (an API call: retry after `retry-after` seconds).",
 }
 _BATCH_ID = {"type": "string", "pattern": "^msgbatch_[0-9A-Za-z]{24}$"}
 _REQUEST_ID_HEADER = {
@@ -76,11 +76,12 @@ def response(description: str, schema: Schema | None = None, media_type: str = "
 def errors(*statuses: int) -> dict[str, Schema]:
     """The error answers an operation can give (every one in the API's error shape)."""
     answers = {str(status): response(_WHY[status], ref("ErrorResponse")) for status in statuses}
-    if 429 in statuses:
-        answers["429"]["headers"] = {
-            **answers["429"]["headers"],
-            "retry-after": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-        }
+    for status, required in ((429, True), (503, False)):
+        if status in statuses:
+            answers[str(status)]["headers"] = {
+                **answers[str(status)]["headers"],
+                "retry-after": {"required": required, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            }
     return answers
 
 
@@ -162,8 +163,8 @@ def message_batches() -> Group:
     }
     cursor = {"type": "string", "pattern": "^(msgbatch_[0-9A-Za-z]{24})?$", "description": "Empty: none."}
     beta = query("beta", {"type": "string"}, "Sent by older SDKs (`beta=true`); accepted and ignored.")
-    common = (400, 401, 403, 500)
-    with_id = (400, 401, 403, 404, 500)
+    common = (400, 401, 403, 500, 503)
+    with_id = (400, 401, 403, 404, 500, 503)
     batch = response("The batch.", ref("MessageBatch"))
     create_body = {
         "required": True,
@@ -177,7 +178,7 @@ def message_batches() -> Group:
                 "createMessageBatch",
                 "Create a batch",
                 batch,
-                (400, 401, 403, 408, 413, 415, 429, 500),
+                (400, 401, 403, 408, 413, 415, 429, 500, 503),
                 parameters=[beta],
                 body=create_body,
             ),
