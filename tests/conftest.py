@@ -26,6 +26,7 @@ import uvicorn
 from psycopg import sql
 
 from msgbatch.api.app import MsgBatchServer
+from msgbatch.api.http_server import uvicorn_options
 from msgbatch.backends.base import CallContext
 from msgbatch.backends.mock import MockBackend
 from msgbatch.backends.simulate import simulate
@@ -125,7 +126,10 @@ class ThreadedServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.server = MsgBatchServer(settings)
-        config = uvicorn.Config(self.server.app, host="127.0.0.1", port=self.port, log_level="warning")
+        # The server exactly as `msgbatch serve` configures it, on this port.
+        config = uvicorn.Config(
+            self.server.app, **{**uvicorn_options(settings), "host": "127.0.0.1", "port": self.port}
+        )
         self.uvicorn = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
 
