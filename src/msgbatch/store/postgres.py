@@ -64,20 +64,50 @@ _SESSION_OPTIONS = "-c enable_bitmapscan=off -c jit=off"
 _BYTEA = postgres.types["bytea"]
 
 
-class _ByteaArray(bytes):
-    """A bytea[] parameter, already in PostgreSQL's binary array format."""
+class _BinaryArray(bytes):
+    """An array parameter already in PostgreSQL's binary array format, of the element type `kind`."""
+
+    kind = ""
 
 
-class _ByteaArrayDumper(Dumper):
-    format = Format.BINARY
-    oid = _BYTEA.array_oid
+class _ByteaArray(_BinaryArray):
+    kind = "bytea"
 
-    def dump(self, obj: Any) -> bytes:
-        return bytes(obj)
+
+class _Int8Array(_BinaryArray):
+    kind = "int8"
+
+
+class _Int4Array(_BinaryArray):
+    kind = "int4"
+
+
+class _Int2Array(_BinaryArray):
+    kind = "int2"
+
+
+def _array_dumper(cls: type[_BinaryArray]) -> type[Dumper]:
+    class ArrayDumper(Dumper):
+        format = Format.BINARY
+        oid = postgres.types[cls.kind].array_oid
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj)
+
+    return ArrayDumper
+
+
+_ARRAY_TYPES = (_ByteaArray, _Int8Array, _Int4Array, _Int2Array)
 
 
 _array_head = struct.Struct("!iiiii").pack  # 1 dimension, no nulls, element type, length, lower bound
 _field_len = struct.Struct("!i").pack
+_DUMPERS = {cls: _array_dumper(cls) for cls in _ARRAY_TYPES}
+_INTS: dict[str, tuple[type[_BinaryArray], int, str, int]] = {
+    "int8": (_Int8Array, postgres.types["int8"].oid, "iq", 8),
+    "int4": (_Int4Array, postgres.types["int4"].oid, "ii", 4),
+    "int2": (_Int2Array, postgres.types["int2"].oid, "ih", 2),
+}
 
 
 def _bytea_array(items: Sequence[bytes]) -> _ByteaArray:
@@ -89,8 +119,18 @@ def _bytea_array(items: Sequence[bytes]) -> _ByteaArray:
     return _ByteaArray(b"".join(parts))
 
 
+def _int_array(kind: str, items: Sequence[int]) -> _BinaryArray:
+    """Integers as one array parameter, packed in one call: psycopg's list dumper costs ~0.4 µs an
+    item, which for the seven columns of a completion of 500 was a fifth of its time."""
+    cls, oid, code, size = _INTS[kind]
+    head = _array_head(1, 0, oid, len(items), 1)
+    body = struct.pack("!" + code * len(items), *(v for item in items for v in (size, item)))
+    return cls(head + body)
+
+
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    conn.adapters.register_dumper(_ByteaArray, _ByteaArrayDumper)
+    for cls in _ARRAY_TYPES:
+        conn.adapters.register_dumper(cls, _DUMPERS[cls])
 
 
 # -- binary COPY ---------------------------------------------------------------------------------
@@ -146,10 +186,15 @@ def _array_params(query: Query, rows: Iterable[Sequence[Any]]) -> dict[str, Any]
     """The step's rows as one array parameter per column."""
     materialized = rows if isinstance(rows, list | tuple) else list(rows)
     columns: list[Sequence[Any]] = list(zip(*materialized, strict=True)) if materialized else [()] * len(query.rows)
-    return {
-        name: _bytea_array(values) if kind == "bytea" else list(values)
-        for (name, kind), values in zip(query.rows, columns, strict=True)
-    }
+    return {name: _array(kind, values) for (name, kind), values in zip(query.rows, columns, strict=True)}
+
+
+def _array(kind: str, values: Sequence[Any]) -> Any:
+    if kind == "bytea":
+        return _bytea_array(values)
+    if kind in _INTS:
+        return _int_array(kind, values)
+    return list(values)
 
 
 class PostgresStore:
@@ -316,6 +361,9 @@ class PostgresStore:
         queries = [self.queries[step.name] for step in steps]
         copies = any(s.startswith("COPY") for q in queries for s in q.statements)
         async with self.pool.connection() as conn:
+            if len(steps) == 1 and len(queries[0].statements) == 1 and not copies:
+                # One statement is atomic by itself: no transaction or pipeline around it.
+                return [await self._execute(conn, queries[0], steps[0])]
             if copies:
                 # COPY cannot be pipelined: run the group statement by statement.
                 async with conn.transaction():
