@@ -25,6 +25,7 @@ from msgbatch.manager import BatchManager
 from msgbatch.usage import GROUPS, UsageReader
 
 DEFAULT_RANGE = 30 * 86400
+LATEST = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def parse_time(name: str, value: str) -> int:
@@ -32,7 +33,7 @@ def parse_time(name: str, value: str) -> int:
     text = value.strip()
     try:
         if text.lstrip("-").isdigit():
-            return int(text)
+            return _in_range(name, int(text), value)
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidRequestError(
@@ -40,7 +41,13 @@ def parse_time(name: str, value: str) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp())
+    return _in_range(name, int(moment.timestamp()), value)
+
+
+def _in_range(name: str, seconds: int, value: str) -> int:
+    if not 0 <= seconds <= LATEST:
+        raise InvalidRequestError(f"{name}: must be between 1970 and 9999, got {value!r}")
+    return seconds
 
 
 def parse_groups(values: list[str]) -> list[str]:

@@ -31,7 +31,7 @@ from msgbatch.clock import now_us
 from msgbatch.config import Settings
 from msgbatch.engine.slots import BackendSlots
 from msgbatch.engine.supervisor import Supervisor
-from msgbatch.errors import MsgbatchError
+from msgbatch.errors import MsgbatchError, ServiceUnavailableError
 from msgbatch.fairness import Slots
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
@@ -235,6 +235,9 @@ class Dispatcher:
                 jobs = await self.manager.claim(
                     self.owner, Slots(wanted, slots.pool_of, slots.held), now, now + self.lease_us
                 )
+            except ServiceUnavailableError:  # the database is away; the store said so once
+                await asyncio.sleep(self.poll_interval)
+                continue
             except Exception:
                 log.exception("dispatcher.claim_failed owner=%s", self.owner)
                 await asyncio.sleep(self.poll_interval)
@@ -346,6 +349,8 @@ class Dispatcher:
             self._flush_now.clear()
             try:
                 await self._flush()
+            except ServiceUnavailableError:  # kept, and written once the database is back
+                await asyncio.sleep(self.poll_interval)
             except Exception:
                 log.exception("dispatcher.flush_failed owner=%s", self.owner)
                 await asyncio.sleep(self.poll_interval)
@@ -412,5 +417,7 @@ class Dispatcher:
             if self._held:
                 try:
                     await self.manager.renew(self.owner, sorted(self._held), now_us() + self.lease_us)
+                except ServiceUnavailableError:
+                    pass  # the next renewal comes within a third of the lease
                 except Exception:
                     log.exception("dispatcher.renew_failed owner=%s", self.owner)

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from msgbatch.api.auth import workspace_of
+from msgbatch.api.batches import batch_id_of
 from msgbatch.clock import rfc3339
 from msgbatch.errors import InvalidRequestError, NotFoundError
 from msgbatch.manager import BatchManager
@@ -66,7 +67,7 @@ async def stats(request: Request) -> Response:
     manager: BatchManager = request.app.state.manager
     metrics: Metrics = request.app.state.metrics
     workspace = workspace_of(request, manager.settings)
-    batch = await manager.get(workspace, request.path_params["batch_id"])
+    batch = await manager.get(workspace, batch_id_of(request))
     reader = UsageReader(manager.store, manager.settings)
     timing = metrics.batch_timing(batch.seq)
     backends = []
@@ -114,7 +115,7 @@ async def results_page(request: Request) -> Response:
         raise InvalidRequestError(f"type: Input should be one of {', '.join(RESULT_CODES)}")
     lines, after = await manager.result_page(
         workspace,
-        request.path_params["batch_id"],
+        batch_id_of(request),
         after=_int(request, "after", 0, 0, 1 << 40),
         limit=_int(request, "limit", 100, 1, 1000),
         result_type=RESULT_CODES[type_name] if type_name else None,
