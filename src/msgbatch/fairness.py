@@ -15,8 +15,12 @@ already holds:
    fewest first; less urgent batches get what those cannot take.
 4. **Within a batch**, equally across its models that route to the pool.
 
-Ties go in rotation order (the caller starts it after the batch it served last), so every batch
-gets its turn however many there are. `plan` decides one round; the manager asks the store for
+Whole slots cannot always split by the weights (5 slots at 3:1 are 4:1 or 3:2): workspaces that
+hold equally per unit of weight are told apart by the slots each was given so far per unit of
+weight (`Slots.served`, kept by the dispatcher; a workspace that comes back starts level with the
+least served), so that over time the grants, and the requests finished, follow the weights.
+Other ties go in rotation order (the caller starts it after the batch it served last), so every
+batch gets its turn however many there are. `plan` decides one round; the manager asks the store for
 what it decided, and batches that had less than their share drop out of the next round, which
 shares what is left among the others.
 
@@ -32,7 +36,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-__all__ = ["SHARED", "Holdings", "Lane", "Slots", "plan", "water_fill"]
+__all__ = ["SHARED", "Holdings", "Lane", "Slots", "forget_idle", "plan", "record_grant", "water_fill"]
 
 SHARED = "*"
 
@@ -84,11 +88,34 @@ class Slots:
     free: dict[str, int]
     pool_of: Callable[[str], str] = _shared
     held: Holdings = field(default_factory=Holdings)
+    # (pool, workspace) -> slots given so far per unit of weight; the claim adds what it grants.
+    served: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
-def water_fill(slots: int, claimants: Sequence[tuple[K, int, float, int | None]]) -> dict[K, int]:
+def served_level(served: Mapping[tuple[str, str], float], pool: str) -> float:
+    """Where a workspace new to a pool starts: level with the least served there."""
+    return min((value for (p, _), value in served.items() if p == pool), default=0.0)
+
+
+def record_grant(served: dict[tuple[str, str], float], pool: str, workspace: str, n: int, weight: float) -> None:
+    key = (pool, workspace)
+    if key not in served:
+        served[key] = served_level(served, pool)
+    served[key] += n / weight
+
+
+def forget_idle(served: dict[tuple[str, str], float], pool: str, busy: set[str]) -> None:
+    """Workspaces with no work left for a pool leave its record (they come back level)."""
+    for key in [key for key in served if key[0] == pool and key[1] not in busy]:
+        del served[key]
+
+
+def water_fill(
+    slots: int, claimants: Sequence[tuple[K, int, float, int | None]], served: Sequence[float] = ()
+) -> dict[K, int]:
     """Give `slots` one at a time, each to the claimant (key, held, weight, room) with the fewest
-    held per unit of weight; `room` (None: no limit) caps what one may get. Ties go to the earlier."""
+    held per unit of weight; `room` (None: no limit) caps what one may get. Ties go to the one
+    `served` least so far (per unit of weight), then to the earlier."""
     given: dict[K, int] = {}
     if slots <= 0:
         return given
@@ -98,11 +125,15 @@ def water_fill(slots: int, claimants: Sequence[tuple[K, int, float, int | None]]
         if n > 0:
             given[key] = n
         return given
-    heap = [(held / weight, i, held, weight, room) for i, (_, held, weight, room) in enumerate(claimants)]
-    heap = [entry for entry in heap if entry[4] is None or entry[4] > 0]
+    past = list(served) or [0.0] * len(claimants)
+    heap = [
+        (held / weight, past[i], i, held, weight, room)
+        for i, (_, held, weight, room) in enumerate(claimants)
+        if room is None or room > 0
+    ]
     heapq.heapify(heap)
     while slots and heap:
-        _, i, held, weight, room = heapq.heappop(heap)
+        _, before, i, held, weight, room = heapq.heappop(heap)
         key = claimants[i][0]
         given[key] = given.get(key, 0) + 1
         slots -= 1
@@ -111,7 +142,7 @@ def water_fill(slots: int, claimants: Sequence[tuple[K, int, float, int | None]]
             room -= 1
             if room == 0:
                 continue
-        heapq.heappush(heap, (held / weight, i, held, weight, room))
+        heapq.heappush(heap, (held / weight, before + 1 / weight, i, held, weight, room))
     return given
 
 
@@ -128,6 +159,7 @@ def plan(
     held: Holdings,
     weight: Callable[[str], float],
     room: Callable[[str], int | None],
+    served: Mapping[tuple[str, str], float] | None = None,
 ) -> dict[Lane, int]:
     """How many requests to ask of each lane this round (see the module docstring). `lanes` are in
     rotation order; `room(workspace)` is its `max_in_flight_per_backend` (None: no cap)."""
@@ -142,7 +174,10 @@ def plan(
             had = held.by_workspace[pool, workspace]
             cap = room(workspace)
             claimants.append((workspace, had, weight(workspace), None if cap is None else max(0, cap - had)))
-        for workspace, share in water_fill(slots, claimants).items():
+        record = served or {}
+        start = served_level(record, pool)
+        ranks = [record.get((pool, workspace), start) for workspace in by_workspace]
+        for workspace, share in water_fill(slots, claimants, ranks).items():
             mine = by_workspace[workspace]
             urgent = min(lane.priority for lane in mine)
             by_batch = _grouped([lane for lane in mine if lane.priority == urgent], lambda lane: lane.seq)

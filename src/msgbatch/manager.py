@@ -36,7 +36,7 @@ from msgbatch.config import Settings
 from msgbatch.envelope import models_of, parse_create
 from msgbatch.errors import InvalidRequestError, NotFoundError, RateLimitError
 from msgbatch.fairness import SHARED as SHARED_POOL
-from msgbatch.fairness import Lane, Slots, plan
+from msgbatch.fairness import Lane, Slots, forget_idle, plan, record_grant
 from msgbatch.ids import new_batch_id
 from msgbatch.models import (
     CANCELED,
@@ -379,10 +379,12 @@ class BatchManager:
             for key, model in models[row[0]]
         ]
         names = {seq: dict(keyed) for seq, keyed in models.items()}
+        for pool in free:
+            forget_idle(slots.served, pool, {lane.workspace for lane in lanes if lane.pool == pool})
         held = slots.held.copy()
         jobs: list[Job] = []
         while lanes:
-            takes = plan(free, lanes, held, self._weight, self._room)
+            takes = plan(free, lanes, held, self._weight, self._room, slots.served)
             if not takes:
                 break
             asked = list(takes.items())
@@ -402,6 +404,8 @@ class BatchManager:
                 got = taken.get((lane.seq, lane.model_key), 0)
                 free[lane.pool] -= got
                 held.add(lane.pool, lane.workspace, lane.seq, got)
+                if got:
+                    record_grant(slots.served, lane.pool, lane.workspace, got, self._weight(lane.workspace))
                 if got < n:
                     drained.add(lane)
                 if got:

@@ -938,7 +938,8 @@ async def test_outcomes_count_requests_finished_in_bulk(open_another: ManagerFac
 
 
 def _refilled(dispatcher: Dispatcher, finished: list[str], before: int) -> bool:
-    return len(finished) > before and len(dispatcher._held) == 5
+    """One more finished, and its slot claimed again (held: claimed and not finished)."""
+    return len(finished) > before and sum(dispatcher._slots.by_pool.values()) == 5
 
 
 def texts_body(prefix: str, n: int) -> bytes:
@@ -974,7 +975,7 @@ async def test_dispatcher_claims_per_backend_no_more_than_it_can_start(open_anot
 
     await dispatcher.start()
     try:
-        await asyncio.wait_for(dispatcher._until(lambda: len(dispatcher._held) == 5), 10)
+        await asyncio.wait_for(dispatcher._until(lambda: sum(dispatcher._slots.by_pool.values()) == 5), 10)
         _, waiting, _ = await manager.queue_summary(now_us())
         assert waiting == 115  # claimed: the 4 slots and one ahead; the rest waits in the store
         await step(40)

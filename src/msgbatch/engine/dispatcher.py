@@ -233,7 +233,7 @@ class Dispatcher:
             now = now_us()
             try:
                 jobs = await self.manager.claim(
-                    self.owner, Slots(wanted, slots.pool_of, slots.held), now, now + self.lease_us
+                    self.owner, Slots(wanted, slots.pool_of, slots.held, slots.served), now, now + self.lease_us
                 )
             except ServiceUnavailableError:  # the database is away; the store said so once
                 await asyncio.sleep(self.poll_interval)

@@ -46,6 +46,8 @@ class BackendSlots:
         self._pools: dict[str, str] = {}  # model -> pool
         self._limited: dict[str, Backend] = {b.name: b for b in router.backends if b.max_concurrency is not None}
         self._dry: dict[str, float] = {}  # pool -> monotonic time until which it is not asked
+        # (pool, workspace) -> slots granted per unit of weight: ties between whole slots (fairness.py)
+        self.served: dict[tuple[str, str], float] = {}
 
     @property
     def held(self) -> Holdings:

@@ -33,6 +33,11 @@ CREATE TEMP TABLE IF NOT EXISTS finishing (
 );
 CREATE TEMP TABLE IF NOT EXISTS ending (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, model INTEGER NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS claimed (id INTEGER PRIMARY KEY);
+-- finish_jobs' outcomes grouped once, for the counts, outcomes, usage and throughput it moves.
+CREATE TEMP TABLE IF NOT EXISTS finished (
+    batch INTEGER, model INTEGER, backend TEXT, type INTEGER, error_type TEXT, n INTEGER,
+    input_tokens INTEGER, output_tokens INTEGER, cache_read_input_tokens INTEGER, cache_creation_input_tokens INTEGER
+);
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -267,6 +272,10 @@ UPDATE temp.finishing SET (batch, model) = (
 DELETE FROM temp.finishing WHERE batch IS NULL;
 INSERT INTO results (id, type, line) SELECT id, type, line FROM temp.finishing;
 DELETE FROM jobs WHERE id IN (SELECT id FROM temp.finishing);
+INSERT INTO temp.finished
+SELECT batch, model, backend, type, error_type, count(*),
+       sum(input_tokens), sum(output_tokens), sum(cache_read_input_tokens), sum(cache_creation_input_tokens)
+FROM temp.finishing GROUP BY batch, model, backend, type, error_type;
 UPDATE batches
 SET processing = processing - t.n, succeeded = succeeded + t.s, errored = errored + t.e,
     canceled = canceled + t.c, expired = expired + t.x,
@@ -274,19 +283,19 @@ SET processing = processing - t.n, succeeded = succeeded + t.s, errored = errore
     cache_read_input_tokens = batches.cache_read_input_tokens + t.cr,
     cache_creation_input_tokens = batches.cache_creation_input_tokens + t.cc
 FROM (
-    SELECT batch, count(*) AS n, sum(type = 0) AS s, sum(type = 1) AS e, sum(type = 2) AS c, sum(type = 3) AS x,
-           sum(input_tokens) AS i, sum(output_tokens) AS o, sum(cache_read_input_tokens) AS cr,
-           sum(cache_creation_input_tokens) AS cc
-    FROM temp.finishing GROUP BY batch
+    SELECT batch, sum(n) AS n, sum(n * (type = 0)) AS s, sum(n * (type = 1)) AS e, sum(n * (type = 2)) AS c,
+           sum(n * (type = 3)) AS x, sum(input_tokens) AS i, sum(output_tokens) AS o,
+           sum(cache_read_input_tokens) AS cr, sum(cache_creation_input_tokens) AS cc
+    FROM temp.finished GROUP BY batch
 ) AS t
 WHERE batches.seq = t.batch;
 INSERT INTO batch_outcomes (
     batch, model, backend, result, error_type, requests,
     input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
 )
-SELECT batch, model, backend, type, error_type, count(*),
-       sum(input_tokens), sum(output_tokens), sum(cache_read_input_tokens), sum(cache_creation_input_tokens)
-FROM temp.finishing WHERE true GROUP BY batch, model, backend, type, error_type
+SELECT batch, model, backend, type, error_type, n,
+       input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+FROM temp.finished WHERE true
 ON CONFLICT (batch, model, backend, result, error_type) DO UPDATE SET
     requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens,
     output_tokens = output_tokens + excluded.output_tokens,
@@ -296,9 +305,9 @@ INSERT INTO usage (
     workspace, hour, model, succeeded, errored,
     input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
 )
-SELECT b.workspace, :hour, coalesce(m.model, ''), sum(f.type = 0), sum(f.type = 1),
+SELECT b.workspace, :hour, coalesce(m.model, ''), sum(f.n * (f.type = 0)), sum(f.n * (f.type = 1)),
        sum(f.input_tokens), sum(f.output_tokens), sum(f.cache_read_input_tokens), sum(f.cache_creation_input_tokens)
-FROM temp.finishing AS f
+FROM temp.finished AS f
 JOIN batches AS b ON b.seq = f.batch
 LEFT JOIN batch_models AS m ON m.batch = f.batch AND m.key = f.model
 WHERE f.type < 2 GROUP BY b.workspace, coalesce(m.model, '')
@@ -308,8 +317,9 @@ ON CONFLICT (workspace, hour, model) DO UPDATE SET
     cache_read_input_tokens = cache_read_input_tokens + excluded.cache_read_input_tokens,
     cache_creation_input_tokens = cache_creation_input_tokens + excluded.cache_creation_input_tokens;
 INSERT INTO batch_throughput (batch, second, requests)
-SELECT batch, :second, count(*) FROM temp.finishing WHERE true GROUP BY batch
+SELECT batch, :second, sum(n) FROM temp.finished WHERE true GROUP BY batch
 ON CONFLICT (batch, second) DO UPDATE SET requests = requests + excluded.requests;
+DELETE FROM temp.finished;
 DELETE FROM temp.finishing;
 
 -- name: requeue_jobs
