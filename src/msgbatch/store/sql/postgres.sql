@@ -289,13 +289,18 @@ WITH held AS (
     DELETE FROM msgbatch.jobs WHERE id = ANY(ARRAY(SELECT id FROM held))
 ), kept AS (
     INSERT INTO msgbatch.results (id, type, line) SELECT id, type, line FROM held
+), grouped AS (
+    -- The outcomes grouped once, for everything they move.
+    SELECT batch, model, backend, type, error_type, count(*) AS n, sum(i) AS i, sum(o) AS o, sum(cr) AS cr,
+           sum(cc) AS cc
+    FROM held GROUP BY batch, model, backend, type, error_type
 ), outcomes AS (
     INSERT INTO msgbatch.batch_outcomes AS t (
         batch, model, backend, result, error_type, requests,
         input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
     )
-    SELECT batch, model, backend, type, error_type, count(*), sum(i), sum(o), sum(cr), sum(cc)
-    FROM held GROUP BY batch, model, backend, type, error_type ORDER BY batch, model, backend, type, error_type
+    SELECT batch, model, backend, type, error_type, n, i, o, cr, cc
+    FROM grouped ORDER BY batch, model, backend, type, error_type
     ON CONFLICT (batch, model, backend, result, error_type) DO UPDATE SET
         requests = t.requests + excluded.requests, input_tokens = t.input_tokens + excluded.input_tokens,
         output_tokens = t.output_tokens + excluded.output_tokens,
@@ -306,12 +311,12 @@ WITH held AS (
         workspace, hour, model, succeeded, errored,
         input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
     )
-    SELECT w.workspace, %(hour)s::int8, coalesce(m.model, ''), count(*) FILTER (WHERE h.type = 0),
-           count(*) FILTER (WHERE h.type = 1), sum(h.i), sum(h.o), sum(h.cr), sum(h.cc)
-    FROM held AS h
-    CROSS JOIN LATERAL (SELECT workspace FROM msgbatch.batches WHERE seq = h.batch) AS w
-    LEFT JOIN LATERAL (SELECT model FROM msgbatch.batch_models WHERE batch = h.batch AND key = h.model) AS m ON true
-    WHERE h.type < 2
+    SELECT w.workspace, %(hour)s::int8, coalesce(m.model, ''), sum(g.n * (g.type = 0)::int),
+           sum(g.n * (g.type = 1)::int), sum(g.i), sum(g.o), sum(g.cr), sum(g.cc)
+    FROM grouped AS g
+    CROSS JOIN LATERAL (SELECT workspace FROM msgbatch.batches WHERE seq = g.batch) AS w
+    LEFT JOIN LATERAL (SELECT model FROM msgbatch.batch_models WHERE batch = g.batch AND key = g.model) AS m ON true
+    WHERE g.type < 2
     GROUP BY w.workspace, coalesce(m.model, '') ORDER BY w.workspace, coalesce(m.model, '')
     ON CONFLICT (workspace, hour, model) DO UPDATE SET
         succeeded = t.succeeded + excluded.succeeded, errored = t.errored + excluded.errored,
@@ -320,7 +325,7 @@ WITH held AS (
         cache_creation_input_tokens = t.cache_creation_input_tokens + excluded.cache_creation_input_tokens
 ), paced AS (
     INSERT INTO msgbatch.batch_throughput AS t (batch, second, requests)
-    SELECT batch, %(second)s::int8, count(*) FROM held GROUP BY batch ORDER BY batch
+    SELECT batch, %(second)s::int8, sum(n) FROM grouped GROUP BY batch ORDER BY batch
     ON CONFLICT (batch, second) DO UPDATE SET requests = t.requests + excluded.requests
 )
 UPDATE msgbatch.batches AS b
@@ -330,10 +335,10 @@ SET processing = b.processing - t.n, succeeded = b.succeeded + t.s, errored = b.
     cache_read_input_tokens = b.cache_read_input_tokens + t.cr,
     cache_creation_input_tokens = b.cache_creation_input_tokens + t.cc
 FROM (
-    SELECT batch, count(*) AS n, count(*) FILTER (WHERE type = 0) AS s, count(*) FILTER (WHERE type = 1) AS e,
-           count(*) FILTER (WHERE type = 2) AS c, count(*) FILTER (WHERE type = 3) AS x,
+    SELECT batch, sum(n) AS n, sum(n * (type = 0)::int) AS s, sum(n * (type = 1)::int) AS e,
+           sum(n * (type = 2)::int) AS c, sum(n * (type = 3)::int) AS x,
            sum(i) AS i, sum(o) AS o, sum(cr) AS cr, sum(cc) AS cc
-    FROM held GROUP BY batch
+    FROM grouped GROUP BY batch
 ) AS t
 WHERE b.seq = t.batch;
 
