@@ -223,7 +223,7 @@ class BatchManager:
         metadata: tuple[str, str] | None = None,
     ) -> tuple[list[Batch], bool]:
         """Newest first; the bool says whether more lie beyond in the direction asked. `status`
-        and `metadata` (key, value) keep only the batches that match (paged with `after_id`)."""
+        and `metadata` (key, value) keep only the batches that match."""
         if after_id is not None and before_id is not None:
             raise InvalidRequestError("Cannot specify both `before_id` and `after_id`.")
         if not 1 <= limit <= 1000:
@@ -231,20 +231,12 @@ class BatchManager:
                 "limit: Input should be greater than or equal to 1 and less than or equal to 1000"
             )
         if status is not None or metadata is not None:
-            if before_id is not None:
-                raise InvalidRequestError("before_id cannot be combined with the status or metadata filters")
             key, value = metadata or (None, None)
-            rows = await self.store.read(
-                "list_batches_where",
-                {
-                    "workspace": workspace,
-                    "upper": after_id or _TOP,
-                    "limit": limit + 1,
-                    "status": status,
-                    "meta_key": key,
-                    "meta_value": value,
-                },
-            )
+            where = {"workspace": workspace, "limit": limit + 1, "status": status, "meta_key": key, "meta_value": value}
+            if before_id is not None:
+                rows = await self.store.read("list_batches_where_before", {**where, "lower": before_id})
+                return [batch_from_row(r) for r in reversed(rows[:limit])], len(rows) > limit
+            rows = await self.store.read("list_batches_where", {**where, "upper": after_id or _TOP})
             return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
         if before_id is not None:
             rows = await self.store.read(

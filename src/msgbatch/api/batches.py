@@ -22,6 +22,7 @@ from msgbatch.models import RESULT_CODES, STATUS_NAMES
 
 JSON = "application/json"
 _INTEGER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+_NOT_IN_A_KEY = re.compile(r'["\x00-\x1f\x7f]')
 # Request headers that belong to every request of a batch: kept with it, forwarded to backends.
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-user-profile-id")
 
@@ -90,8 +91,8 @@ def _list_filters(request: Request) -> dict[str, Any]:
         key, sep, value = metadata.partition("=")
         if not sep or not key:
             raise InvalidRequestError("metadata: expected KEY=VALUE")
-        if not key.isprintable() or '"' in key:
-            raise InvalidRequestError("metadata: the key must not hold quotes or control characters")
+        if _NOT_IN_A_KEY.search(key) or "\x00" in value:
+            raise InvalidRequestError("metadata: the key must not hold quotes or control characters, nor either a NUL")
         filters["metadata"] = (key, value)
     return filters
 

@@ -195,12 +195,12 @@ def message_batches() -> Group:
                     query(
                         "status",
                         {"type": "string", "enum": ["", "in_progress", "canceling", "ended"]},
-                        "Not in the hosted API: only batches of this status (not with before_id).",
+                        "Not in the hosted API: only batches of this status.",
                     ),
                     query(
                         "metadata",
-                        {"type": "string"},
-                        "Not in the hosted API: `KEY=VALUE`, only batches whose metadata has it (not with before_id).",
+                        {"type": "string", "pattern": '^([^"=\\u0000-\\u001f\\u007f]+=[^\\u0000]*)?$'},
+                        "Not in the hosted API: `KEY=VALUE`, only batches whose metadata has it.",
                     ),
                     beta,
                 ],
@@ -279,7 +279,7 @@ def message_batches() -> Group:
                     },
                 },
                 "priority": {
-                    "enum": ["high", "normal", "low"],
+                    "enum": ["high", "normal", "low", None],
                     "description": "Not in the hosted API: the batch's priority within its workspace (default normal).",
                 },
             },
@@ -429,7 +429,15 @@ def teams() -> Group:
     common = (400, 401, 403, 500, 503)
     time = {"type": "string", "format": "date-time"}
     count = {"type": "integer", "minimum": 0}
-    moment = {"type": "string", "description": "RFC 3339, a date, or unix seconds (1970 to 9999)."}
+    moment = {
+        "anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "string", "format": "date"},
+            {"type": "string", "pattern": "^[0-9]{1,15}$"},
+            {"const": ""},
+        ],
+        "description": "RFC 3339, a date, or unix seconds; outside 1970 to 9999, the nearer end; empty: the default.",
+    }
     paths = {
         "/v1/usage": {
             "get": operation(
@@ -443,7 +451,7 @@ def teams() -> Group:
                     query(
                         "group_by",
                         {"type": "string", "pattern": "^((model|hour|day)(,(model|hour|day))*)?$"},
-                        "Any of `model` and one of `hour` / `day`, comma-separated.",
+                        "Any of `model`, `hour`, `day`, comma-separated (with both, `hour`).",
                     ),
                 ],
             )

@@ -3,14 +3,16 @@
     GET /v1/usage?since=2026-11-01&until=2026-12-01T00:00:00Z&group_by=model,day
 
 `since` and `until` are RFC 3339 times, dates (midnight UTC) or unix seconds (default: the 30 days
-up to now); usage is kept per hour, so a range covers the whole hours it touches from `since` on.
-`group_by` is any of `model` and one of `hour` / `day` (comma-separated, or the parameter
-repeated); without it, one total. Each entry carries requests succeeded and errored, the four
-token counts, and `cost` where the configured price table (`[prices]`) prices the model.
+up to now; a time outside 1970 to 9999 is taken as the nearer end); usage is kept per hour, so a
+range covers the whole hours it touches from `since` on. `group_by` is any of `model`, `hour` and
+`day` (comma-separated, or the parameter repeated; with both, `hour`); without it, one total. Each
+entry carries requests succeeded and errored, the four token counts, and `cost` where the
+configured price table (`[prices]`) prices the model.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 
@@ -28,26 +30,35 @@ DEFAULT_RANGE = 30 * 86400
 LATEST = 253402300799  # 9999-12-31T23:59:59Z
 
 
+_SECONDS = re.compile(r"[0-9]{1,15}")
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_DATE_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
 def parse_time(name: str, value: str) -> int:
-    """Unix seconds from an RFC 3339 time, a date, or a number of seconds."""
+    """Unix seconds from an RFC 3339 time, a date (midnight UTC) or a number of seconds; a time
+    before 1970 or after 9999 is taken as the nearer of the two (a range is clamped, not refused)."""
     text = value.strip()
-    try:
-        if text.lstrip("-").isdigit():
-            return _in_range(name, int(text), value)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+    if _SECONDS.fullmatch(text):
+        return min(int(text), LATEST)
+    found = _DATE_TIME.fullmatch(text) or _DATE.fullmatch(text)
+    if found is None:
         raise InvalidRequestError(
             f"{name}: expected an RFC 3339 time (2026-11-01T00:00:00Z), a date or unix seconds, got {value!r}"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return _in_range(name, int(moment.timestamp()), value)
-
-
-def _in_range(name: str, seconds: int, value: str) -> int:
-    if not 0 <= seconds <= LATEST:
-        raise InvalidRequestError(f"{name}: must be between 1970 and 9999, got {value!r}")
-    return seconds
+        )
+    year, month, day, hour, minute, second, offset = (*found.groups(), "0", "0", "0", "Z")[:7]
+    try:
+        # A leap second (:60) is the second before it; year 0 is the earliest there is.
+        at = datetime(max(1, int(year)), int(month), int(day), int(hour), int(minute), min(int(second), 59), tzinfo=UTC)
+    except ValueError as exc:
+        raise InvalidRequestError(f"{name}: {exc}, got {value!r}") from None
+    seconds = int(at.timestamp())
+    if offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        seconds -= sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+    return max(0, min(seconds, LATEST))
 
 
 def parse_groups(values: list[str]) -> list[str]:
@@ -62,7 +73,7 @@ def parse_groups(values: list[str]) -> list[str]:
             if item not in groups:
                 groups.append(item)
     if "hour" in groups and "day" in groups:
-        raise InvalidRequestError("group_by: hour and day cannot be combined")
+        groups.remove("day")  # the finer of the two
     return groups
 
 
@@ -72,8 +83,7 @@ async def usage(request: Request) -> Response:
     params = request.query_params
     until = parse_time("until", params["until"]) if params.get("until") else int(time.time()) + 1
     since = parse_time("since", params["since"]) if params.get("since") else until - DEFAULT_RANGE
-    if since >= until:
-        raise InvalidRequestError("since: must be before until")
+    since = min(since, until)  # an empty range is empty, not an error
     groups = parse_groups(params.getlist("group_by"))
     body = await UsageReader(manager.store, manager.settings).usage(workspace, since, until, groups)
     return Response(msgspec.json.encode(body), media_type="application/json")

@@ -358,6 +358,8 @@
   async function refreshList() {
     const query = listQuery();
     const page = await api(`/v1/messages/batches?${query}`);
+    // The filters changed while this page was on its way: a newer refresh draws the list.
+    if (listQuery().toString() !== query.toString()) return;
     const seen = new Set(page.data.map((b) => b.id));
     const older = state.older.filter((b) => !seen.has(b.id));
     const all = page.data.concat(older);

@@ -614,3 +614,13 @@ FROM msgbatch.batches
 WHERE workspace = %(workspace)s AND id < %(upper)s AND (%(status)s::int2 IS NULL OR status = %(status)s::int2)
   AND (%(meta_key)s::text IS NULL OR metadata::jsonb ->> %(meta_key)s::text = %(meta_value)s::text)
 ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: list_batches_where_before
+-- A workspace's batches newer than `lower`, oldest first, with the filters of list_batches_where.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
+FROM msgbatch.batches
+WHERE workspace = %(workspace)s AND id > %(lower)s AND (%(status)s::int2 IS NULL OR status = %(status)s::int2)
+  AND (%(meta_key)s::text IS NULL OR metadata::jsonb ->> %(meta_key)s::text = %(meta_value)s::text)
+ORDER BY id LIMIT %(limit)s;

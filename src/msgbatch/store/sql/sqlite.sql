@@ -510,3 +510,13 @@ FROM batches
 WHERE workspace = :workspace AND id < :upper AND (:status IS NULL OR status = :status)
   AND (:meta_key IS NULL OR json_extract(metadata, '$."' || replace(:meta_key, '"', '') || '"') = :meta_value)
 ORDER BY id DESC LIMIT :limit;
+
+-- name: list_batches_where_before
+-- A workspace's batches newer than `lower`, oldest first, with the filters of list_batches_where.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
+FROM batches
+WHERE workspace = :workspace AND id > :lower AND (:status IS NULL OR status = :status)
+  AND (:meta_key IS NULL OR json_extract(metadata, '$."' || replace(:meta_key, '"', '') || '"') = :meta_value)
+ORDER BY id LIMIT :limit;
