@@ -988,3 +988,21 @@ async def test_dispatcher_claims_per_backend_no_more_than_it_can_start(open_anot
         for _ in range(200):
             gate.release()
         await dispatcher.stop(grace=5)
+
+
+async def test_list_filters_by_status_and_metadata(manager: BatchManager) -> None:
+    made = [
+        await manager.create("w", create_body(2, f"b{i}_"), "", metadata={"team": ("nlp", "vision")[i % 2]})
+        for i in range(5)
+    ]
+    await manager.cancel("w", made[0].id)  # nothing ran: it ends at once
+    page, more = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata=("team", "nlp"))
+    assert [b.id for b in page] == [made[4].id, made[2].id, made[0].id] and not more
+    page, _ = await manager.list_batches(
+        "w", limit=10, after_id=None, before_id=None, status=IN_PROGRESS, metadata=("team", "nlp")
+    )
+    assert [b.id for b in page] == [made[4].id, made[2].id]
+    page, more = await manager.list_batches("w", limit=1, after_id=None, before_id=made[0].id, status=IN_PROGRESS)
+    assert [b.id for b in page] == [made[1].id] and more
+    page, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata=("team", "x"))
+    assert page == []

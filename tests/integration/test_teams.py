@@ -219,3 +219,34 @@ async def test_a_worker_serves_its_metrics_over_http(tmp_path: Path) -> None:
         async with httpx2.AsyncClient() as http:
             await http.get(f"http://127.0.0.1:{port}/health")
     assert time.monotonic() - started < 30
+
+
+async def test_list_filters_by_metadata_and_pages_both_ways(tmp_path: Path) -> None:
+    async with running_server(teams_settings(tmp_path, worker=False)) as srv:
+        body = json.dumps({"requests": [simple_request("r")]}).encode()
+        made = [
+            await srv.manager.create("team-a", body, "", metadata={"team": "nlp" if i % 2 else "vision", "n": str(i)})
+            for i in range(6)
+        ]
+        async with raw_client(srv, headers={"x-api-key": "key-a"}) as http:
+            nlp = (await http.get("/v1/messages/batches", params={"metadata": "team=nlp"})).json()
+            first = (await http.get("/v1/messages/batches", params={"metadata": "team=nlp", "limit": 2})).json()
+            older = (
+                await http.get(
+                    "/v1/messages/batches", params={"metadata": "team=nlp", "limit": 2, "after_id": first["last_id"]}
+                )
+            ).json()
+            newer = (
+                await http.get(
+                    "/v1/messages/batches",
+                    params={"metadata": "team=nlp", "status": "in_progress", "before_id": older["first_id"]},
+                )
+            ).json()
+            quoted = await http.get("/v1/messages/batches", params={"metadata": 'te"am=nlp'})
+            unset = (await http.get("/v1/messages/batches", params={"metadata": "absent="})).json()
+    nlp_ids = [b.id for b in reversed(made) if json.loads(b.metadata)["team"] == "nlp"]
+    assert [b["id"] for b in nlp["data"]] == nlp_ids
+    assert [b["id"] for b in first["data"] + older["data"]] == nlp_ids[:3] and first["has_more"]
+    assert [b["id"] for b in newer["data"]] == nlp_ids[:2] and not newer["has_more"]
+    assert quoted.status_code == 400 and "metadata" in quoted.json()["error"]["message"]
+    assert unset["data"] == []
