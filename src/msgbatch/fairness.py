@@ -34,9 +34,19 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-__all__ = ["SHARED", "Holdings", "Lane", "Slots", "forget_idle", "plan", "record_grant", "water_fill"]
+__all__ = [
+    "SHARED",
+    "Holdings",
+    "Lane",
+    "Slots",
+    "forget_idle",
+    "interleaved",
+    "plan",
+    "record_grant",
+    "water_fill",
+]
 
 SHARED = "*"
 
@@ -144,6 +154,31 @@ def water_fill(
                 continue
         heapq.heappush(heap, (held / weight, before + 1 / weight, i, held, weight, room))
     return given
+
+
+J = TypeVar("J", bound="_HasWorkspace")
+
+
+class _HasWorkspace(Protocol):
+    @property
+    def workspace(self) -> str: ...
+
+
+def interleaved(jobs: list[J], weight: Callable[[str], float]) -> list[J]:
+    """A claim's requests in the order they should start: the workspaces' in turn by weight (a, a,
+    a, b, a, a, a, b for 3:1), each in its own order. Backends start requests first come, first
+    served: claimed workspace by workspace, a workspace's last requests would wait the longest,
+    and its share of what runs would fall below its share of what is held."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for index, job in enumerate(jobs):
+        n = seen.get(job.workspace, 0)
+        seen[job.workspace] = n + 1
+        keyed.append(((n + 0.5) / weight(job.workspace), index, job))
+    if len(seen) < 2:
+        return jobs
+    keyed.sort(key=lambda item: (item[0], item[1]))
+    return [job for _, _, job in keyed]
 
 
 def _grouped(lanes: Sequence[Lane], key: Callable[[Lane], K]) -> dict[K, list[Lane]]:

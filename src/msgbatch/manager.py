@@ -36,7 +36,7 @@ from msgbatch.config import Settings
 from msgbatch.envelope import models_of, parse_create
 from msgbatch.errors import InvalidRequestError, NotFoundError, RateLimitError
 from msgbatch.fairness import SHARED as SHARED_POOL
-from msgbatch.fairness import Lane, Slots, forget_idle, plan, record_grant
+from msgbatch.fairness import Lane, Slots, forget_idle, interleaved, plan, record_grant
 from msgbatch.ids import new_batch_id
 from msgbatch.models import (
     CANCELED,
@@ -404,7 +404,7 @@ class BatchManager:
                     self._last_served = lane.seq
             # A lane that filled its share may have more; one that did not is drained for now.
             lanes = [lane for lane in lanes if lane not in drained and free.get(lane.pool, 0) > 0]
-        return jobs
+        return interleaved(jobs, self._weight)
 
     async def _models_of(self, seqs: list[int]) -> dict[int, list[tuple[int, str]]]:
         """Each batch's (model key, model): read once per batch (they never change)."""

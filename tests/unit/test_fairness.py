@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from msgbatch.fairness import SHARED, Holdings, Lane, forget_idle, plan, record_grant, water_fill
+from msgbatch.fairness import SHARED, Holdings, Lane, forget_idle, interleaved, plan, record_grant, water_fill
 from msgbatch.models import HIGH, LOW, NORMAL
 
 
@@ -76,3 +76,16 @@ def test_plan_fills_each_pool_from_its_own_lanes_and_caps() -> None:
     takes = plan({"fast": 4, "slow": 1}, lanes, held, lambda ws: 1.0, lambda ws: 3)
     # In "fast", a holds 2 of its cap of 3: it may take 1 more; b takes 3 (its cap). "slow": a's.
     assert takes == {lanes[0]: 1, lanes[2]: 3, lanes[1]: 1}
+
+
+def test_a_claim_starts_its_requests_in_turn_by_weight() -> None:
+    class Job:
+        def __init__(self, workspace: str, n: int) -> None:
+            self.workspace, self.n = workspace, n
+
+    jobs = [Job("a", i) for i in range(6)] + [Job("b", i) for i in range(2)]
+    order = interleaved(jobs, {"a": 3.0, "b": 1.0}.__getitem__)
+    assert [(j.workspace, j.n) for j in order] == [
+        ("a", 0), ("a", 1), ("b", 0), ("a", 2), ("a", 3), ("a", 4), ("b", 1), ("a", 5),
+    ]  # fmt: skip
+    assert interleaved(jobs[:3], lambda ws: 1.0) == jobs[:3]
