@@ -163,6 +163,9 @@ class Settings(_Table, frozen=True):
     retention_seconds: Seconds = field(default=Seconds(29 * 86400), name="retention")
     max_requests: Positive = 100_000
     max_body_bytes: Positive = 256 * MIB
+    # The OpenAI Batch API's limits, OpenAI's own by default; those above cap them.
+    max_file_bytes: Positive = 200 * MIB  # an uploaded file
+    max_file_lines: Positive = 50_000  # requests in a batch's input file
     # Dispatcher
     worker: bool = True
     concurrency: Positive = 256

@@ -15,13 +15,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from msgbatch.api import batches, dashboard
+from msgbatch.api import batches, dashboard, openai
+from msgbatch.api.dialects import render_error
 from msgbatch.backends.router import Router
 from msgbatch.config import Settings
 from msgbatch.engine.runtime import Runtime
-from msgbatch.errors import STATUS_BY_TYPE, InternalServerError, MsgbatchError, error_body
+from msgbatch.errors import STATUS_BY_TYPE, InternalServerError, MsgbatchError
 from msgbatch.ids import new_request_id
 from msgbatch.metrics import CONTENT_TYPE
+from msgbatch.openai_batches import OpenAIBatches
 from msgbatch.store import Store
 
 log = logging.getLogger("msgbatch.api")
@@ -49,19 +51,24 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def error_response(request: Request, error_type: str, message: str, status: int, **headers: str) -> Response:
+def error_response(
+    request: Request,
+    error_type: str,
+    message: str,
+    status: int,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    **headers: str,
+) -> Response:
     request_id = request.scope.get("state", {}).get("request_id")
-    return Response(
-        error_body(error_type, message, request_id),
-        status_code=status,
-        media_type="application/json",
-        headers=headers or None,
-    )
+    body, status = render_error(request.url.path, error_type, message, status, request_id, param=param, code=code)
+    return Response(body, status_code=status, media_type="application/json", headers=headers or None)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MsgbatchError)
-    return error_response(request, exc.type, exc.message, exc.status, **exc.headers)
+    return error_response(request, exc.type, exc.message, exc.status, param=exc.param, code=exc.code, **exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -130,7 +137,9 @@ class MsgBatchServer:
         self.metrics = self.runtime.metrics
         self.dispatcher = self.runtime.dispatcher
         self.lifecycle = self.runtime.lifecycle
-        routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes]
+        routes: list[BaseRoute] = [
+            Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes + openai.routes
+        ]
         routes += [Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)]
         routes += dashboard.routes
         routes += extra_routes or []
@@ -141,6 +150,7 @@ class MsgBatchServer:
             lifespan=self._lifespan,
         )
         self.app.state.manager = self.manager
+        self.app.state.openai = OpenAIBatches(self.manager)
         self.app.state.settings = settings
         self.app.state.server = self
         self.app.state.metrics = self.metrics

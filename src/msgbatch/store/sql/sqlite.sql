@@ -372,25 +372,27 @@ FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER 
 
 -- name: list_openai_outputs
 -- A workspace's ended OpenAI batches (whose output and error files are files of the workspace)
--- that ended at `before` or earlier, the latest end first.
+-- before (`at`, `batch_id`) in the order they ended, the latest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM batches
-WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL AND ended_at <= :before
+WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL
+  AND (ended_at < :at OR (ended_at = :at AND id < :batch_id))
 ORDER BY ended_at DESC, id DESC LIMIT :limit;
 
 -- name: list_openai_outputs_asc
--- The same, from `after` on, the earliest end first.
+-- The same after (`at`, `batch_id`), the earliest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM batches
-WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL AND ended_at >= :after
+WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL
+  AND (ended_at > :at OR (ended_at = :at AND id > :batch_id))
 ORDER BY ended_at, id LIMIT :limit;
 
 -- name: openai_results_page
