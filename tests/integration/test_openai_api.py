@@ -275,52 +275,67 @@ async def test_delete_files(client: openai.AsyncOpenAI) -> None:
 
 async def test_workspace_isolation(tmp_path: Path, database: str) -> None:
     workspaces = {"research": ["sk-a"], "eval": ["sk-b"]}
-    async with serving(tmp_path, database, workspaces=workspaces) as server:
-        async with openai_client_for(server, "sk-a") as a, openai_client_for(server, "sk-b") as b:
-            uploaded, created = await submit(a, [chat_line("x")])
-            done = await poll(a, created.id)
-            assert done.output_file_id is not None
-            theirs = [uploaded.id, done.output_file_id]
-            for file_id in theirs:
-                for call in (b.files.retrieve, b.files.content, b.files.delete):
-                    with pytest.raises(openai.NotFoundError) as hidden:
-                        await call(file_id)
-                    assert hidden.value.body == {
-                        "message": f"No such File object: {file_id}",
-                        "type": "invalid_request_error",
-                        "param": "id",
-                        "code": None,
-                    }
-            for call in (b.batches.retrieve, b.batches.cancel):
-                with pytest.raises(openai.NotFoundError):
-                    await call(created.id)
-            with pytest.raises(openai.NotFoundError) as refused:
-                await b.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
-            assert refused.value.body["param"] == "input_file_id"  # type: ignore[index]
-            assert [f async for f in await b.files.list()] == []
-            assert [x async for x in await b.batches.list()] == []
-            assert len([f async for f in await a.files.list()]) == 2
+    async with (
+        serving(tmp_path, database, workspaces=workspaces) as server,
+        openai_client_for(server, "sk-a") as a,
+        openai_client_for(server, "sk-b") as b,
+    ):
+        uploaded, created = await submit(a, [chat_line("x")])
+        done = await poll(a, created.id)
+        assert done.output_file_id is not None
+        theirs = [uploaded.id, done.output_file_id]
+        for file_id in theirs:
+            for call in (b.files.retrieve, b.files.content, b.files.delete):
+                with pytest.raises(openai.NotFoundError) as hidden:
+                    await call(file_id)
+                assert hidden.value.body == {
+                    "message": f"No such File object: {file_id}",
+                    "type": "invalid_request_error",
+                    "param": "id",
+                    "code": None,
+                }
+        for call in (b.batches.retrieve, b.batches.cancel):
+            with pytest.raises(openai.NotFoundError):
+                await call(created.id)
+        with pytest.raises(openai.NotFoundError) as refused:
+            await b.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        assert refused.value.body["param"] == "input_file_id"  # type: ignore[index]
+        assert [f async for f in await b.files.list()] == []
+        assert [x async for x in await b.batches.list()] == []
+        assert len([f async for f in await a.files.list()]) == 2
 
 
 # -- bad input: OpenAI's status and error body, nothing stored ------------------------------------
 
 
-def error(
-    message: str, *, param: str | None = None, code: str | None = None, kind: str = "invalid_request_error"
-) -> dict[str, Any]:
-    return {"message": message, "type": kind, "param": param, "code": code}
+def error(message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+
+
+def missing(name: str) -> dict[str, Any]:
+    return error(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+
+
+def invalid(name: str, message: str) -> dict[str, Any]:
+    return error(message, param=name, code="invalid_value")
 
 
 async def test_bad_uploads(tmp_path: Path, database: str) -> None:
     async with serving(tmp_path, database, max_file_bytes=1000) as server, openai_client_for(server) as c:
         good = jsonl([chat_line("a")])
+        too_large = error("File is too large. The maximum is 1,000 bytes.", param="file")
+        not_jsonl = error("Invalid file format for Batch API. Must be .jsonl", param="file")
+        fine_tune = "Invalid value for 'purpose': 'fine-tune'. msgbatch keeps files for batches: 'batch'."
+        short = {"anchor": "created_at", "seconds": 60}
+        bounds = "Invalid 'expires_after.seconds': must be between 3600 and 2592000."
+        too_short = invalid("expires_after.seconds", bounds)
         cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
-            ({"file": ("notes.txt", good), "purpose": "batch"}, error("Invalid file format for Batch API. Must be .jsonl", param="file")),
-            ({"file": ("big.jsonl", b"x" * 1001), "purpose": "batch"}, error("File is too large. The maximum is 1,000 bytes.", param="file")),
-            ({"file": ("huge.jsonl", b"x" * 300_000), "purpose": "batch"}, error("File is too large. The maximum is 1,000 bytes.", param="file")),
-            ({"file": ("a.jsonl", good), "purpose": "fine-tune"}, error("Invalid value for 'purpose': 'fine-tune'. msgbatch keeps files for batches: 'batch'.", param="purpose", code="invalid_value")),
-            ({"file": ("a.jsonl", good), "purpose": "batch", "expires_after": {"anchor": "created_at", "seconds": 60}}, error("Invalid 'expires_after.seconds': must be between 3600 and 2592000.", param="expires_after.seconds", code="invalid_value")),
-        ]  # fmt: skip
+            ({"file": ("notes.txt", good), "purpose": "batch"}, not_jsonl),
+            ({"file": ("big.jsonl", b"x" * 1001), "purpose": "batch"}, too_large),
+            ({"file": ("huge.jsonl", b"x" * 300_000), "purpose": "batch"}, too_large),
+            ({"file": ("a.jsonl", good), "purpose": "fine-tune"}, invalid("purpose", fine_tune)),
+            ({"file": ("a.jsonl", good), "purpose": "batch", "expires_after": short}, too_short),
+        ]
         for args, expected in cases:
             with pytest.raises(openai.BadRequestError) as refused:
                 await c.files.create(**args)
@@ -329,13 +344,9 @@ async def test_bad_uploads(tmp_path: Path, database: str) -> None:
             headers = {"authorization": f"Bearer {TEST_KEY}"}
             answer = await http.post("/v1/files", json={"purpose": "batch"}, headers=headers)
             assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error"
-            answer = await http.post(
-                "/v1/files", data={"purpose": "batch"}, files={"other": ("a", b"x")}, headers=headers
-            )
-            assert (answer.status_code, answer.json()["error"]) == (
-                400,
-                error("Missing required parameter: 'file'.", param="file", code="missing_required_parameter"),
-            )
+            other = {"other": ("a", b"x")}
+            answer = await http.post("/v1/files", data={"purpose": "batch"}, files=other, headers=headers)
+            assert (answer.status_code, answer.json()["error"]) == (400, missing("file"))
             answer = await http.post("/v1/files", files={"file": ("a.jsonl", good)}, headers=headers)
             assert answer.json()["error"]["code"] == "missing_required_parameter"
         assert [f async for f in await c.files.list()] == []  # nothing stored half-way
@@ -348,17 +359,24 @@ async def test_bad_uploads(tmp_path: Path, database: str) -> None:
 async def test_bad_create_calls(client: openai.AsyncOpenAI) -> None:
     uploaded = await client.files.create(file=("a.jsonl", jsonl([chat_line("a")])), purpose="batch")
     good = {"input_file_id": uploaded.id, "endpoint": CHAT, "completion_window": "24h"}
+    endpoints = "'/v1/chat/completions', '/v1/completions', '/v1/embeddings'"
+    bad_endpoint = invalid("endpoint", f"Invalid value: '/v1/responses'. Supported values are: {endpoints}.")
+    bad_window = invalid("completion_window", "Invalid value: '1h'. Supported values are: '24h'.")
+    many = invalid("metadata", "Invalid 'metadata': at most 16 pairs, got 17.")
+    seconds = "Invalid 'output_expires_after.seconds': must be between 3600 and 2592000."
+    expiry = invalid("output_expires_after.seconds", seconds)
+    unknown = "file-batch_0000000000000000000000000-output"
     cases: list[tuple[dict[str, Any], int, dict[str, Any]]] = [
-        ({**good, "input_file_id": None}, 400, error("Missing required parameter: 'input_file_id'.", param="input_file_id", code="missing_required_parameter")),
-        ({**good, "endpoint": None}, 400, error("Missing required parameter: 'endpoint'.", param="endpoint", code="missing_required_parameter")),
-        ({**good, "completion_window": None}, 400, error("Missing required parameter: 'completion_window'.", param="completion_window", code="missing_required_parameter")),
-        ({**good, "endpoint": "/v1/responses"}, 400, error("Invalid value: '/v1/responses'. Supported values are: '/v1/chat/completions', '/v1/completions', '/v1/embeddings'.", param="endpoint", code="invalid_value")),
-        ({**good, "completion_window": "1h"}, 400, error("Invalid value: '1h'. Supported values are: '24h'.", param="completion_window", code="invalid_value")),
-        ({**good, "metadata": {f"k{i}": "v" for i in range(17)}}, 400, error("Invalid 'metadata': at most 16 pairs, got 17.", param="metadata", code="invalid_value")),
-        ({**good, "output_expires_after": {"anchor": "created_at", "seconds": 5}}, 400, error("Invalid 'output_expires_after.seconds': must be between 3600 and 2592000.", param="output_expires_after.seconds", code="invalid_value")),
+        ({**good, "input_file_id": None}, 400, missing("input_file_id")),
+        ({**good, "endpoint": None}, 400, missing("endpoint")),
+        ({**good, "completion_window": None}, 400, missing("completion_window")),
+        ({**good, "endpoint": "/v1/responses"}, 400, bad_endpoint),
+        ({**good, "completion_window": "1h"}, 400, bad_window),
+        ({**good, "metadata": {f"k{i}": "v" for i in range(17)}}, 400, many),
+        ({**good, "output_expires_after": {"anchor": "created_at", "seconds": 5}}, 400, expiry),
         ({**good, "input_file_id": "file-nope"}, 404, error("No such File object: file-nope", param="input_file_id")),
-        ({**good, "input_file_id": "file-batch_0000000000000000000000000-output"}, 404, error("No such File object: file-batch_0000000000000000000000000-output", param="id")),
-    ]  # fmt: skip
+        ({**good, "input_file_id": unknown}, 404, error(f"No such File object: {unknown}", param="id")),
+    ]
     for body, status, expected in cases:
         with pytest.raises(openai.APIStatusError) as refused:
             await client.post("/batches", body={k: v for k, v in body.items() if v is not None}, cast_to=Batch)
@@ -367,9 +385,8 @@ async def test_bad_create_calls(client: openai.AsyncOpenAI) -> None:
     finished = await poll(client, (await client.batches.create(**good)).id)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError) as refused:
         await client.batches.create(input_file_id=finished.output_file_id or "", endpoint=CHAT, completion_window="24h")
-    assert refused.value.body == error(
-        "Invalid 'input_file_id': the file's purpose must be 'batch'.", param="input_file_id", code="invalid_value"
-    )
+    purpose = "Invalid 'input_file_id': the file's purpose must be 'batch'."
+    assert refused.value.body == invalid("input_file_id", purpose)
 
 
 @pytest.mark.parametrize(
@@ -402,20 +419,23 @@ async def test_bad_input_files_fail_the_batch(
 
 
 async def test_auth_and_unknown_ids(tmp_path: Path, database: str) -> None:
-    async with serving(tmp_path, database, workspaces={"w": ["sk-right"]}) as server:
-        async with openai_client_for(server, "sk-wrong") as wrong, openai_client_for(server, "sk-right") as right:
-            with pytest.raises(openai.AuthenticationError) as refused:
-                await wrong.batches.list()
-            assert refused.value.body == error("Incorrect API key provided.", code="invalid_api_key")
-            async with raw_client(server) as http:
-                answer = await http.get("/v1/files")
-                assert answer.status_code == 401 and answer.json()["error"]["message"].startswith("You didn't provide")
-                answer = await http.get("/v1/batches/nope/extra", headers={"authorization": "Bearer sk-right"})
-                assert (answer.status_code, answer.json()) == (404, {"error": error("Not found")})
-            for missing in ("batch_nope", "msgbatch_0D8XGV3qTtA7L0k1NYrDoj3C"):
-                with pytest.raises(openai.NotFoundError) as hidden:
-                    await right.batches.retrieve(missing)
-                assert hidden.value.body == error(f"No batch found with id '{missing}'.", param="batch_id")
+    async with (
+        serving(tmp_path, database, workspaces={"w": ["sk-right"]}) as server,
+        openai_client_for(server, "sk-wrong") as wrong,
+        openai_client_for(server, "sk-right") as right,
+    ):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await wrong.batches.list()
+        assert refused.value.body == error("Incorrect API key provided.", code="invalid_api_key")
+        async with raw_client(server) as http:
+            answer = await http.get("/v1/files")
+            assert answer.status_code == 401 and answer.json()["error"]["message"].startswith("You didn't provide")
+            answer = await http.get("/v1/batches/nope/extra", headers={"authorization": "Bearer sk-right"})
+            assert (answer.status_code, answer.json()) == (404, {"error": error("Not found")})
+        for missing in ("batch_nope", "msgbatch_0D8XGV3qTtA7L0k1NYrDoj3C"):
+            with pytest.raises(openai.NotFoundError) as hidden:
+                await right.batches.retrieve(missing)
+            assert hidden.value.body == error(f"No batch found with id '{missing}'.", param="batch_id")
 
 
 # -- the two APIs side by side ---------------------------------------------------------------
@@ -443,10 +463,8 @@ async def test_each_api_sees_its_own_batches(client: openai.AsyncOpenAI, srv: Ms
 
 
 async def test_embeddings_and_completions_on_the_simulator(client: openai.AsyncOpenAI) -> None:
-    lines = [
-        {"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": "emb", "input": ["a", f"t{i}"], "dimensions": 8}}
-        for i in range(3)
-    ]  # fmt: skip
+    bodies = [{"model": "emb", "input": ["a", f"t{i}"], "dimensions": 8} for i in range(3)]
+    lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": b} for i, b in enumerate(bodies)]
     _, created = await submit(client, lines, endpoint="/v1/embeddings")
     batch = await poll(client, created.id)
     assert batch.status == "completed" and batch.usage is not None and batch.usage.input_tokens == 6
@@ -473,9 +491,8 @@ async def test_embeddings_and_completions_on_the_simulator(client: openai.AsyncO
 async def test_chat_goes_natively_to_an_openai_upstream(tmp_path: Path, database: str) -> None:
     with FakeUpstream() as fake:
         fake.plan("flaky", [429, 503])
-        backend = AdaptiveLimiter(
-            OpenAIBackend("vllm", fake.url + "/v1", model="served-name"), 8, retry=RetryPolicy(max_attempts=3, base=0.01, cap=0.02)
-        )  # fmt: skip
+        retry = RetryPolicy(max_attempts=3, base=0.01, cap=0.02)
+        backend = AdaptiveLimiter(OpenAIBackend("vllm", fake.url + "/v1", model="served-name"), 8, retry=retry)
         router = Router([Route("gpt-*", backend)], SimulatorBackend())
         async with serving(tmp_path, database, router=router) as server, openai_client_for(server) as c:
             weird = chat_line("weird", "Hi", seed=7, logit_bias={"50256": -100}, vendor_extension={"beam": [1, 2.5]})

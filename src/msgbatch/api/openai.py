@@ -7,7 +7,8 @@ Message Batches API. Errors answer in this dialect's body, `{"error": {"message"
 An upload (`POST /v1/files`, multipart) is parsed by Starlette's multipart parser, which spools
 the file part to a temporary file on disk past 1 MiB; the request body is counted as it arrives
 and refused past the limit (`max_file_bytes`, at most `max_body_bytes`), then the spooled file is
-stored chunk by chunk in one transaction (`files.py`). Nothing of a refused upload is kept.
+stored chunk by chunk in one transaction (`files.py`). Nothing of a refused upload is kept. As for
+a create body, each wait for the next piece of an upload is bounded by `body_timeout`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from msgbatch.api.auth import api_key_of, workspace_of
-from msgbatch.api.batches import read_body
+from msgbatch.api.body import body_pieces, create_body
+from msgbatch.config import Settings
 from msgbatch.errors import AuthenticationError, InvalidRequestError
 from msgbatch.files import DEFAULT_EXPIRY
 from msgbatch.openai_batches import OpenAIBatches, OutputFile, expires_after, invalid_value, missing_parameter
@@ -86,7 +88,7 @@ def _too_large(limit: int) -> InvalidRequestError:
     return InvalidRequestError(f"File is too large. The maximum is {limit:,} bytes.", param="file")
 
 
-async def _form(request: Request, limit: int) -> Any:
+async def _form(request: Request, settings: Settings, limit: int) -> Any:
     """The upload's form, its file part spooled to disk; the body is refused past the limit."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
@@ -97,7 +99,7 @@ async def _form(request: Request, limit: int) -> Any:
 
     async def counted() -> AsyncGenerator[bytes, None]:
         received = 0
-        async for chunk in request.stream():
+        async for chunk in body_pieces(request, settings):
             received += len(chunk)
             if received > limit + _ENVELOPE:
                 raise _too_large(limit)
@@ -128,7 +130,7 @@ async def upload(request: Request) -> Response:
     workspace = _workspace(request)
     settings = service.settings
     limit = min(settings.max_file_bytes, settings.max_body_bytes)
-    form = await _form(request, limit)
+    form = await _form(request, settings, limit)
     try:
         purpose = form.get("purpose")
         if purpose is None:
@@ -211,9 +213,11 @@ async def file_content(request: Request) -> Response:
 async def create_batch(request: Request) -> Response:
     service = _service(request)
     workspace = _workspace(request)
-    body = await read_body(request, _CREATE_LIMIT)
-    found = await service.create(workspace, body)
-    request.app.state.metrics.batch_created(found.batch, len(body))
+    settings = msgspec.structs.replace(service.settings, max_body_bytes=_CREATE_LIMIT)
+    async with create_body(request, settings, request.app.state.create_budget) as body:
+        found = await service.create(workspace, body)
+        size = len(body)
+    request.app.state.metrics.batch_created(found.batch, size)
     return _json(service.render(found))
 
 

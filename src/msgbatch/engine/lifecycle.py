@@ -12,6 +12,7 @@ import logging
 
 from msgbatch.clock import now_us
 from msgbatch.engine.supervisor import Supervisor
+from msgbatch.errors import ServiceUnavailableError
 from msgbatch.files import FileManager
 from msgbatch.manager import BatchManager
 
@@ -42,6 +43,8 @@ class Lifecycle:
         while True:
             try:
                 await self.tick()
+            except ServiceUnavailableError:
+                pass  # the database is away; the store said so once
             except Exception:
                 log.exception("lifecycle.tick_failed")
             await asyncio.sleep(self.interval)
