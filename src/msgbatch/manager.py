@@ -187,12 +187,18 @@ class BatchManager:
             )
         if before_id is not None:
             rows = await self.store.read(
-                "list_batches_before", {"workspace": workspace, "lower": before_id, "limit": limit + 1}
+                "list_batches_before", {"workspace": workspace, "lower": max(before_id, prefix), "limit": limit + 1}
             )
             return [batch_from_row(r) for r in reversed(rows[:limit])], len(rows) > limit
         rows = await self.store.read(
             "list_batches",
-            {"workspace": workspace, "lower": prefix, "upper": after_id or prefix + _TOP, "limit": limit + 1},
+            # The cursor is kept within the prefix: an API lists only its own batches.
+            {
+                "workspace": workspace,
+                "lower": prefix,
+                "upper": min(after_id or _TOP, prefix + _TOP),
+                "limit": limit + 1,
+            },
         )
         return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
 

@@ -73,6 +73,8 @@ def expires_after(value: object, name: str) -> int | None:
     if not isinstance(value, dict) or value.get("anchor") != "created_at":
         raise invalid_value(name, f"Invalid '{name}': expected an object with anchor 'created_at' and seconds.")
     seconds = value.get("seconds")
+    if isinstance(seconds, float) and seconds.is_integer():  # 7200.0 is an integer to JSON
+        seconds = int(seconds)
     if not isinstance(seconds, int) or isinstance(seconds, bool) or not MIN_EXPIRY <= seconds <= MAX_EXPIRY:
         raise invalid_value(
             f"{name}.seconds", f"Invalid '{name}.seconds': must be between {MIN_EXPIRY} and {MAX_EXPIRY}."
@@ -192,12 +194,16 @@ class OpenAIBatches:
             if asked.get(name) is None:
                 raise missing_parameter(name)
         endpoint = asked["endpoint"]
-        if endpoint not in OPENAI_ENDPOINTS:
+        if not isinstance(endpoint, str) or endpoint not in OPENAI_ENDPOINTS:
             supported = ", ".join(f"'{e}'" for e in OPENAI_ENDPOINTS)
-            raise invalid_value("endpoint", f"Invalid value: {endpoint!r}. Supported values are: {supported}.")
+            raise invalid_value(
+                "endpoint", f"Invalid value: {str(endpoint)[:60]!r}. Supported values are: {supported}."
+            )
         window = asked["completion_window"]
-        if window not in COMPLETION_WINDOWS:
-            raise invalid_value("completion_window", f"Invalid value: {window!r}. Supported values are: '24h'.")
+        if not isinstance(window, str) or window not in COMPLETION_WINDOWS:
+            raise invalid_value(
+                "completion_window", f"Invalid value: {str(window)[:60]!r}. Supported values are: '24h'."
+            )
         metadata = _metadata(asked.get("metadata"))
         output_expiry = expires_after(asked.get("output_expires_after"), "output_expires_after")
         input_file_id = asked["input_file_id"]
@@ -256,7 +262,7 @@ class OpenAIBatches:
             {
                 "workspace": workspace,
                 "lower": OPENAI_BATCH_PREFIX,
-                "upper": after or OPENAI_BATCH_PREFIX + "~",
+                "upper": min(after or "~", OPENAI_BATCH_PREFIX + "~"),  # this API's batches only
                 "limit": limit + 1,
             },
         )

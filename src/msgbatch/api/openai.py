@@ -13,6 +13,7 @@ a create body, each wait for the next piece of an upload is bounded by `body_tim
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -58,14 +59,16 @@ def _workspace(request: Request) -> str:
         raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key") from None
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+
+
 def _int_param(request: Request, name: str, default: int) -> int:
     value = request.query_params.get(name)
     if value is None:
         return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequestError(f"Invalid '{name}': expected an integer.", param=name, code="invalid_type") from None
+    if not _INTEGER.fullmatch(value):  # int() would also take " 5", "1_0" and other digits
+        raise InvalidRequestError(f"Invalid '{name}': expected an integer.", param=name, code="invalid_type")
+    return int(value)
 
 
 def _page(data: list[dict[str, Any]], more: bool) -> Response:
