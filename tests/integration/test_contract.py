@@ -778,6 +778,15 @@ async def test_each_api_sees_only_its_own_batches(manager: BatchManager) -> None
     assert await manager.list_batches("w", limit=10, after_id=messages.id, before_id=None) == ([], False)
     found, more = await openai.list_batches("w", limit=10, after=None)
     assert ([b.batch.id for b in found], more) == ([theirs.batch.id], False)
+    # A cursor from anywhere stays within the API's own ids.
+    for cursor in ("zzz", "a", "batch_", "msgbatch_"):
+        listed, _ = await manager.list_batches("w", limit=10, after_id=cursor, before_id=None)
+        assert {b.id for b in listed} <= {messages.id}
+        listed, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=cursor)
+        assert {b.id for b in listed} <= {messages.id}
+        found, _ = await openai.list_batches("w", limit=10, after=cursor)
+        assert {b.batch.id for b in found} <= {theirs.batch.id}
+    assert [b.batch.id for b in (await openai.list_batches("w", limit=10, after="zzz"))[0]] == [theirs.batch.id]
     for call in (manager.get, manager.cancel, manager.delete):
         with pytest.raises(NotFoundError):
             await call("w", theirs.batch.id)
