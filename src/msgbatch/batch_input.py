@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["MAX_CUSTOM_ID", "MAX_ERRORS", "InputRequest", "check_input"]
+__all__ = ["MAX_CUSTOM_ID", "MAX_ERRORS", "InputRequest", "check_input", "check_line"]
 
 MAX_CUSTOM_ID = 512
 MAX_ERRORS = 100
@@ -61,8 +61,11 @@ def _missing(key: str, line: int) -> dict[str, Any]:
     return _error("missing_required_parameter", f"Missing required parameter: '{key}'.", line, key)
 
 
-def _check_line(raw: memoryview, number: int, endpoint: str, seen: set[str]) -> InputRequest | dict[str, Any]:
-    """The request on one line, or the first problem with it."""
+def check_line(
+    raw: bytes | memoryview, number: int, endpoint: str | None, seen: set[str]
+) -> InputRequest | dict[str, Any]:
+    """The request on one line, or the first problem with it (`endpoint` None: any `url` string;
+    `seen` gathers the custom_ids of the lines before)."""
     try:
         line = _decode_line(raw)
     except (msgspec.DecodeError, RecursionError):
@@ -80,7 +83,9 @@ def _check_line(raw: memoryview, number: int, endpoint: str, seen: set[str]) -> 
         return _error("invalid_value", message, number, "custom_id")
     if line.method != "POST":
         return _error("invalid_value", "Invalid 'method': only POST is supported.", number, "method")
-    if line.url != endpoint:
+    if endpoint is None and not isinstance(line.url, str):
+        return _error("invalid_type", "Invalid type for 'url': expected a string.", number, "url")
+    if endpoint is not None and line.url != endpoint:
         message = f"The URL provided for this request does not match the batch endpoint {endpoint}."
         return _error("url_mismatch", message, number, "url")
     body = line.body
@@ -137,7 +142,7 @@ def check_input(
         if not ascii_only and not _is_utf8(raw):
             errors.append(_error("invalid_json_line", "This line is not valid UTF-8.", number))
             continue
-        found = _check_line(raw, number, endpoint, seen)
+        found = check_line(raw, number, endpoint, seen)
         if isinstance(found, dict):
             errors.append(found)
         else:
