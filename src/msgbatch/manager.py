@@ -18,13 +18,16 @@ transition, in which transaction, is decided here and nowhere else:
 - **fairness**: a claim spreads over every batch that has work, starting after the batch served
   last, so a small batch is never stuck behind a big one.
 - **paging**: lists page by id (ids sort by creation); results stream in keyset pages.
+- **dialects**: a batch's id prefix says which API it belongs to (`msgbatch_` the Message Batches
+  API, `batch_` the OpenAI Batch API, whose own rules are in `msgbatch.openai_batches`); each API
+  finds, lists and cancels only its own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -32,7 +35,7 @@ from msgbatch.clock import now_us, rfc3339
 from msgbatch.config import Settings
 from msgbatch.envelope import parse_create_body
 from msgbatch.errors import InvalidRequestError, NotFoundError
-from msgbatch.ids import new_batch_id
+from msgbatch.ids import MESSAGE_BATCH_PREFIX, new_batch_id
 from msgbatch.models import ENDED, IN_PROGRESS, STATUS_NAMES, Batch, Job, Outcome
 from msgbatch.store.base import Row, Step, Store, batch_from_row
 
@@ -41,8 +44,8 @@ log = logging.getLogger("msgbatch.batches")
 NO_RESULTS = "Message Batch ID has no available results."
 NOT_FOUND = "Message Batch ID not found."
 RESULTS_PAGE = 2000
-# Above every batch id (`msgbatch_` + base62): the upper cursor of a first list page.
-_TOP = "msgbatch_~"
+# Above every id of a prefix (prefix + base62): the upper cursor of a first list page.
+_TOP = "~"
 # Later than any lease: at the start of a single-process store, every lease it finds is stale.
 _FOREVER = 1 << 62
 
@@ -57,6 +60,16 @@ def _settle(seqs: Sequence[int] | None, now: int) -> list[Step]:
 
 def _ids(rows: list[Row]) -> list[str]:
     return [row[0] for row in rows]
+
+
+class NewRequest(Protocol):
+    """A request of a batch being created: its custom_id and its params as the bytes they came as."""
+
+    @property
+    def custom_id(self) -> str: ...
+
+    @property
+    def params(self) -> Any: ...  # bytes, or a buffer of them (msgspec.Raw, memoryview)
 
 
 class BatchManager:
@@ -80,13 +93,31 @@ class BatchManager:
         metadata: dict[str, str] | None = None,
     ) -> Batch:
         requests = parse_create_body(body, self.settings.max_requests)
+        return await self.create_batch(
+            workspace, requests, size=len(body), betas=betas, headers=headers, metadata=metadata
+        )
+
+    async def create_batch(
+        self,
+        workspace: str,
+        requests: Sequence[NewRequest],
+        *,
+        size: int = 0,
+        betas: str = "",
+        headers: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        batch_id: str | None = None,
+        also: Sequence[Step] = (),
+    ) -> Batch:
+        """A batch of requests whose envelope was checked; `also` are steps of the same transaction
+        (another dialect's own columns), run after the batch row is inserted."""
         now = now_us()
         total = len(requests)
         (reserved,) = await self.store.run(Step("reserve_request_ids", {"n": total}))
         first = reserved[0][0] - total + 1
         batch = Batch(
             seq=0,
-            id=new_batch_id(),
+            id=batch_id or new_batch_id(),
             workspace=workspace,
             status=IN_PROGRESS,
             created_at=now,
@@ -113,13 +144,14 @@ class BatchManager:
                     "metadata": batch.metadata,
                 },
             ),
+            *also,
             Step("insert_requests", rows=[(first + i, r.custom_id, r.params) for i, r in enumerate(requests)]),
             Step("insert_jobs", {"batch_id": batch.id, "first": first, "stop": first + total}),
             Step("notify", {"payload": "work"}),
             durable=True,
         )
         batch = msgspec.structs.replace(batch, seq=inserted[0][0])
-        log.info("batch.created id=%s workspace=%s requests=%d bytes=%d", batch.id, workspace, total, len(body))
+        log.info("batch.created id=%s workspace=%s requests=%d bytes=%d", batch.id, workspace, total, size)
         for callback in self.on_created:
             callback(batch)
         return batch
@@ -130,14 +162,21 @@ class BatchManager:
         rows = await self.store.read("get_batch", {"id": batch_id})
         return batch_from_row(rows[0]) if rows else None
 
-    async def get(self, workspace: str, batch_id: str) -> Batch:
-        batch = await self.find(batch_id)
+    async def get(self, workspace: str, batch_id: str, *, prefix: str = MESSAGE_BATCH_PREFIX) -> Batch:
+        """The batch, if it is the workspace's and of the API whose ids start with `prefix`."""
+        batch = await self.find(batch_id) if batch_id.startswith(prefix) else None
         if batch is None or batch.workspace != workspace:
             raise NotFoundError(NOT_FOUND)
         return batch
 
     async def list_batches(
-        self, workspace: str, *, limit: int, after_id: str | None, before_id: str | None
+        self,
+        workspace: str,
+        *,
+        limit: int,
+        after_id: str | None,
+        before_id: str | None,
+        prefix: str = MESSAGE_BATCH_PREFIX,
     ) -> tuple[list[Batch], bool]:
         """Newest first; the bool says whether more lie beyond in the direction asked."""
         if after_id is not None and before_id is not None:
@@ -148,11 +187,18 @@ class BatchManager:
             )
         if before_id is not None:
             rows = await self.store.read(
-                "list_batches_before", {"workspace": workspace, "lower": before_id, "limit": limit + 1}
+                "list_batches_before", {"workspace": workspace, "lower": max(before_id, prefix), "limit": limit + 1}
             )
             return [batch_from_row(r) for r in reversed(rows[:limit])], len(rows) > limit
         rows = await self.store.read(
-            "list_batches", {"workspace": workspace, "upper": after_id or _TOP, "limit": limit + 1}
+            "list_batches",
+            # The cursor is kept within the prefix: an API lists only its own batches.
+            {
+                "workspace": workspace,
+                "lower": prefix,
+                "upper": min(after_id or _TOP, prefix + _TOP),
+                "limit": limit + 1,
+            },
         )
         return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
 
@@ -198,8 +244,8 @@ class BatchManager:
 
     # -- transitions -------------------------------------------------------------------------
 
-    async def cancel(self, workspace: str, batch_id: str) -> Batch:
-        batch = await self.get(workspace, batch_id)
+    async def cancel(self, workspace: str, batch_id: str, *, prefix: str = MESSAGE_BATCH_PREFIX) -> Batch:
+        batch = await self.get(workspace, batch_id, prefix=prefix)
         if batch.status == ENDED:
             raise InvalidRequestError(f"Batch {batch_id} has already ended and cannot be canceled.")
         if batch.status == IN_PROGRESS:
@@ -209,7 +255,7 @@ class BatchManager:
                 *_settle([batch.seq], now),
                 Step("notify", {"payload": f"cancel:{batch.seq}"}),
             )
-            batch = await self.get(workspace, batch_id)
+            batch = await self.get(workspace, batch_id, prefix=prefix)
             log.info("batch.canceling id=%s canceled=%d still_running=%d", batch.id, batch.canceled, batch.processing)
             if batch.status == ENDED:
                 log.info("batch.ended id=%s reason=canceled", batch.id)
@@ -246,8 +292,8 @@ class BatchManager:
             (rows,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=asked))
             taken: dict[int, int] = {}
             for rid, seq, attempts, custom_id, params in rows:
-                _, _, _, betas, headers, expires_at = info[seq]
-                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts))
+                _, _, _, betas, headers, expires_at, endpoint = info[seq]
+                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, endpoint))
                 taken[seq] = taken.get(seq, 0) + 1
             remaining -= len(rows)
             if rows:

@@ -65,6 +65,39 @@
     return `${(seconds / 3600).toFixed(1)} h`;
   }
 
+  // An OpenAI batch (the OpenAI Batch API's, `batch_...`) is shown in the Message Batches' terms:
+  // completed requests as succeeded, failed ones (errored, cancelled, expired) as errored.
+  const isOpenAI = (id) => id.startsWith("batch_");
+  const OPENAI_ENDED = ["completed", "failed", "cancelled", "expired"];
+
+  function fromOpenAI(b) {
+    const c = b.request_counts || { total: 0, completed: 0, failed: 0 };
+    const iso = (seconds) => (seconds ? new Date(seconds * 1000).toISOString() : null);
+    const ended = OPENAI_ENDED.includes(b.status);
+    return {
+      id: b.id,
+      kind: `OpenAI ${b.endpoint}`,
+      openai: b,
+      processing_status: ended ? "ended" : b.status === "cancelling" ? "canceling" : "in_progress",
+      request_counts: {
+        processing: Math.max(0, c.total - c.completed - c.failed),
+        succeeded: c.completed,
+        errored: c.failed,
+        canceled: 0,
+        expired: 0,
+      },
+      created_at: iso(b.created_at),
+      expires_at: iso(b.expires_at),
+      cancel_initiated_at: iso(b.cancelling_at),
+      ended_at: iso(b.completed_at || b.cancelled_at || b.expired_at || b.failed_at),
+      archived_at: null,
+      results_url: ended && (b.output_file_id || b.error_file_id) ? "files" : null,
+    };
+  }
+
+  const batchPath = (id) =>
+    isOpenAI(id) ? `/v1/batches/${encodeURIComponent(id)}` : `/v1/messages/batches/${encodeURIComponent(id)}`;
+
   const totals = (c) => {
     const total = c.processing + c.succeeded + c.errored + c.canceled + c.expired;
     return { total, done: total - c.processing };
@@ -230,8 +263,8 @@
   async function cancelBatch(id) {
     if (!confirm(`Cancel batch ${id}? Requests not started yet will not run.`)) return;
     try {
-      const batch = await api(`/v1/messages/batches/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-      notice(`Cancel requested for ${id}: now ${batch.processing_status.replace("_", " ")}.`);
+      const batch = await api(`${batchPath(id)}/cancel`, { method: "POST" });
+      notice(`Cancel requested for ${id}: now ${(batch.processing_status || batch.status).replace("_", " ")}.`);
       refreshNow();
     } catch (err) {
       reportError(err);
@@ -262,13 +295,21 @@
     const c = b.request_counts;
     const action =
       b.processing_status === "ended"
-        ? h("button", { class: "small danger ghost", type: "button", text: "Delete", onclick: () => deleteBatch(b.id) })
+        ? b.openai
+          ? null // OpenAI batches are not deleted: their files are
+          : h("button", { class: "small danger ghost", type: "button", text: "Delete", onclick: () => deleteBatch(b.id) })
         : h("button", { class: "small danger ghost", type: "button", text: "Cancel", onclick: () => cancelBatch(b.id) });
-    if (b.processing_status === "canceling") action.disabled = true;
+    if (action && b.processing_status === "canceling") action.disabled = true;
     return h(
       "tr",
-      { dataset: { id: b.id, status: b.processing_status } },
-      h("td", {}, h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id })),
+      { dataset: { id: b.id, status: b.processing_status, kind: b.openai ? "openai" : "messages" } },
+      h(
+        "td",
+        {},
+        h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id }),
+        " ",
+        h("span", { class: "pill kind", text: b.kind || "Messages" }),
+      ),
       h("td", { class: "status" }, statusPill(b.processing_status)),
       h("td", { class: "wide" }, progressBar(c, b.processing_status)),
       ...KINDS.map((k) => h("td", { class: `num ${k}${c[k] ? "" : " zero"}`, text: fmt(c[k]) })),
@@ -278,10 +319,16 @@
   }
 
   async function refreshList() {
-    const page = await api(`/v1/messages/batches?limit=${PAGE}`);
+    const [page, openai] = await Promise.all([
+      api(`/v1/messages/batches?limit=${PAGE}`),
+      api(`/v1/batches?limit=${PAGE}`),
+    ]);
     const seen = new Set(page.data.map((b) => b.id));
     const older = state.older.filter((b) => !seen.has(b.id));
-    const all = page.data.concat(older);
+    const all = page.data
+      .concat(openai.data.map(fromOpenAI))
+      .sort((x, y) => Date.parse(y.created_at) - Date.parse(x.created_at))
+      .concat(older);
     const fingerprint = JSON.stringify(all) + Math.floor(Date.now() / 30000); // relative times age too
     if (fingerprint !== state.lastList) {
       state.lastList = fingerprint;
@@ -405,17 +452,19 @@
     );
     $("#cancel").hidden = b.processing_status === "ended";
     $("#cancel").disabled = b.processing_status === "canceling";
-    $("#delete").hidden = b.processing_status !== "ended";
+    $("#delete").hidden = b.processing_status !== "ended" || !!b.openai;
+    $("#batch-kind").textContent = b.kind || "Messages";
     $("#download").hidden = !b.results_url || !!b.archived_at;
     renderTimeline(b);
     renderRate(b);
   }
 
   async function refreshDetail(id) {
-    const [b, stats] = await Promise.all([
-      api(`/v1/messages/batches/${encodeURIComponent(id)}`),
-      api(`/v1/messages/batches/${encodeURIComponent(id)}/stats`).catch(() => null),
+    const [raw, stats] = await Promise.all([
+      api(batchPath(id)),
+      isOpenAI(id) ? null : api(`/v1/messages/batches/${encodeURIComponent(id)}/stats`).catch(() => null),
     ]);
+    const b = isOpenAI(id) ? fromOpenAI(raw) : raw;
     renderDetail(b);
     if (stats) renderTiming(stats);
     if (b.processing_status === "ended") {
@@ -430,7 +479,31 @@
     return true;
   }
 
+  // An OpenAI output or error file's line, as a row of the results table.
+  function fromOpenAILine(line) {
+    const error = line.error || (line.response && line.response.status_code !== 200 ? line.response.body.error : null);
+    let type = "succeeded";
+    let summary = "";
+    if (line.error && line.error.code === "batch_cancelled") type = "canceled";
+    else if (line.error && line.error.code === "batch_expired") type = "expired";
+    else if (error) type = "errored";
+    if (type === "succeeded") {
+      const body = line.response.body;
+      const choice = (body.choices || [])[0];
+      let text = `${(body.data || []).length} embedding(s)`;
+      if (choice) text = choice.message ? choice.message.content || "[tool_calls]" : choice.text;
+      summary = String(text).slice(0, 160) + (choice ? `  ·  ${choice.finish_reason}` : "");
+    } else if (type === "errored") {
+      summary = `${line.response ? line.response.status_code : ""} ${error.type || error.code}: ${error.message}`;
+    }
+    return { custom_id: line.custom_id, result: { type }, summary, line };
+  }
+
   function resultDetails(r) {
+    if (r.line) {
+      const shown = r.summary || (r.result.type === "canceled" ? "not run: the batch was cancelled" : "not run before the batch expired");
+      return h("details", {}, h("summary", { text: shown }), h("pre", { text: JSON.stringify(r.line, null, 2) }));
+    }
     const result = r.result;
     let summary = "";
     if (result.type === "succeeded") {
@@ -470,36 +543,49 @@
     if (type) query.set("type", type);
     if (customId) query.set("custom_id", customId);
     note.textContent = "Loading…";
-    const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results?${query}`, { raw: true });
-    const reader = res.body.getReader();
-    const decoder = new TextDecoder();
     const rows = [];
-    let buffer = "";
     let more = false;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) {
-        buffer += decoder.decode();
-        break;
-      }
-      buffer += decoder.decode(value, { stream: true });
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        if (!line.trim()) continue;
+    if (b.openai) {
+      // Its output file, then its error file; filtered here.
+      for (const line of await openaiLines(b.openai)) {
+        const row = fromOpenAILine(line);
+        if ((type && row.result.type !== type) || (customId && row.custom_id !== customId)) continue;
         if (rows.length === RESULTS_SHOWN) {
           more = true;
           break;
         }
-        rows.push(JSON.parse(line));
+        rows.push(row);
       }
-      if (more) {
-        reader.cancel();
-        break;
+    } else {
+      const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results?${query}`, { raw: true });
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) {
+          buffer += decoder.decode();
+          break;
+        }
+        buffer += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + 1);
+          if (!line.trim()) continue;
+          if (rows.length === RESULTS_SHOWN) {
+            more = true;
+            break;
+          }
+          rows.push(JSON.parse(line));
+        }
+        if (more) {
+          reader.cancel();
+          break;
+        }
       }
+      if (!more && buffer.trim() && rows.length < RESULTS_SHOWN) rows.push(JSON.parse(buffer));
     }
-    if (!more && buffer.trim() && rows.length < RESULTS_SHOWN) rows.push(JSON.parse(buffer));
     tbody.replaceChildren(
       ...rows.map((r) =>
         h(
@@ -519,12 +605,24 @@
         : `${fmt(rows.length)} result${rows.length === 1 ? "" : "s"} (${what}).`;
   }
 
+  async function openaiFile(fileId) {
+    if (!fileId) return "";
+    const res = await api(`/v1/files/${encodeURIComponent(fileId)}/content`, { raw: true });
+    return res.text();
+  }
+
+  async function openaiLines(batch) {
+    const text = (await openaiFile(batch.output_file_id)) + (await openaiFile(batch.error_file_id));
+    return text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line));
+  }
+
   async function download() {
     const b = state.batch;
     if (!b) return;
     try {
-      const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results`, { raw: true });
-      const blob = await res.blob();
+      const blob = b.openai
+        ? new Blob([(await openaiFile(b.openai.output_file_id)) + (await openaiFile(b.openai.error_file_id))])
+        : await (await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results`, { raw: true })).blob();
       const url = URL.createObjectURL(blob);
       const a = h("a", { href: url, download: `${b.id}_results.jsonl` });
       document.body.append(a);
