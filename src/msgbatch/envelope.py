@@ -11,6 +11,8 @@ from __future__ import annotations
 import codecs
 import gc
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -147,9 +149,10 @@ class Models(msgspec.Struct):
     runs: list[tuple[int, int, int]]
 
 
-def models_of(requests: list[_Request]) -> Models:
-    """Read each request's `model` out of its raw params (about 0.3 µs a request: 30 ms for
-    100,000, against a second for the whole create)."""
+def models_of(requests: Sequence[Any]) -> Models:
+    """Read each request's `model` out of its raw params (`request.params`: bytes or a buffer;
+    about 0.3 µs a request: 30 ms for 100,000, against a second for the whole create). An OpenAI
+    batch's request bodies name their `model` the same way."""
     keys: dict[str, int] = {}
     totals: list[int] = []
     runs: list[tuple[int, int, int]] = []

@@ -21,13 +21,16 @@ transition, in which transaction, is decided here and nowhere else:
   (workspaces by weight, then batches by priority and equally, starting after the batch served
   last), so a small batch is never stuck behind a big one, nor a team behind another's.
 - **paging**: lists page by id (ids sort by creation); results stream in keyset pages.
+- **dialects**: a batch's id prefix says which API it belongs to (`msgbatch_` the Message Batches
+  API, `batch_` the OpenAI Batch API, whose own rules are in `msgbatch.openai_batches`); each API
+  finds, lists and cancels only its own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -37,12 +40,13 @@ from msgbatch.envelope import models_of, parse_create
 from msgbatch.errors import InvalidRequestError, NotFoundError, RateLimitError
 from msgbatch.fairness import SHARED as SHARED_POOL
 from msgbatch.fairness import Lane, Slots, forget_idle, interleaved, plan, record_grant
-from msgbatch.ids import new_batch_id
+from msgbatch.ids import MESSAGE_BATCH_PREFIX, new_batch_id
 from msgbatch.models import (
     CANCELED,
     ENDED,
     EXPIRED,
     IN_PROGRESS,
+    NORMAL,
     PRIORITY_NAMES,
     STATUS_NAMES,
     Batch,
@@ -56,8 +60,8 @@ log = logging.getLogger("msgbatch.batches")
 NO_RESULTS = "Message Batch ID has no available results."
 NOT_FOUND = "Message Batch ID not found."
 RESULTS_PAGE = 2000
-# Above every batch id (`msgbatch_` + base62): the upper cursor of a first list page.
-_TOP = "msgbatch_~"
+# Above every id of a prefix (prefix + base62): the upper cursor of a first list page.
+_TOP = "~"
 # Later than any lease: at the start of a single-process store, every lease it finds is stale.
 _FOREVER = 1 << 62
 
@@ -85,6 +89,16 @@ _QUOTAS = {
 }
 
 
+class NewRequest(Protocol):
+    """A request of a batch being created: its custom_id and its params as the bytes they came as."""
+
+    @property
+    def custom_id(self) -> str: ...
+
+    @property
+    def params(self) -> Any: ...  # bytes, or a buffer of them (msgspec.Raw, memoryview)
+
+
 class BatchManager:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -109,7 +123,32 @@ class BatchManager:
         metadata: dict[str, str] | None = None,
     ) -> Batch:
         parsed = parse_create(body, self.settings.max_requests)
-        requests = parsed.requests
+        return await self.create_batch(
+            workspace,
+            parsed.requests,
+            size=len(body),
+            betas=betas,
+            headers=headers,
+            metadata=metadata,
+            priority=parsed.priority,
+        )
+
+    async def create_batch(
+        self,
+        workspace: str,
+        requests: Sequence[NewRequest],
+        *,
+        size: int = 0,
+        betas: str = "",
+        headers: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        batch_id: str | None = None,
+        also: Sequence[Step] = (),
+        priority: int = NORMAL,
+    ) -> Batch:
+        """A batch of requests whose envelope was checked; `also` are steps of the same transaction
+        (another dialect's own columns), run after the batch row is inserted. The workspace's
+        quotas are checked in that transaction; each request's model is read for routing."""
         models = models_of(requests)
         now = now_us()
         total = len(requests)
@@ -117,7 +156,7 @@ class BatchManager:
         first = reserved[0][0] - total + 1
         batch = Batch(
             seq=0,
-            id=new_batch_id(),
+            id=batch_id or new_batch_id(),
             workspace=workspace,
             status=IN_PROGRESS,
             created_at=now,
@@ -128,7 +167,7 @@ class BatchManager:
             betas=betas,
             headers=msgspec.json.encode(headers or {}).decode(),
             metadata=msgspec.json.encode(metadata or {}).decode(),
-            priority=parsed.priority,
+            priority=priority,
         )
         checks = self._quota_checks(workspace, total)
         found = await self._insert_checked(
@@ -150,13 +189,14 @@ class BatchManager:
                     "priority": batch.priority,
                 },
             ),
+            *also,
             Step("insert_requests", rows=[(first + i, r.custom_id, r.params) for i, r in enumerate(requests)]),
             Step("insert_jobs", {"batch_id": batch.id, "first": first, "stop": first + total}),
             *self._model_steps(batch.id, first, models),
             Step("notify", {"payload": "work"}),
         )
         batch = msgspec.structs.replace(batch, seq=found[len(checks)][0][0])
-        log.info("batch.created id=%s workspace=%s requests=%d bytes=%d", batch.id, workspace, total, len(body))
+        log.info("batch.created id=%s workspace=%s requests=%d bytes=%d", batch.id, workspace, total, size)
         for callback in self.on_created:
             callback(batch)
         return batch
@@ -206,8 +246,9 @@ class BatchManager:
         rows = await self.store.read("get_batch", {"id": batch_id})
         return batch_from_row(rows[0]) if rows else None
 
-    async def get(self, workspace: str, batch_id: str) -> Batch:
-        batch = await self.find(batch_id)
+    async def get(self, workspace: str, batch_id: str, *, prefix: str = MESSAGE_BATCH_PREFIX) -> Batch:
+        """The batch, if it is the workspace's and of the API whose ids start with `prefix`."""
+        batch = await self.find(batch_id) if batch_id.startswith(prefix) else None
         if batch is None or batch.workspace != workspace:
             raise NotFoundError(NOT_FOUND)
         return batch
@@ -219,6 +260,7 @@ class BatchManager:
         limit: int,
         after_id: str | None,
         before_id: str | None,
+        prefix: str = MESSAGE_BATCH_PREFIX,
         status: int | None = None,
         metadata: tuple[str, str] | None = None,
     ) -> tuple[list[Batch], bool]:
@@ -234,17 +276,26 @@ class BatchManager:
             key, value = metadata or (None, None)
             where = {"workspace": workspace, "limit": limit + 1, "status": status, "meta_key": key, "meta_value": value}
             if before_id is not None:
-                rows = await self.store.read("list_batches_where_before", {**where, "lower": before_id})
+                lower, upper = max(before_id, prefix), prefix + _TOP
+                rows = await self.store.read("list_batches_where_before", {**where, "lower": lower, "upper": upper})
                 return [batch_from_row(r) for r in reversed(rows[:limit])], len(rows) > limit
-            rows = await self.store.read("list_batches_where", {**where, "upper": after_id or _TOP})
+            upper = min(after_id or _TOP, prefix + _TOP)
+            rows = await self.store.read("list_batches_where", {**where, "lower": prefix, "upper": upper})
             return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
         if before_id is not None:
             rows = await self.store.read(
-                "list_batches_before", {"workspace": workspace, "lower": before_id, "limit": limit + 1}
+                "list_batches_before", {"workspace": workspace, "lower": max(before_id, prefix), "limit": limit + 1}
             )
             return [batch_from_row(r) for r in reversed(rows[:limit])], len(rows) > limit
         rows = await self.store.read(
-            "list_batches", {"workspace": workspace, "upper": after_id or _TOP, "limit": limit + 1}
+            "list_batches",
+            # The cursor is kept within the prefix: an API lists only its own batches.
+            {
+                "workspace": workspace,
+                "lower": prefix,
+                "upper": min(after_id or _TOP, prefix + _TOP),
+                "limit": limit + 1,
+            },
         )
         return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
 
@@ -319,8 +370,8 @@ class BatchManager:
 
     # -- transitions -------------------------------------------------------------------------
 
-    async def cancel(self, workspace: str, batch_id: str) -> Batch:
-        batch = await self.get(workspace, batch_id)
+    async def cancel(self, workspace: str, batch_id: str, *, prefix: str = MESSAGE_BATCH_PREFIX) -> Batch:
+        batch = await self.get(workspace, batch_id, prefix=prefix)
         if batch.status == ENDED:
             raise InvalidRequestError(f"Batch {batch_id} has already ended and cannot be canceled.")
         if batch.status == IN_PROGRESS:
@@ -331,7 +382,7 @@ class BatchManager:
                 Step("notify", {"payload": f"cancel:{batch.seq}"}),
             )
             self._finished_in_bulk(CANCELED, _count(found[1]))
-            batch = await self.get(workspace, batch_id)
+            batch = await self.get(workspace, batch_id, prefix=prefix)
             log.info("batch.canceling id=%s canceled=%d still_running=%d", batch.id, batch.canceled, batch.processing)
             if batch.status == ENDED:
                 log.info("batch.ended id=%s reason=canceled", batch.id)
@@ -366,7 +417,7 @@ class BatchManager:
         # Start after the batch served last, so every batch gets its turn however many there are.
         pivot = next((i for i, b in enumerate(active) if b[0] > self._last_served), 0)
         lanes = [
-            Lane(row[0], row[6], row[7], key, slots.pool_of(model))
+            Lane(row[0], row[7], row[8], key, slots.pool_of(model))
             for row in active[pivot:] + active[:pivot]
             for key, model in models[row[0]]
         ]
@@ -387,9 +438,11 @@ class BatchManager:
             (found,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=rows))
             taken: dict[tuple[int, int], int] = {}
             for rid, seq, attempts, custom_id, params, key in found:
-                _, _, _, betas, headers, expires_at, workspace, _ = info[seq]
+                _, _, _, betas, headers, expires_at, endpoint, workspace, _ = info[seq]
                 model = names[seq].get(key, "")
-                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, workspace, model))
+                jobs.append(
+                    Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, endpoint, workspace, model)
+                )
                 taken[seq, key] = taken.get((seq, key), 0) + 1
             drained = set()
             for lane, n in asked:

@@ -29,11 +29,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from msgbatch import __version__
+from msgbatch.ids import OPENAI_BATCH_PREFIX
 from msgbatch.models import ERRORED, RESULT_NAMES, SUCCEEDED, Batch, Job, Outcome
 
 log = logging.getLogger("msgbatch.requests")
@@ -49,6 +51,14 @@ SHARED_GAUGES_EVERY = 1.0
 
 # The `_created` series of every counter would double what a scrape carries, for nothing here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def _shown(custom_id: str) -> str:
+    """A custom_id fit for a log line: an OpenAI batch's is free-form, so one that could break
+    the line (spaces, quotes, control characters) is shown JSON-quoted."""
+    if custom_id.isascii() and custom_id.isprintable() and " " not in custom_id and '"' not in custom_id:
+        return custom_id
+    return msgspec.json.encode(custom_id).decode()
 
 
 @dataclass(slots=True)
@@ -150,16 +160,29 @@ class Metrics:
             ("backend",),
             registry=r,
         )
-        self.batches_created = Counter("msgbatch_batches_created", "Batches accepted by this process.", registry=r)
+        # `api`: messages (the Message Batches API) or openai (the OpenAI Batch API).
+        self.batches_created = Counter(
+            "msgbatch_batches_created", "Batches accepted by this process, by API.", ("api",), registry=r
+        )
         self.requests_accepted = Counter(
-            "msgbatch_requests_accepted", "Requests in the batches accepted by this process.", registry=r
+            "msgbatch_requests_accepted",
+            "Requests in the batches accepted by this process, by API.",
+            ("api",),
+            registry=r,
         )
         self.create_bytes = Counter(
-            "msgbatch_batch_create_bytes", "Bytes of the create bodies of the batches accepted.", registry=r
+            "msgbatch_batch_create_bytes",
+            "Bytes of the create bodies of the batches accepted, by API.",
+            ("api",),
+            registry=r,
         )
         self.results_bytes = Counter(
-            "msgbatch_results_bytes", "Bytes of results (JSONL) streamed to clients.", registry=r
+            "msgbatch_results_bytes",
+            "Bytes of results (JSONL: results, and OpenAI output and error files) streamed to clients.",
+            registry=r,
         )
+        self.files_uploaded = Counter("msgbatch_files_uploaded", "Files uploaded (OpenAI Files API).", registry=r)
+        self.file_bytes = Counter("msgbatch_file_upload_bytes", "Bytes of the files uploaded.", registry=r)
         self._in_flight: Callable[[], float] = lambda: 0
         self._queued: Callable[[], float] = lambda: 0
         self._unwritten: Callable[[], float] = lambda: 0
@@ -224,10 +247,15 @@ class Metrics:
         self.concurrency_limit.labels(backend).set(limit)
 
     def batch_created(self, batch: Batch, body_bytes: int) -> None:
-        self.batches_created.inc()
-        self.requests_accepted.inc(batch.total)
-        self.create_bytes.inc(body_bytes)
+        api = "openai" if batch.id.startswith(OPENAI_BATCH_PREFIX) else "messages"
+        self.batches_created.labels(api).inc()
+        self.requests_accepted.labels(api).inc(batch.total)
+        self.create_bytes.labels(api).inc(body_bytes)
         self.remember_batch(batch)
+
+    def file_uploaded(self, size: int) -> None:
+        self.files_uploaded.inc()
+        self.file_bytes.inc(size)
 
     def remember_batch(self, batch: Batch) -> None:
         """Map the batch's internal key to its id, for log lines written where only the key is known."""
@@ -285,7 +313,7 @@ class Metrics:
             log.info(
                 "request.errored batch=%s custom_id=%s type=%s backend=%s attempts=%d",
                 self.batch_id(job.batch),
-                job.custom_id,
+                _shown(job.custom_id),
                 outcome.error_type or "unknown",
                 backend,
                 job.attempts,

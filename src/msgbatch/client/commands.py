@@ -23,6 +23,12 @@ from msgbatch.client.http import (
     BatchesClient,
     ClientError,
 )
+from msgbatch.client.openai_http import OpenAIBatchesClient
+from msgbatch.client.openai_submit import MAX_BYTES as OPENAI_MAX_BYTES
+from msgbatch.client.openai_submit import MAX_REQUESTS as OPENAI_MAX_REQUESTS
+from msgbatch.client.openai_submit import bodies as openai_bodies
+from msgbatch.client.openai_submit import is_openai_file
+from msgbatch.client.openai_submit import plan as openai_plan
 from msgbatch.client.progress import Display, QuietDisplay, counts_of, done_total, wait_for
 from msgbatch.client.submit import (
     MAX_BYTES,
@@ -120,10 +126,21 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")(f)
 
 
-def _client(base_url: str, api_key: str | None, betas: tuple[str, ...] = ()) -> BatchesClient:
+def _client(base_url: str, api_key: str | None, betas: tuple[str, ...] = (), *, openai: bool = False) -> BatchesClient:
+    """A client of the Message Batches API, or with `openai` of the OpenAI Batch API."""
     if not api_key:
         raise click.UsageError("no API key: pass --api-key or set ANTHROPIC_API_KEY")
+    if openai:
+        return OpenAIBatchesClient(base_url, api_key)
     return BatchesClient(base_url, api_key, betas=betas)
+
+
+def _create(client: BatchesClient, planned: Any, spool: IO[bytes]) -> dict[str, Any]:
+    """One planned batch: a create call, or for OpenAI batch lines an upload and a create."""
+    if isinstance(client, OpenAIBatchesClient):
+        uploaded = client.upload(functools.partial(chunks, spool), planned.size, "batch_input.jsonl")
+        return client.create_batch(str(uploaded["id"]), planned.url)
+    return client.create(functools.partial(chunks, spool), planned.size)
 
 
 def _print_json(value: object) -> None:
@@ -230,7 +247,10 @@ def submit(
     """Submit a JSONL file of requests as one or more batches.
 
     FILE has one request a line: {"custom_id": "...", "params": {...}}, or bare params
-    ({"model": ..., "max_tokens": ..., "messages": [...]}), which get the custom_id line-N.
+    ({"model": ..., "max_tokens": ..., "messages": [...]}), which get the custom_id line-N. A file of
+    OpenAI batch lines ({"custom_id", "method", "url", "body"}: OpenAI's or vLLM's run-batch) goes
+    to the OpenAI Batch API instead (uploaded, one batch per url and at most 50,000 lines / 200 MiB
+    each), and its results are written in that format (the output then the error file's lines).
     '-' reads standard input. Every line is checked before anything is sent; a file larger than
     one batch allows (--max-requests, --max-bytes) becomes several batches. The file is streamed,
     never loaded whole.
@@ -240,13 +260,19 @@ def submit(
     from_stdin = file == "-"
     if not from_stdin and (problem := is_readable(file)):
         raise CLIError(problem, EXIT_USAGE)
-    client = None if dry_run else _client(base_url, api_key, betas)
     path = stdin_to_file() if from_stdin else file
+    openai_format = is_openai_file(path)
+    client = None if dry_run else _client(base_url, api_key, betas, openai=openai_format)
     say: Callable[[str], None] = (lambda _text: None) if quiet else (lambda text: click.echo(text, err=True))
     created: list[dict[str, Any]] = []
     try:
         with _errors():
-            the_plan = plan(path, max_requests=max_requests, max_bytes=max_bytes)
+            the_plan: Any
+            if openai_format:
+                max_requests, max_bytes = min(max_requests, OPENAI_MAX_REQUESTS), min(max_bytes, OPENAI_MAX_BYTES)
+                the_plan = openai_plan(path, max_requests=max_requests, max_bytes=max_bytes)
+            else:
+                the_plan = plan(path, max_requests=max_requests, max_bytes=max_bytes)
             n = len(the_plan.batches)
             say(
                 f"{file}: {the_plan.requests:,} requests -> {n} batch{'es' if n > 1 else ''} "
@@ -262,10 +288,13 @@ def submit(
                 else:
                     click.echo(table(["BATCH", "LINES", "REQUESTS", "BYTES"], rows, right=(0, 2, 3)))
                 return
+            planned_bodies: Iterator[tuple[Any, IO[bytes]]] = (
+                openai_bodies(the_plan) if openai_format else bodies(the_plan)
+            )
             with client:
-                for i, (planned, spool) in enumerate(bodies(the_plan), 1):
+                for i, (planned, spool) in enumerate(planned_bodies, 1):
                     try:
-                        batch = client.create(functools.partial(chunks, spool), planned.size)
+                        batch = _create(client, planned, spool)
                     except ClientError as exc:
                         done = ", ".join(b["id"] for b in created)
                         lines = f"lines {planned.first_line}-{planned.last_line}"
@@ -324,8 +353,12 @@ def watch(
     base_url: str,
     api_key: str | None,
 ) -> None:
-    """Show live progress of batches until they end, then their final counts."""
-    with _errors(), _client(base_url, api_key) as client:
+    """Show live progress of batches until they end, then their final counts (Message Batches, or
+    OpenAI batches: batch_...)."""
+    openai = all(batch_id.startswith("batch_") for batch_id in batch_ids)
+    if not openai and any(batch_id.startswith("batch_") for batch_id in batch_ids):
+        raise click.UsageError("watch Message Batches (msgbatch_...) or OpenAI batches (batch_...), not both at once")
+    with _errors(), _client(base_url, api_key, openai=openai) as client:
         final = _wait(client, list(batch_ids), quiet=quiet, poll_interval=poll_interval, timeout=timeout)
     if as_json:
         _print_json(final if len(final) > 1 else final[0])

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from msgbatch.models import Batch
+from msgbatch.models import NORMAL, Batch
 
 Row = tuple[Any, ...]
 
@@ -78,7 +78,7 @@ class Store(Protocol):
         ...
 
 
-# The batch columns every batch query selects, in this order.
+# The batch columns every batch query selects, in this order (`priority` last).
 def batch_from_row(row: Sequence[Any]) -> Batch:
     return Batch(
         seq=row[0],
@@ -104,5 +104,6 @@ def batch_from_row(row: Sequence[Any]) -> Batch:
         output_tokens=row[20],
         cache_read_input_tokens=row[21],
         cache_creation_input_tokens=row[22],
-        priority=row[23],
+        # The last column of every batch query (after another dialect's own columns, if any).
+        priority=row[-1] if len(row) > 23 else NORMAL,
     )

@@ -77,6 +77,39 @@
     return `${(seconds / 3600).toFixed(1)} h`;
   }
 
+  // An OpenAI batch (the OpenAI Batch API's, `batch_...`) is shown in the Message Batches' terms:
+  // completed requests as succeeded, failed ones (errored, cancelled, expired) as errored.
+  const isOpenAI = (id) => id.startsWith("batch_");
+  const OPENAI_ENDED = ["completed", "failed", "cancelled", "expired"];
+
+  function fromOpenAI(b) {
+    const c = b.request_counts || { total: 0, completed: 0, failed: 0 };
+    const iso = (seconds) => (seconds ? new Date(seconds * 1000).toISOString() : null);
+    const ended = OPENAI_ENDED.includes(b.status);
+    return {
+      id: b.id,
+      kind: `OpenAI ${b.endpoint}`,
+      openai: b,
+      processing_status: ended ? "ended" : b.status === "cancelling" ? "canceling" : "in_progress",
+      request_counts: {
+        processing: Math.max(0, c.total - c.completed - c.failed),
+        succeeded: c.completed,
+        errored: c.failed,
+        canceled: 0,
+        expired: 0,
+      },
+      created_at: iso(b.created_at),
+      expires_at: iso(b.expires_at),
+      cancel_initiated_at: iso(b.cancelling_at),
+      ended_at: iso(b.completed_at || b.cancelled_at || b.expired_at || b.failed_at),
+      archived_at: null,
+      results_url: ended && (b.output_file_id || b.error_file_id) ? "files" : null,
+    };
+  }
+
+  const batchPath = (id) =>
+    isOpenAI(id) ? `/v1/batches/${encodeURIComponent(id)}` : `/v1/messages/batches/${encodeURIComponent(id)}`;
+
   const totals = (c) => {
     const total = c.processing + c.succeeded + c.errored + c.canceled + c.expired;
     return { total, done: total - c.processing };
@@ -255,8 +288,8 @@
   async function cancelBatch(id) {
     if (!confirm(`Cancel batch ${id}? Requests not started yet will not run.`)) return;
     try {
-      const batch = await api(`/v1/messages/batches/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-      notice(`Cancel requested for ${id}: now ${batch.processing_status.replace("_", " ")}.`);
+      const batch = await api(`${batchPath(id)}/cancel`, { method: "POST" });
+      notice(`Cancel requested for ${id}: now ${(batch.processing_status || batch.status).replace("_", " ")}.`);
       refreshNow();
     } catch (err) {
       reportError(err);
@@ -320,17 +353,35 @@
     return query;
   }
 
+  // The OpenAI Batch API's list has no such filters: its batches are filtered here.
+  function matchesFilters(b) {
+    const status = $("#filter-status").value;
+    const metadata = $("#filter-metadata").value.trim();
+    if (status && b.processing_status !== status) return false;
+    if (!metadata) return true;
+    const [key, ...rest] = metadata.split("=");
+    return ((b.openai && b.openai.metadata) || {})[key] === rest.join("=");
+  }
+
   function batchRow(b) {
     const c = b.request_counts;
     const action =
       b.processing_status === "ended"
-        ? h("button", { class: "small danger ghost", type: "button", text: "Delete", onclick: () => deleteBatch(b.id) })
+        ? b.openai
+          ? null // OpenAI batches are not deleted: their files are
+          : h("button", { class: "small danger ghost", type: "button", text: "Delete", onclick: () => deleteBatch(b.id) })
         : h("button", { class: "small danger ghost", type: "button", text: "Cancel", onclick: () => cancelBatch(b.id) });
-    if (b.processing_status === "canceling") action.disabled = true;
+    if (action && b.processing_status === "canceling") action.disabled = true;
     return h(
       "tr",
-      { dataset: { id: b.id, status: b.processing_status } },
-      h("td", {}, h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id })),
+      { dataset: { id: b.id, status: b.processing_status, kind: b.openai ? "openai" : "messages" } },
+      h(
+        "td",
+        {},
+        h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id }),
+        " ",
+        h("span", { class: "pill kind", text: b.kind || "Messages" }),
+      ),
       h("td", { class: "status" }, statusPill(b.processing_status)),
       h("td", { class: "wide" }, progressBar(c, b.processing_status)),
       ...KINDS.map((k) =>
@@ -357,12 +408,18 @@
 
   async function refreshList() {
     const query = listQuery();
-    const page = await api(`/v1/messages/batches?${query}`);
+    const [page, openai] = await Promise.all([
+      api(`/v1/messages/batches?${query}`),
+      api(`/v1/batches?limit=${PAGE}`),
+    ]);
     // The filters changed while this page was on its way: a newer refresh draws the list.
     if (listQuery().toString() !== query.toString()) return;
     const seen = new Set(page.data.map((b) => b.id));
     const older = state.older.filter((b) => !seen.has(b.id));
-    const all = page.data.concat(older);
+    const all = page.data
+      .concat(openai.data.map(fromOpenAI).filter(matchesFilters))
+      .sort((x, y) => Date.parse(y.created_at) - Date.parse(x.created_at))
+      .concat(older);
     state.listRows = all;
     const fingerprint = JSON.stringify([all, state.sort, query.toString()]) + Math.floor(Date.now() / 30000);
     if (fingerprint !== state.lastList) {
@@ -610,18 +667,21 @@
     );
     $("#cancel").hidden = b.processing_status === "ended";
     $("#cancel").disabled = b.processing_status === "canceling";
-    $("#delete").hidden = b.processing_status !== "ended";
+    $("#delete").hidden = b.processing_status !== "ended" || !!b.openai;
+    $("#batch-kind").textContent = b.kind || "Messages";
     $("#download").hidden = !b.results_url || !!b.archived_at;
     renderTimeline(b);
     renderRate(b);
   }
 
   async function refreshDetail(id) {
-    const [b, stats] = await Promise.all([
-      api(`/v1/messages/batches/${encodeURIComponent(id)}`),
-      api(`/v1/messages/batches/${encodeURIComponent(id)}/stats`).catch(() => null),
+    const [raw, stats] = await Promise.all([
+      api(batchPath(id)),
+      isOpenAI(id) ? null : api(`/v1/messages/batches/${encodeURIComponent(id)}/stats`).catch(() => null),
     ]);
+    const b = isOpenAI(id) ? fromOpenAI(raw) : raw;
     renderDetail(b);
+    $("#detail").classList.toggle("no-stats", !stats);
     if (stats) {
       renderTiming(stats);
       renderTokens(stats);
@@ -642,7 +702,31 @@
     return true;
   }
 
+  // An OpenAI output or error file's line, as a row of the results table.
+  function fromOpenAILine(line) {
+    const error = line.error || (line.response && line.response.status_code !== 200 ? line.response.body.error : null);
+    let type = "succeeded";
+    let summary = "";
+    if (line.error && line.error.code === "batch_cancelled") type = "canceled";
+    else if (line.error && line.error.code === "batch_expired") type = "expired";
+    else if (error) type = "errored";
+    if (type === "succeeded") {
+      const body = line.response.body;
+      const choice = (body.choices || [])[0];
+      let text = `${(body.data || []).length} embedding(s)`;
+      if (choice) text = choice.message ? choice.message.content || "[tool_calls]" : choice.text;
+      summary = String(text).slice(0, 160) + (choice ? `  ·  ${choice.finish_reason}` : "");
+    } else if (type === "errored") {
+      summary = `${line.response ? line.response.status_code : ""} ${error.type || error.code}: ${error.message}`;
+    }
+    return { custom_id: line.custom_id, result: { type }, summary, line };
+  }
+
   function resultDetails(r) {
+    if (r.line) {
+      const shown = r.summary || (r.result.type === "canceled" ? "not run: the batch was cancelled" : "not run before the batch expired");
+      return h("details", {}, h("summary", { text: shown }), h("pre", { text: JSON.stringify(r.line, null, 2) }));
+    }
     const result = r.result;
     let summary = "";
     if (result.type === "succeeded") {
@@ -682,7 +766,21 @@
     note.textContent = "Loading…";
     const token = {};
     state.resultsToken = token;
-    const page = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results/page?${query}`);
+    let page;
+    if (b.openai) {
+      // Its output file, then its error file: read once, filtered and paged here.
+      if (state.openaiRowsFor !== b.id) {
+        state.openaiRows = (await openaiLines(b.openai)).map(fromOpenAILine);
+        state.openaiRowsFor = b.id;
+      }
+      const matching = state.openaiRows.filter(
+        (row) => (!type || row.result.type === type) && (!customId || row.custom_id === customId),
+      );
+      const end = after + RESULTS_PAGE;
+      page = { data: matching.slice(after, end), next: end < matching.length ? end : null };
+    } else {
+      page = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results/page?${query}`);
+    }
     if (state.resultsToken !== token) return; // a newer filter or page was asked for meanwhile
     state.pages = state.pages.slice(0, pageIndex + 1);
     if (page.next !== null) state.pages.push(page.next);
@@ -708,12 +806,24 @@
     $("#results-next").disabled = page.next === null;
   }
 
+  async function openaiFile(fileId) {
+    if (!fileId) return "";
+    const res = await api(`/v1/files/${encodeURIComponent(fileId)}/content`, { raw: true });
+    return res.text();
+  }
+
+  async function openaiLines(batch) {
+    const text = (await openaiFile(batch.output_file_id)) + (await openaiFile(batch.error_file_id));
+    return text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line));
+  }
+
   async function download() {
     const b = state.batch;
     if (!b) return;
     try {
-      const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results`, { raw: true });
-      const blob = await res.blob();
+      const blob = b.openai
+        ? new Blob([(await openaiFile(b.openai.output_file_id)) + (await openaiFile(b.openai.error_file_id))])
+        : await (await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results`, { raw: true })).blob();
       const url = URL.createObjectURL(blob);
       const a = h("a", { href: url, download: `${b.id}_results.jsonl` });
       document.body.append(a);
