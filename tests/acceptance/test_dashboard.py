@@ -400,18 +400,27 @@ def test_list_filters_by_status_and_metadata_and_sorts(
         wait(browser, lambda b: status_of(b, slow) == "in_progress", what="the running batch")
 
         def listed(b: WebDriver) -> list[str]:
-            return [str(tr.get_attribute("data-id")) for tr in b.find_elements(By.CSS_SELECTOR, "#batches tbody tr")]
+            return [row["id"] for row in table(b)]
+
+        def table(b: WebDriver) -> list[dict[str, Any]]:
+            """The list's rows read in one go (the page redraws them as it polls)."""
+            rows: list[dict[str, Any]] = b.execute_script(
+                "return [...document.querySelectorAll('#batches tbody tr')].map((tr) => ({"
+                "id: tr.dataset.id, status: tr.dataset.status,"
+                "succeeded: Number(tr.querySelector('td.succeeded').textContent.replace(/,/g, ''))}))"
+            )
+            return rows
 
         Select(browser.find_element(By.ID, "filter-status")).select_by_value("ended")
         wait(browser, lambda b: slow not in listed(b) and small["id"] in listed(b), what="only ended batches")
-        assert {status_of(browser, i) for i in listed(browser)} == {"ended"}
+        assert {row["status"] for row in table(browser)} == {"ended"}
         browser.find_element(By.CSS_SELECTOR, '#batches th[data-sort="succeeded"]').click()
         order = listed(browser)
         assert order.index(bigger["id"]) < order.index(small["id"])  # most succeeded first
-        succeeded = [number(td.text) for td in browser.find_elements(By.CSS_SELECTOR, "#batches tbody td.succeeded")]
+        succeeded = [row["succeeded"] for row in table(browser)]
         assert succeeded == sorted(succeeded, reverse=True)
         browser.find_element(By.CSS_SELECTOR, '#batches th[data-sort="succeeded"]').click()
-        succeeded = [number(td.text) for td in browser.find_elements(By.CSS_SELECTOR, "#batches tbody td.succeeded")]
+        succeeded = [row["succeeded"] for row in table(browser)]
         assert succeeded == sorted(succeeded)
         shot(browser, "list-ended-sorted")
         Select(browser.find_element(By.ID, "filter-status")).select_by_value("in_progress")
@@ -438,21 +447,29 @@ def test_workspace_page_shows_quotas_usage_and_work_in_flight(
         wait(browser, lambda b: b.find_element(By.ID, "workspace").is_displayed(), what="the workspace page")
         wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#ws-work tbody tr"), what="work in flight")
         assert browser.find_element(By.ID, "ws-name").text == "team"
-        quotas = {
-            dd.get_attribute("data-quota"): dd.text for dd in browser.find_elements(By.CSS_SELECTOR, "#quotas dd")
-        }
+        # Read in one go: the page redraws itself every second.
+        quotas: dict[str, str] = browser.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('#quotas dd')]"
+            ".map((dd) => [dd.dataset.quota, dd.innerText]))"
+        )
         assert quotas["weight"] == "3"
         assert quotas["max_queued_requests"].endswith("of 100,000")
         assert quotas["max_batches_in_progress"].endswith("of 50")
         assert quotas["max_in_flight_per_backend"] == "4"
-        row = browser.find_element(By.CSS_SELECTOR, f'#ws-work tbody tr[data-model="{MODEL}"]')
-        running = number(row.find_element(By.CSS_SELECTOR, "td[data-running]").text)
-        waiting = number(row.find_element(By.CSS_SELECTOR, "td[data-waiting]").text)
+        running, waiting = browser.execute_script(
+            "const tr = document.querySelector(`#ws-work tbody tr[data-model='${arguments[0]}']`);"
+            "return ['running', 'waiting'].map((k) => tr.querySelector(`td[data-${k}]`).textContent)"
+            ".map((t) => Number(t.replace(/,/g, '')));",
+            MODEL,
+        )
         assert running + waiting == 6 and 0 < running <= 4
         usage = api.get("/v1/usage", params={"group_by": "model", "since": int(time.time()) - 86400}).json()
-        (expected,) = usage["data"]
-        usage_row = browser.find_element(By.CSS_SELECTOR, f'#usage tbody tr[data-model="{MODEL}"]')
-        cells = [td.text for td in usage_row.find_elements(By.TAG_NAME, "td")]
+        expected = next(row for row in usage["data"] if row["model"] == MODEL)
+        cells: list[str] = browser.execute_script(
+            "const tr = document.querySelector(`#usage tbody tr[data-model='${arguments[0]}']`);"
+            "return [...tr.querySelectorAll('td')].map((td) => td.textContent);",
+            MODEL,
+        )
         assert number(cells[1]) == expected["succeeded"] and number(cells[3]) == expected["input_tokens"]
         assert cells[-1].startswith("$")
         shot(browser, "workspace")
