@@ -169,14 +169,18 @@ def interleaved(jobs: list[J], weight: Callable[[str], float]) -> list[J]:
     a, b, a, a, a, b for 3:1), each in its own order. Backends start requests first come, first
     served: claimed workspace by workspace, a workspace's last requests would wait the longest,
     and its share of what runs would fall below its share of what is held."""
+    if not jobs or all(job.workspace == jobs[0].workspace for job in jobs):
+        return jobs
     seen: dict[str, int] = {}
+    weights: dict[str, float] = {}
     keyed = []
     for index, job in enumerate(jobs):
-        n = seen.get(job.workspace, 0)
-        seen[job.workspace] = n + 1
-        keyed.append(((n + 0.5) / weight(job.workspace), index, job))
-    if len(seen) < 2:
-        return jobs
+        workspace = job.workspace
+        n = seen.get(workspace, 0)
+        seen[workspace] = n + 1
+        if workspace not in weights:
+            weights[workspace] = weight(workspace)
+        keyed.append(((n + 0.5) / weights[workspace], index, job))
     keyed.sort(key=lambda item: (item[0], item[1]))
     return [job for _, _, job in keyed]
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import msgspec
 
 from msgbatch.clock import now_us, rfc3339
-from msgbatch.config import Settings
+from msgbatch.config import Limits, Settings
 from msgbatch.envelope import models_of, parse_create
 from msgbatch.errors import InvalidRequestError, NotFoundError, RateLimitError
 from msgbatch.fairness import SHARED as SHARED_POOL
@@ -110,6 +110,7 @@ class BatchManager:
         self.on_finished_in_bulk: list[Callable[[int, int], None]] = []
         self._last_served = 0  # fairness: the seq of the batch a claim served last
         self._models: dict[int, list[tuple[int, str]]] = {}  # seq -> its (model key, model): immutable
+        self._limits_of: dict[str, Limits] = {}  # workspace -> its limits (the settings never change)
 
     # -- create ------------------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class BatchManager:
         return batch
 
     def _quota_checks(self, workspace: str, total: int) -> list[Step]:
-        limits = self.settings.limits_for(workspace)
+        limits = self._limits(workspace)
         if limits.max_queued_requests is None and limits.max_batches_in_progress is None:
             return []
         quotas = {
@@ -473,11 +474,19 @@ class BatchManager:
             self._models = {seq: self._models[seq] for seq in seqs}
         return {seq: self._models[seq] for seq in seqs}
 
+    def _limits(self, workspace: str) -> Limits:
+        limits = self._limits_of.get(workspace)
+        if limits is None:
+            if len(self._limits_of) > 10_000:
+                self._limits_of.clear()
+            limits = self._limits_of[workspace] = self.settings.limits_for(workspace)
+        return limits
+
     def _weight(self, workspace: str) -> float:
-        return self.settings.limits_for(workspace).weight
+        return self._limits(workspace).weight
 
     def _room(self, workspace: str) -> int | None:
-        return self.settings.limits_for(workspace).max_in_flight_per_backend
+        return self._limits(workspace).max_in_flight_per_backend
 
     def _finished_in_bulk(self, result: int, count: int) -> None:
         if count:

@@ -36,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from msgbatch import __version__
 from msgbatch.ids import OPENAI_BATCH_PREFIX
-from msgbatch.models import ERRORED, RESULT_NAMES, SUCCEEDED, Batch, Job, Outcome
+from msgbatch.models import ERRORED, NO_TOKENS, RESULT_NAMES, SUCCEEDED, Batch, Job, Outcome
 
 log = logging.getLogger("msgbatch.requests")
 
@@ -49,6 +49,7 @@ MAX_MODEL_LABELS = 200
 # The shared gauges read the database at most this often, however often they are scraped.
 SHARED_GAUGES_EVERY = 1.0
 
+_NO_CALL = ("none", "")
 # The `_created` series of every counter would double what a scrape carries, for nothing here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -299,14 +300,16 @@ class Metrics:
 
     def finished(self, job: Job, outcome: Outcome) -> None:
         """The dispatcher is done with a job: a result, or a retry to come."""
-        backend, status = self._calls.pop(job.id, ("none", ""))
+        backend, status = self._calls.pop(job.id, _NO_CALL)
         if outcome.result is None:
             retries = self.counts.retries
             key = (backend, status or "unknown")
             retries[key] = retries.get(key, 0) + 1
             return
-        self._count_result(RESULT_NAMES[outcome.result], backend)
-        if outcome.result == SUCCEEDED and any(outcome.tokens):
+        results = self.counts.results
+        key = (RESULT_NAMES[outcome.result], backend)
+        results[key] = results.get(key, 0) + 1
+        if outcome.result == SUCCEEDED and outcome.tokens != NO_TOKENS:
             self._count_tokens(backend, job.model, outcome.tokens)
         elif outcome.result == ERRORED:
             # Never the params or the error message: either may quote the prompt.

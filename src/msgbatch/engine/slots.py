@@ -38,7 +38,7 @@ class BackendSlots:
     def __init__(self, router: Router, concurrency: int) -> None:
         self.router = router
         self.concurrency = concurrency
-        self.by_pool: Counter[str] = Counter()
+        self.by_pool: dict[str, int] = {}
         # Per request, as little as will do (this runs for every request): its pool and batch.
         self._of: dict[int, tuple[str, int]] = {}  # job id -> (pool, batch)
         self._by_batch: dict[tuple[str, int], int] = {}
@@ -55,6 +55,9 @@ class BackendSlots:
         holdings = Holdings()
         for (pool, seq), n in self._by_batch.items():
             holdings.add(pool, self._workspace_of.get(seq, ""), seq, n)
+        if len(self._workspace_of) > 4 * len(self._by_batch) + 1000:  # batches no longer held
+            held = {seq for _, seq in self._by_batch}
+            self._workspace_of = {seq: ws for seq, ws in self._workspace_of.items() if seq in held}
         return holdings
 
     def pool_of(self, model: str) -> str:
@@ -87,7 +90,7 @@ class BackendSlots:
             if self._dry.get(pool, 0.0) > now:
                 continue
             cap, step = self._bounds(pool)
-            held = self.by_pool[pool]
+            held = self.by_pool.get(pool, 0)
             free = min(cap - held, total_free, most)
             idle = held == 0 or (pool == SHARED and queue_empty)
             if free >= step or (free > 0 and idle):
@@ -106,7 +109,8 @@ class BackendSlots:
             by_batch[pool, job.batch] = by_batch.get((pool, job.batch), 0) + 1
             self._workspace_of[job.batch] = job.workspace
             got[pool] += 1
-        self.by_pool.update(got)
+        for pool, n in got.items():
+            self.by_pool[pool] = self.by_pool.get(pool, 0) + n
         for pool, n in asked.items():
             if got[pool] < n:
                 self._dry[pool] = dry_until
@@ -114,19 +118,17 @@ class BackendSlots:
     def done(self, job_id: int) -> None:
         """A held request finished (or goes back to the store): its slot is free. A dry pool may
         be asked again: what its workspaces hold changed, and with it what a cap allows them."""
-        held = self._of.pop(job_id, None)
-        if held is not None:
-            pool, seq = held
-            self.by_pool[pool] -= 1
-            left = self._by_batch[pool, seq] - 1
-            if left:
-                self._by_batch[pool, seq] = left
-            else:
-                del self._by_batch[pool, seq]
-                if not any(key[1] == seq for key in self._by_batch):
-                    self._workspace_of.pop(seq, None)
-            if self._dry:
-                self._dry.pop(pool, None)
+        key = self._of.pop(job_id, None)  # (pool, batch): also the key of _by_batch
+        if key is None:
+            return
+        self.by_pool[key[0]] -= 1
+        left = self._by_batch[key] - 1
+        if left:
+            self._by_batch[key] = left
+        else:
+            del self._by_batch[key]
+        if self._dry:
+            self._dry.pop(key[0], None)
 
     def wet(self) -> None:
         """New work was announced: every pool may find some."""
