@@ -216,6 +216,19 @@ class Metrics:
             "msgbatch_batch_create_bytes_total", "Bytes of the create bodies of the batches accepted."
         )
         self.results_bytes = Counter("msgbatch_results_bytes_total", "Bytes of results (JSONL) streamed to clients.")
+        self.webhook_deliveries = Counter(
+            "msgbatch_webhook_deliveries_total",
+            "Webhook delivery attempts by this process, by event and outcome (delivered; failed: to be retried; "
+            "refused: the address policy forbids it; gave_up: no more retries).",
+            ("event", "outcome"),
+        )
+        self.webhook_latency = Histogram(
+            "msgbatch_webhook_delivery_duration_seconds", "Time of each webhook delivery attempt.", ("event",)
+        )
+        self.idempotent_replays = Counter(
+            "msgbatch_idempotent_replays_total",
+            "Create (or retry) calls answered with the batch an earlier call with the same Idempotency-Key made.",
+        )
         self._in_flight: Callable[[], float] = lambda: 0
         self._queued: Callable[[], float] = lambda: 0
         self._unwritten: Callable[[], float] = lambda: 0
@@ -248,6 +261,9 @@ class Metrics:
             self.requests_accepted,
             self.create_bytes,
             self.results_bytes,
+            self.idempotent_replays,
+            self.webhook_deliveries,
+            self.webhook_latency,
             self.results,
             self.retries,
             self.backend_errors,
@@ -281,6 +297,11 @@ class Metrics:
         self.requests_accepted.inc(amount=batch.total)
         self.create_bytes.inc(amount=body_bytes)
         self.remember_batch(batch)
+
+    def webhook_delivery(self, event: str, outcome: str, seconds: float) -> None:
+        self.webhook_deliveries.inc(event, outcome)
+        if outcome in ("delivered", "failed"):
+            self.webhook_latency.observe(seconds, event)
 
     def remember_batch(self, batch: Batch) -> None:
         """Map the batch's internal key to its id, for log lines written where only the key is known."""

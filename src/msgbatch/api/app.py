@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from msgbatch.api import batches, dashboard
+from msgbatch.api import batches, dashboard, extensions
 from msgbatch.backends.router import Router
 from msgbatch.config import Settings
 from msgbatch.engine.runtime import Runtime
@@ -130,7 +130,8 @@ class MsgBatchServer:
         self.metrics = self.runtime.metrics
         self.dispatcher = self.runtime.dispatcher
         self.lifecycle = self.runtime.lifecycle
-        routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in batches.routes]
+        api_routes = batches.routes + extensions.routes
+        routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in api_routes]
         routes += [Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)]
         routes += dashboard.routes
         routes += extra_routes or []

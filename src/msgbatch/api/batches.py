@@ -1,4 +1,8 @@
-"""The /v1/messages/batches endpoints. `?beta=true` is accepted everywhere and changes nothing."""
+"""The /v1/messages/batches endpoints. `?beta=true` is accepted everywhere and changes nothing.
+
+Beyond the hosted API (README: "Beyond the hosted API"): an `Idempotency-Key` header on create,
+`?metadata[KEY]=VALUE` on list, `?abort_running=` on cancel, `?partial=true` on results.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from msgbatch.api.auth import workspace_of
 from msgbatch.envelope import parse_betas
 from msgbatch.errors import InvalidRequestError, RequestTooLargeError
 from msgbatch.manager import BatchManager
-from msgbatch.models import RESULT_CODES
+from msgbatch.models import RESULT_CODES, Batch
 
 JSON = "application/json"
 # Request headers that belong to every request of a batch: kept with it, forwarded to backends.
@@ -65,9 +69,45 @@ async def create(request: Request) -> Response:
     workspace = workspace_of(request, manager.settings)
     body = await read_body(request, manager.settings.max_body_bytes)
     headers = {name: value for name in FORWARDED_HEADERS if (value := request.headers.get(name))}
-    batch = await manager.create(workspace, body, parse_betas(request.headers.getlist("anthropic-beta")), headers)
-    request.app.state.metrics.batch_created(batch, len(body))
-    return _json(manager.render(batch, base_url(request)))
+    betas = parse_betas(request.headers.getlist("anthropic-beta"))
+    key = request.headers.get("idempotency-key")
+    batch, replayed = await manager.create_once(workspace, body, betas, headers, idempotency_key=key)
+    return created(request, manager, batch, replayed, len(body))
+
+
+def created(request: Request, manager: BatchManager, batch: Batch, replayed: bool, size: int) -> Response:
+    """A new batch's answer; one an Idempotency-Key gave back says so in a header."""
+    metrics = request.app.state.metrics
+    if replayed:
+        metrics.idempotent_replays.inc()
+    else:
+        metrics.batch_created(batch, size)
+    response = _json(manager.render(batch, base_url(request)))
+    if replayed:
+        response.headers["idempotent-replayed"] = "true"
+    return response
+
+
+def bool_param(request: Request, name: str, default: bool = False) -> bool:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise InvalidRequestError(f"{name}: Input should be a valid boolean, unable to interpret input")
+
+
+def metadata_filter(request: Request) -> dict[str, str] | None:
+    """`?metadata[team]=search&metadata[env]=prod` -> {"team": "search", "env": "prod"}."""
+    found: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            found[name[len("metadata[") : -1]] = value
+        elif name.startswith("metadata"):
+            raise InvalidRequestError(f"{name}: filter by metadata as metadata[KEY]=VALUE")
+    return found or None
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
@@ -91,6 +131,7 @@ async def list_batches(request: Request) -> Response:
         limit=_int_param(request, "limit", 20),
         after_id=params.get("after_id") or None,
         before_id=params.get("before_id") or None,
+        metadata=metadata_filter(request),
     )
     base = base_url(request)
     return _json(
@@ -113,7 +154,8 @@ async def retrieve(request: Request) -> Response:
 async def cancel(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
-    batch = await manager.cancel(workspace, request.path_params["batch_id"])
+    abort_running = bool_param(request, "abort_running", manager.settings.abort_running_on_cancel)
+    batch = await manager.cancel(workspace, request.path_params["batch_id"], abort_running=abort_running)
     return _json(manager.render(batch, base_url(request)))
 
 
@@ -139,6 +181,7 @@ async def results(request: Request) -> Response:
         request.path_params["batch_id"],
         result_type=result_type,
         custom_id=request.query_params.get("custom_id") or None,
+        partial=bool_param(request, "partial"),
     )
 
     counted = request.app.state.metrics.results_bytes

@@ -1,5 +1,5 @@
-"""Periodic batch housekeeping: expiry, retention (archiving), reaping of lapsed leases, and the
-store's own upkeep.
+"""Periodic batch housekeeping: expiry, retention (archiving), reaping of lapsed leases, webhook
+events any transition left unwritten, expired idempotency keys, and the store's own upkeep.
 
 Each step is a conditional transition per batch (the manager's rules), so several processes may
 run it at once without transitioning anything twice.
@@ -32,6 +32,8 @@ class Lifecycle:
         reaped = await self.manager.reap(now)
         if reaped:
             log.info("leases.reaped count=%d", reaped)
+        await self.manager.announce_pending(now)
+        await self.manager.sweep(now)
         await self.manager.store.tidy()
 
     async def _loop(self) -> None:
