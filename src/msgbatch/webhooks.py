@@ -187,6 +187,8 @@ def refused_address(address: str, prefix: Prefix) -> str | None:
     kind = (
         "loopback" if ip.is_loopback
         else "link-local" if ip.is_link_local
+        else "unspecified" if ip.is_unspecified
+        else "multicast" if ip.is_multicast
         else "private" if ip.is_private
         else "non-public"
     )  # fmt: skip
