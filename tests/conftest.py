@@ -26,6 +26,7 @@ import uvicorn
 from psycopg import sql
 
 from msgbatch.api.app import MsgBatchServer
+from msgbatch.api.http_server import uvicorn_options
 from msgbatch.backends.base import CallContext
 from msgbatch.backends.mock import MockBackend
 from msgbatch.backends.simulate import simulate
@@ -46,6 +47,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = item.path.parent.name
         if tier in TIERS:
             item.add_marker(tier)
+        if tier == "acceptance":
+            # Real processes, a browser, faults and timing: one at a time, on one xdist worker.
+            item.add_marker(pytest.mark.xdist_group("acceptance"))
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -122,7 +126,10 @@ class ThreadedServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.server = MsgBatchServer(settings)
-        config = uvicorn.Config(self.server.app, host="127.0.0.1", port=self.port, log_level="warning")
+        # The server exactly as `msgbatch serve` configures it, on this port.
+        config = uvicorn.Config(
+            self.server.app, **{**uvicorn_options(settings), "host": "127.0.0.1", "port": self.port}
+        )
         self.uvicorn = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
 

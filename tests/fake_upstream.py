@@ -150,6 +150,27 @@ class FakeUpstream:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(lambda: [w.transport.abort() for w in list(self._writers)])
 
+    def pause(self) -> None:
+        """Stop: close the listening socket and every connection (a restart: connections refused)."""
+        assert self._loop is not None
+        done = threading.Event()
+
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for writer in list(self._writers):
+                writer.transport.abort()
+            done.set()
+
+        self._loop.call_soon_threadsafe(stop)
+        done.wait(5)
+
+    def resume(self) -> None:
+        """Listen again, on the same port."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self.serve(port=self.port), self._loop).result(5)
+
     def calls_for(self, key: str) -> list[Call]:
         return [c for c in list(self.calls) if c.key == key]
 

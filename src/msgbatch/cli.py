@@ -102,6 +102,20 @@ def main() -> None:
 @_simulate_latency_option
 @_config_option
 @click.option("--public-url", default=None, help="Base of results_url, when behind a proxy that hides it.")
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    metavar="IPS",
+    help="Comma-separated addresses or networks (or *) of the proxies whose X-Forwarded-Host/-Proto/-Prefix "
+    "are believed.  [default: 127.0.0.1,::1]",
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    metavar="HOSTS",
+    help="Comma-separated host names (*.domain, or *) this server answers as; other Host headers get 400.  "
+    "[default: any]",
+)
 @_concurrency_option
 @click.option("--expiry", type=Duration(), default=None, help="How long a batch may run.  [default: 24h]")
 @_retention_option
@@ -116,6 +130,8 @@ def serve(
     simulate_latency: float | None,
     config: str | None,
     public_url: str | None,
+    forwarded_allow_ips: str | None,
+    allowed_hosts: str | None,
     concurrency: int | None,
     expiry: float | None,
     retention: float | None,
@@ -134,6 +150,7 @@ def serve(
     import uvicorn
 
     from msgbatch.api.app import MsgBatchServer
+    from msgbatch.api.http_server import uvicorn_options
 
     _setup_logging(log_level)
     settings = _settings(
@@ -144,6 +161,8 @@ def serve(
         simulate_latency=simulate_latency,
         upstream=upstream,
         public_url=public_url,
+        forwarded_allow_ips=_comma_list(forwarded_allow_ips),
+        allowed_hosts=_comma_list(allowed_hosts),
         concurrency=concurrency,
         expiry=expiry,
         retention=retention,
@@ -168,15 +187,11 @@ def serve(
         _shown(settings.database),
         settings.worker,
     )
-    uvicorn.run(
-        server.app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=15,
-        h11_max_incomplete_event_size=None,
-    )
+    uvicorn.run(server.app, **uvicorn_options(settings))
+
+
+def _comma_list(value: str | None) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

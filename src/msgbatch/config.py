@@ -189,6 +189,18 @@ class Settings(_Table, frozen=True):
     retention_seconds: Seconds = field(default=Seconds(29 * 86400), name="retention")
     max_requests: Positive = 100_000
     max_body_bytes: Positive = 256 * MIB
+    # The HTTP edge (README, "Running it in front of clients"): the request line + headers, how long
+    # a client may take to send them, and the longest wait for the next piece of a body.
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024
+    header_timeout: Seconds = Seconds(10)
+    body_timeout: Seconds = Seconds(30)
+    # Peers whose X-Forwarded-Host/-Proto/-Prefix are believed (addresses, networks, or "*"), and
+    # the hosts this server answers as (empty: any). Checked by api/forwarded.py.
+    forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    allowed_hosts: list[str] = []
+    # Create bodies held in memory at once; a create that does not fit waits this long, then gets 429.
+    create_memory_bytes: Positive = 256 * MIB
+    create_memory_wait: Seconds = Seconds(10)
     # Dispatcher
     worker: bool = True
     concurrency: Positive = 256
@@ -197,6 +209,8 @@ class Settings(_Table, frozen=True):
     grace_seconds: Seconds = field(default=Seconds(10), name="grace")
     poll_interval: Seconds = Seconds(0.5)
     lifecycle_interval: Seconds = Seconds(1)
+    # PostgreSQL: how long a call may wait for a connection before it answers 503.
+    database_timeout: Seconds = Seconds(3)
     # Backends (backends/config.py builds the Router from these).
     upstream: str = ""  # `anthropic=URL` or `openai=URL`: one upstream serving every model
     # Refuse (errored, invalid_request_error) what the hosted API refuses inside a batch.
@@ -217,6 +231,9 @@ class Settings(_Table, frozen=True):
     def __post_init__(self) -> None:
         if self.lease_seconds < 1:
             raise ConfigError("must be at least 1s", key="lease")
+        for key in ("header_timeout", "body_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError("must be positive", key=key)
         names = {"simulate"}  # the built-in simulator, unless a backend takes the name
         for backend in self.backends:
             if backend.name in names - {"simulate"}:

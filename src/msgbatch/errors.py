@@ -3,14 +3,19 @@
     MsgbatchError                     the root: a type, an HTTP status, a message, retryable or not
     ├── InvalidRequestError           400 invalid_request_error
     │   ├── MethodNotAllowedError     405 invalid_request_error   (HTTP only)
-    │   └── ConflictError             409 invalid_request_error   (HTTP only)
+    │   ├── ConflictError             409 invalid_request_error   (HTTP only)
+    │   └── UnsupportedMediaTypeError 415 invalid_request_error   (HTTP only: a Content-Encoding we cannot decode)
     ├── AuthenticationError           401 authentication_error
     ├── BillingError                  402 billing_error
     ├── PermissionDeniedError         403 permission_error
     ├── NotFoundError                 404 not_found_error
+    ├── RequestTimeoutError           408 timeout_error           (HTTP only: the client sent too slowly)
     ├── RequestTooLargeError          413 request_too_large       (HTTP only; invalid_request_error in a result)
+    │   ├── URITooLongError           414 request_too_large       (HTTP only)
+    │   └── HeadersTooLargeError      431 request_too_large       (HTTP only)
     ├── RateLimitError                429 rate_limit_error        retryable
     ├── InternalServerError           500 api_error               retryable
+    │   └── UpstreamUnreachableError  500 api_error               a backend refused the connection
     ├── ServiceUnavailableError       503 overloaded_error        retryable
     ├── GatewayTimeoutError           504 timeout_error           retryable
     └── OverloadedError               529 overloaded_error        retryable
@@ -34,6 +39,7 @@ __all__ = [
     "BillingError",
     "ConflictError",
     "GatewayTimeoutError",
+    "HeadersTooLargeError",
     "InternalServerError",
     "InvalidRequestError",
     "MethodNotAllowedError",
@@ -42,8 +48,12 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RequestTimeoutError",
     "RequestTooLargeError",
     "ServiceUnavailableError",
+    "URITooLongError",
+    "UnsupportedMediaTypeError",
+    "UpstreamUnreachableError",
     "error_body",
     "error_for_type",
 ]
@@ -100,6 +110,10 @@ class ConflictError(InvalidRequestError):
     status = 409
 
 
+class UnsupportedMediaTypeError(InvalidRequestError):
+    status = 415
+
+
 class AuthenticationError(MsgbatchError):
     type = "authentication_error"
     status = 401
@@ -120,9 +134,22 @@ class NotFoundError(MsgbatchError):
     status = 404
 
 
+class RequestTimeoutError(MsgbatchError):
+    type = "timeout_error"
+    status = 408
+
+
 class RequestTooLargeError(MsgbatchError):
     type = "request_too_large"
     status = 413
+
+
+class URITooLongError(RequestTooLargeError):
+    status = 414
+
+
+class HeadersTooLargeError(RequestTooLargeError):
+    status = 431
 
 
 class RateLimitError(MsgbatchError):
@@ -135,6 +162,10 @@ class InternalServerError(MsgbatchError):
     type = "api_error"
     status = 500
     retryable_by_default = True
+
+
+class UpstreamUnreachableError(InternalServerError):
+    """No connection to a backend's upstream could be opened: it is down, not failing."""
 
 
 class ServiceUnavailableError(MsgbatchError):

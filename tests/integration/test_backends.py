@@ -120,7 +120,7 @@ async def test_connections_are_pooled(msgbatch: MsgBatchServer, fake: FakeUpstre
     # 60 requests, at most 16 at once: far fewer connections than requests.
     backend = msgbatch.router.default
     assert isinstance(backend, AdaptiveLimiter)
-    assert 1 <= backend.inner._client.connections <= 16  # type: ignore[attr-defined]
+    assert 1 <= backend.inner.inner._client.connections <= 16  # type: ignore[attr-defined]
 
 
 async def test_openai_round_trip_text_system_tools_stop_images(tmp_path: Path, fake: FakeUpstream) -> None:

@@ -122,7 +122,8 @@ def test_submit_with_options_one_key_per_body_and_list_by_metadata(cli: CLI, tmp
 
 def test_results_partial_and_watch_follow(cli: CLI, tmp_path: Path) -> None:
     rows = [request(f"fast-{i}") for i in range(6)]
-    rows += [request(f"slow-{i}", f"slow [[simulate latency={1 + i * 0.3}]]") for i in range(4)]
+    # Slow enough that the batch still runs while three CLI processes start, on a busy machine.
+    rows += [request(f"slow-{i}", f"slow [[simulate latency={6 + i * 0.5}]]") for i in range(4)]
     created = cli.json("submit", str(write_jsonl(tmp_path / "in.jsonl", rows)))
     batch_id = created["batches"][0]["id"]
     not_yet = cli("results", batch_id, "--json")

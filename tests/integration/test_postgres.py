@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -233,7 +234,9 @@ def test_worker_process_hands_back_work_on_sigterm(tmp_path: Path, pg_url: str) 
         with psycopg.connect(pg_url) as conn:
             rows = conn.execute("SELECT state, owner, attempts FROM msgbatch.jobs ORDER BY id").fetchall()
         assert rows == [(0, None, 0)] * 3
-        assert "released=0 unfinished=3" in log.read_text()
+        # Handed back: running (unfinished) or, on a loaded machine, not yet started (released).
+        stopped = re.search(r"dispatcher.stopped .* released=(\d+) unfinished=(\d+)", log.read_text())
+        assert stopped is not None and int(stopped.group(1)) + int(stopped.group(2)) == 3
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -409,10 +409,10 @@ def test_backends_routes_and_default(tmp_path: Path) -> None:
     }
     router = router_from(tmp_path, raw, {"TGI_KEY": KEY})
     vllm, tgi, sim = router.route("llama-3"), router.route("mistral-7b"), router.route("anything-else")
-    assert isinstance(vllm, AdaptiveLimiter) and isinstance(vllm.inner, AnthropicBackend)
-    assert vllm.max_limit == 32 and vllm.inner.name == "vllm"
-    assert isinstance(tgi, AdaptiveLimiter) and isinstance(tgi.inner, OpenAIBackend)
-    assert tgi.inner.timeout == 120.0 and tgi.inner.model == "served-name"
+    assert isinstance(vllm, AdaptiveLimiter) and isinstance(vllm.inner.inner, AnthropicBackend)
+    assert vllm.max_limit == 32 and vllm.inner.inner.name == "vllm"
+    assert isinstance(tgi, AdaptiveLimiter) and isinstance(tgi.inner.inner, OpenAIBackend)
+    assert tgi.inner.inner.timeout == 120.0 and tgi.inner.inner.model == "served-name"
     assert isinstance(tgi.retry, RetryPolicy) and (tgi.retry.max_attempts, tgi.retry.base, tgi.retry.cap) == (
         3,
         0.25,
@@ -439,11 +439,12 @@ def test_routes_without_default_leave_models_unserved(tmp_path: Path) -> None:
 def test_upstream_shortcut(tmp_path: Path) -> None:
     router = router_from(tmp_path, {}, {"MSGBATCH_UPSTREAM_API_KEY": KEY}, upstream="openai=http://127.0.0.1:8000")
     backend = router.route("any-model")
-    assert isinstance(backend, AdaptiveLimiter) and isinstance(backend.inner, OpenAIBackend)
-    assert backend.inner.base_url == "http://127.0.0.1:8000/v1"  # a bare host gets /v1
+    assert isinstance(backend, AdaptiveLimiter) and isinstance(backend.inner.inner, OpenAIBackend)
+    assert backend.inner.inner.base_url == "http://127.0.0.1:8000/v1"  # a bare host gets /v1
     assert backend.max_limit == 256  # --concurrency
+    assert backend.name == "127.0.0.1:8000"  # named after where it is, so logs and metrics say which
     router = router_from(tmp_path, {}, upstream="anthropic=http://127.0.0.1:8000/v1", concurrency=8)
-    assert router.default.inner.base_url == "http://127.0.0.1:8000" and router.default.max_limit == 8
+    assert router.default.inner.inner.base_url == "http://127.0.0.1:8000" and router.default.max_limit == 8
     assert parse_upstream("anthropic=http://h:1") == ("anthropic", "http://h:1")
     for bad in ("http://h:1", "grpc=http://h:1", "openai="):
         with pytest.raises(ConfigError):

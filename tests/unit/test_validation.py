@@ -84,7 +84,7 @@ SPEC_EXAMPLES: list[dict[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize("params", SPEC_EXAMPLES, ids=lambda p: next(iter(set(p) - {"model"}), "x"))
+@pytest.mark.parametrize("params", SPEC_EXAMPLES, ids=lambda p: min(set(p) - {"model"}, default="x"))
 def test_spec_examples_pass(params: dict[str, Any]) -> None:
     assert validate_params(params) is None
 

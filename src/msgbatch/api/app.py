@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -13,84 +13,20 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from msgbatch.api import batches, dashboard, extensions
+from msgbatch.api import batches, dashboard, extensions, openapi
+from msgbatch.api.body import CreateBudget
+from msgbatch.api.exceptions import error_response, handle_exception
+from msgbatch.api.forwarded import ProxyPolicy
+from msgbatch.api.middleware import ApiMiddleware
 from msgbatch.backends.router import Router
 from msgbatch.config import Settings
 from msgbatch.engine.runtime import Runtime
-from msgbatch.errors import STATUS_BY_TYPE, InternalServerError, MsgbatchError, error_body
-from msgbatch.ids import new_request_id
+from msgbatch.errors import MsgbatchError
 from msgbatch.metrics import CONTENT_TYPE
 from msgbatch.store import Store
 
 log = logging.getLogger("msgbatch.api")
-
-
-class RequestIdMiddleware:
-    """Every response carries a `request-id` header; error bodies repeat it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"request-id", request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-def error_response(request: Request, error_type: str, message: str, status: int, **headers: str) -> Response:
-    request_id = request.scope.get("state", {}).get("request_id")
-    return Response(
-        error_body(error_type, message, request_id),
-        status_code=status,
-        media_type="application/json",
-        headers=headers or None,
-    )
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, MsgbatchError)
-    return error_response(request, exc.type, exc.message, exc.status, **exc.headers)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return error_response(request, "not_found_error", "Not found", 404)
-    if exc.status_code == 405:
-        return error_response(request, "invalid_request_error", "Method not allowed", 405)
-    error_type = next((t for t, s in STATUS_BY_TYPE.items() if s == exc.status_code), "api_error")
-    return error_response(request, error_type, str(exc.detail), exc.status_code)
-
-
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def guarded(endpoint: Endpoint) -> Endpoint:
-    """Unexpected failures still answer in the API's error shape (and are logged)."""
-
-    async def run(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except MsgbatchError:
-            raise
-        except Exception:
-            log.exception("api.unhandled path=%s", request.url.path)
-            return await _api_error(request, InternalServerError("Internal server error"))
-
-    run.__name__ = endpoint.__name__
-    return run
 
 
 async def health(request: Request) -> Response:
@@ -130,17 +66,22 @@ class MsgBatchServer:
         self.metrics = self.runtime.metrics
         self.dispatcher = self.runtime.dispatcher
         self.lifecycle = self.runtime.lifecycle
-        api_routes = batches.routes + extensions.routes
-        routes: list[BaseRoute] = [Route(r.path, guarded(r.endpoint), methods=r.methods) for r in api_routes]
-        routes += [Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)]
-        routes += dashboard.routes
-        routes += extra_routes or []
+        routes: list[BaseRoute] = [
+            *batches.routes,
+            *extensions.routes,
+            Route("/health", health),
+            Route("/ready", ready),
+        ]
+        routes += [Route("/metrics", metrics), *openapi.routes, *dashboard.routes, *(extra_routes or [])]
         self.app = Starlette(
             routes=routes,
-            middleware=[Middleware(RequestIdMiddleware)],
-            exception_handlers={MsgbatchError: _api_error, HTTPException: _http_error},
+            middleware=[Middleware(ApiMiddleware, policy=ProxyPolicy.from_settings(settings))],
+            exception_handlers={MsgbatchError: handle_exception, HTTPException: handle_exception},
             lifespan=self._lifespan,
         )
+        # `/path/` is not `/path`: a 404 in the API's shape, not a redirect built from the client's Host.
+        self.app.router.redirect_slashes = False
+        self.app.state.create_budget = CreateBudget(settings.create_memory_bytes, settings.create_memory_wait)
         self.app.state.manager = self.manager
         self.app.state.settings = settings
         self.app.state.server = self

@@ -6,6 +6,7 @@ Beyond the hosted API (README: "Beyond the hosted API"): an `Idempotency-Key` he
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -14,12 +15,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from msgbatch.api.auth import workspace_of
+from msgbatch.api.body import create_body
+from msgbatch.api.forwarded import Origin
 from msgbatch.envelope import parse_betas
-from msgbatch.errors import InvalidRequestError, RequestTooLargeError
-from msgbatch.manager import BatchManager
+from msgbatch.errors import InvalidRequestError, NotFoundError
+from msgbatch.ids import is_batch_id
+from msgbatch.manager import NOT_FOUND, BatchManager
 from msgbatch.models import RESULT_CODES, Batch
 
 JSON = "application/json"
+_INTEGER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
 # Request headers that belong to every request of a batch: kept with it, forwarded to backends.
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-user-profile-id")
 
@@ -30,49 +35,40 @@ def _manager(request: Request) -> BatchManager:
 
 
 def base_url(request: Request) -> str:
-    """Where this client reached us, so that results_url brings the SDK back here."""
-    configured: str = request.app.state.settings.public_url
-    if configured:
-        return configured.rstrip("/")
-    headers = request.headers
-    proto = headers.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
-    host = headers.get("x-forwarded-host", "").split(",")[0].strip() or headers.get("host") or request.url.netloc
-    prefix = headers.get("x-forwarded-prefix", "").rstrip("/")
-    return f"{proto}://{host}{prefix}"
+    """Where this client reached us, so that results_url brings the SDK back here (api/forwarded.py)."""
+    origin: Origin = request.scope["state"]["origin"]
+    return origin.base_url
+
+
+def batch_id_of(request: Request) -> str:
+    """The path's batch id; one that cannot be an id is not looked up (any string could reach the store)."""
+    batch_id: str = request.path_params["batch_id"]
+    if not is_batch_id(batch_id):
+        raise NotFoundError(NOT_FOUND)
+    return batch_id
+
+
+def _cursor(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name) or None
+    if value is not None and not is_batch_id(value):
+        raise InvalidRequestError(f"{name}: Input should be a Message Batch ID (msgbatch_...)")
+    return value
 
 
 def _json(value: object, status: int = 200) -> Response:
     return Response(msgspec.json.encode(value), status_code=status, media_type=JSON)
 
 
-async def read_body(request: Request, limit: int) -> bytearray:
-    """The whole body in one buffer, refused as soon as it is known to be over the limit."""
-    too_large = RequestTooLargeError(f"Request exceeds the maximum allowed size of {limit:,} bytes.")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidRequestError("Invalid Content-Length header") from None
-        if size > limit:
-            raise too_large
-    buffer = bytearray()
-    async for chunk in request.stream():
-        buffer += chunk
-        if len(buffer) > limit:
-            raise too_large
-    return buffer
-
-
 async def create(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
-    body = await read_body(request, manager.settings.max_body_bytes)
     headers = {name: value for name in FORWARDED_HEADERS if (value := request.headers.get(name))}
     betas = parse_betas(request.headers.getlist("anthropic-beta"))
     key = request.headers.get("idempotency-key")
-    batch, replayed = await manager.create_once(workspace, body, betas, headers, idempotency_key=key)
-    return created(request, manager, batch, replayed, len(body))
+    async with create_body(request, manager.settings, request.app.state.create_budget) as body:
+        batch, replayed = await manager.create_once(workspace, body, betas, headers, idempotency_key=key)
+        size = len(body)
+    return created(request, manager, batch, replayed, size)
 
 
 def created(request: Request, manager: BatchManager, batch: Batch, replayed: bool, size: int) -> Response:
@@ -114,23 +110,27 @@ def _int_param(request: Request, name: str, default: int) -> int:
     value = request.query_params.get(name)
     if value is None:
         return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequestError(
-            f"{name}: Input should be a valid integer, unable to parse string as an integer"
-        ) from None
+    # int() would also take " 5", "1_0" and non-ASCII digits.
+    if not _INTEGER.fullmatch(value):
+        raise InvalidRequestError(f"{name}: Input should be a valid integer, unable to parse string as an integer")
+    return int(value)
 
 
 async def list_batches(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
     params = request.query_params
+    after_id: str | None
+    before_id: str | None
+    if params.get("after_id") and params.get("before_id"):
+        after_id, before_id = params["after_id"], params["before_id"]  # the manager refuses both at once
+    else:
+        after_id, before_id = _cursor(request, "after_id"), _cursor(request, "before_id")
     batches, more = await manager.list_batches(
         workspace,
         limit=_int_param(request, "limit", 20),
-        after_id=params.get("after_id") or None,
-        before_id=params.get("before_id") or None,
+        after_id=after_id,
+        before_id=before_id,
         metadata=metadata_filter(request),
     )
     base = base_url(request)
@@ -147,7 +147,7 @@ async def list_batches(request: Request) -> Response:
 async def retrieve(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
-    batch = await manager.get(workspace, request.path_params["batch_id"])
+    batch = await manager.get(workspace, batch_id_of(request))
     return _json(manager.render(batch, base_url(request)))
 
 
@@ -155,14 +155,14 @@ async def cancel(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
     abort_running = bool_param(request, "abort_running", manager.settings.abort_running_on_cancel)
-    batch = await manager.cancel(workspace, request.path_params["batch_id"], abort_running=abort_running)
+    batch = await manager.cancel(workspace, batch_id_of(request), abort_running=abort_running)
     return _json(manager.render(batch, base_url(request)))
 
 
 async def delete(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
-    batch = await manager.delete(workspace, request.path_params["batch_id"])
+    batch = await manager.delete(workspace, batch_id_of(request))
     return _json({"id": batch.id, "type": "message_batch_deleted"})
 
 
@@ -172,13 +172,13 @@ async def results(request: Request) -> Response:
     # Not part of the hosted API: filters for the CLI and the dashboard.
     type_name = request.query_params.get("type")
     result_type = None
-    if type_name:
+    if type_name is not None:
         if type_name not in RESULT_CODES:
             raise InvalidRequestError(f"type: Input should be one of {', '.join(RESULT_CODES)}")
         result_type = RESULT_CODES[type_name]
     pages = await manager.results(
         workspace,
-        request.path_params["batch_id"],
+        batch_id_of(request),
         result_type=result_type,
         custom_id=request.query_params.get("custom_id") or None,
         partial=bool_param(request, "partial"),

@@ -15,12 +15,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from msgbatch.api.auth import workspace_of
-from msgbatch.api.batches import JSON, created, read_body
+from msgbatch.api.batches import JSON, batch_id_of, created
+from msgbatch.api.body import create_body
 from msgbatch.clock import now_us
 from msgbatch.errors import InvalidRequestError
 from msgbatch.manager import BatchManager
-
-_MAX_RETRY_BODY = 64 * 1024
 
 
 def _manager(request: Request) -> BatchManager:
@@ -40,13 +39,13 @@ def _strings(body: dict[str, Any], name: str) -> list[str] | None:
 async def retry(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
-    raw = await read_body(request, _MAX_RETRY_BODY)
     body: Any = {}
-    if raw.strip():
-        try:
-            body = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+    async with create_body(request, manager.settings, request.app.state.create_budget) as raw:
+        if raw.strip():
+            try:
+                body = msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("body: Input should be a valid dictionary")
     for name in body:
@@ -54,7 +53,7 @@ async def retry(request: Request) -> Response:
             raise InvalidRequestError(f"{name}: Extra inputs are not permitted")
     batch, replayed = await manager.retry(
         workspace,
-        request.path_params["batch_id"],
+        batch_id_of(request),
         result_types=_strings(body, "result_types"),
         error_types=_strings(body, "error_types"),
         idempotency_key=request.headers.get("idempotency-key"),

@@ -31,11 +31,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from msgbatch.backends.anthropic import AnthropicBackend
 from msgbatch.backends.base import Backend
 from msgbatch.backends.limiter import AdaptiveLimiter
 from msgbatch.backends.openai import OpenAIBackend
+from msgbatch.backends.outage import OutageGuard
 from msgbatch.backends.retry import RetryPolicy
 from msgbatch.backends.router import Route, Router
 from msgbatch.backends.simulate import SimulatorBackend
@@ -91,8 +93,10 @@ def _http_backend(config: HttpBackendConfig, where: str, env: Mapping[str, str])
     except ValueError as exc:  # the URL
         raise ConfigError(str(exc), key=where) from None
     retry = RetryPolicy(max_attempts=config.max_attempts, base=config.backoff, cap=config.backoff_cap)
+    # The guard inside the limiter: requests waiting out an outage hold their slots, so nothing
+    # more is sent meanwhile, and overload signals from a live upstream still reach the limiter.
     return AdaptiveLimiter(
-        inner, config.concurrency, min_limit=config.min_concurrency, adaptive=config.adaptive, retry=retry
+        OutageGuard(inner), config.concurrency, min_limit=config.min_concurrency, adaptive=config.adaptive, retry=retry
     )
 
 
@@ -113,7 +117,10 @@ def build_router(settings: Settings, env: Mapping[str, str] | None = None) -> Ro
         # The shortcut's key comes from MSGBATCH_UPSTREAM_API_KEY; its concurrency is the process's.
         key_env = UPSTREAM_KEY_ENV if env.get(UPSTREAM_KEY_ENV) else ""
         kind_of = AnthropicBackendConfig if kind == "anthropic" else OpenAIBackendConfig
-        config = kind_of(name="upstream", url=url, api_key_env=key_env, concurrency=settings.concurrency)
+        # Named after where it is (`127.0.0.1:8000`), so that logs and metrics say which server;
+        # routes in a config file may still call it `upstream`.
+        name = urlsplit(url).netloc or "upstream"
+        config = kind_of(name=name, url=url, api_key_env=key_env, concurrency=settings.concurrency)
         upstream = backends["upstream"] = _http_backend(config, "upstream", env)
 
     if not backends:
@@ -134,6 +141,6 @@ def build_router(settings: Settings, env: Mapping[str, str] | None = None) -> Ro
     elif not routes:
         default = next(iter(backends.values()))
 
-    for backend in backends.values():
+    for backend in {id(b): b for b in backends.values()}.values():
         log.info("backend name=%s %r", backend.name, backend)
     return Router(routes, default)

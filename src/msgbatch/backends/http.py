@@ -37,6 +37,7 @@ from msgbatch.errors import (
     GatewayTimeoutError,
     InternalServerError,
     MsgbatchError,
+    UpstreamUnreachableError,
     error_for_type,
 )
 
@@ -189,7 +190,7 @@ def transport_error(exc: BaseException, *, backend: str, timeout: float) -> Msgb
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return GatewayTimeoutError(f"upstream {backend} did not answer within {timeout:g}s")
     if isinstance(exc, ConnectFailed | httpx.ConnectError):
-        return InternalServerError(f"cannot connect to upstream {backend}")
+        return UpstreamUnreachableError(f"cannot connect to upstream {backend}")
     if isinstance(exc, ProtocolFault | httpx.RemoteProtocolError | httpx.DecodingError):
         return InternalServerError(f"upstream {backend} answered with something that is not HTTP")
     kind = type(exc).__name__

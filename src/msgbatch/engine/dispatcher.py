@@ -31,7 +31,7 @@ from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.config import Settings
 from msgbatch.engine.supervisor import Supervisor
-from msgbatch.errors import MsgbatchError
+from msgbatch.errors import MsgbatchError, ServiceUnavailableError
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 from msgbatch.models import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Batch, Job, Outcome
@@ -241,6 +241,9 @@ class Dispatcher:
             now = now_us()
             try:
                 jobs = await self.manager.claim(self.owner, min(free, self.claim_max), now, now + self.lease_us)
+            except ServiceUnavailableError:  # the database is away; the store said so once
+                await asyncio.sleep(self.poll_interval)
+                continue
             except Exception:
                 log.exception("dispatcher.claim_failed owner=%s", self.owner)
                 await asyncio.sleep(self.poll_interval)
@@ -357,6 +360,8 @@ class Dispatcher:
             self._flush_now.clear()
             try:
                 await self._flush()
+            except ServiceUnavailableError:  # kept, and written once the database is back
+                await asyncio.sleep(self.poll_interval)
             except Exception:
                 log.exception("dispatcher.flush_failed owner=%s", self.owner)
                 await asyncio.sleep(self.poll_interval)
@@ -424,7 +429,11 @@ class Dispatcher:
         while True:
             await asyncio.sleep(max(self.poll_interval, 1.0))
             running = {job.batch for job_id, (job, _) in self._running.items() if job_id not in self._aborting}
-            for seq in await self.manager.aborting(sorted(running)):
+            try:
+                aborting = await self.manager.aborting(sorted(running))
+            except ServiceUnavailableError:
+                continue  # the database is away; the store said so once
+            for seq in aborting:
                 self.abort(seq)
 
     async def _renew_loop(self) -> None:
@@ -434,5 +443,7 @@ class Dispatcher:
             if self._held:
                 try:
                     await self.manager.renew(self.owner, sorted(self._held), now_us() + self.lease_us)
+                except ServiceUnavailableError:
+                    pass  # the next renewal comes within a third of the lease
                 except Exception:
                     log.exception("dispatcher.renew_failed owner=%s", self.owner)

@@ -12,6 +12,7 @@ import logging
 
 from msgbatch.clock import now_us
 from msgbatch.engine.supervisor import Supervisor
+from msgbatch.errors import ServiceUnavailableError
 from msgbatch.manager import BatchManager
 
 log = logging.getLogger("msgbatch.lifecycle")
@@ -40,6 +41,8 @@ class Lifecycle:
         while True:
             try:
                 await self.tick()
+            except ServiceUnavailableError:
+                pass  # the database is away; the store said so once
             except Exception:
                 log.exception("lifecycle.tick_failed")
             await asyncio.sleep(self.interval)

@@ -36,7 +36,7 @@ class Runtime:
         recover: bool = True,
     ) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.database)
+        self.store = store or open_store(settings.database, timeout=settings.database_timeout)
         self.router = router or build_router(settings)
         self.metrics = metrics or Metrics()
         self.manager = BatchManager(self.store, settings)

@@ -31,6 +31,7 @@ from msgbatch import __version__
 from msgbatch.clock import now_us
 from msgbatch.config import Settings
 from msgbatch.engine.supervisor import Supervisor
+from msgbatch.errors import ServiceUnavailableError
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 from msgbatch.webhooks import (
@@ -107,7 +108,11 @@ class WebhookDelivery:
             if free > 0:
                 self._wake.clear()
                 now = now_us()
-                deliveries = await self.outbox.claim(self.owner, free, now, now + self.lease_us)
+                try:
+                    deliveries = await self.outbox.claim(self.owner, free, now, now + self.lease_us)
+                except ServiceUnavailableError:
+                    pass  # the database is away (the store said so once): deliveries wait in it
+
                 for delivery in deliveries:
                     task = asyncio.create_task(self._send_one(delivery), name=f"msgbatch-webhook-{delivery.id}")
                     self._sending.add(task)
@@ -122,8 +127,10 @@ class WebhookDelivery:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._wake.set()  # a free slot
-        if not task.cancelled() and task.exception() is not None:
-            log.error("webhook.failed_to_record error=%s", task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, ServiceUnavailableError):
+            # The attempt is not recorded: the delivery is due again when its lease ends.
+            log.error("webhook.failed_to_record error=%s", error)
 
     # -- one delivery ----------------------------------------------------------------------------
 

@@ -5,6 +5,13 @@ What this module knows is the dialect: a pool of connections; a group of steps a
 transaction (one round trip); rows passed as arrays, or streamed with binary COPY; NOTIFY wake-ups
 received on a LISTEN connection of its own; migrations applied under an advisory lock, so
 concurrent starts are safe; and vacuuming the queue table when the server's autovacuum is off.
+
+And riding out the database going away: a call that finds it gone (or waits `timeout` for a
+connection) raises `ServiceUnavailableError` (503, retry-after); the store is then marked down,
+once, with one WARNING, and later calls answer at once instead of queueing for the pool. A probe
+connects every half second or so; when it gets through, a fresh pool replaces the old one (whose
+reconnection back-off can reach tens of seconds) and one INFO line says so. A transaction cut by
+the outage may or may not have committed: every caller's transaction is safe to run again.
 """
 
 from __future__ import annotations
@@ -21,12 +28,29 @@ import psycopg
 from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from msgbatch.errors import ServiceUnavailableError
 from msgbatch.store.base import Row, Step
 from msgbatch.store.queries import Query, load_queries, migrations
 
 log = logging.getLogger("msgbatch.store.postgres")
+
+# SQLSTATE classes that mean the server or the connection went away, not that a statement failed.
+_GONE_STATES = ("08", "57P01", "57P02", "57P03")
+_PROBE_FIRST, _PROBE_MAX = 0.1, 0.5  # seconds between probes while the database is down
+_READY_TIMEOUT = 0.9  # /ready answers within a second
+
+
+def _is_gone(exc: BaseException) -> bool:
+    """Does this failure say the database cannot be reached (rather than a statement failing)?"""
+    if isinstance(exc, PoolTimeout | psycopg.InterfaceError):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith(_GONE_STATES)
+    return False
+
 
 CHANNEL = "msgbatch"
 _MIGRATION_LOCK = 0x6D73676261746368  # "msgbatch" in ASCII: the advisory lock migrations hold
@@ -40,20 +64,50 @@ _SESSION_OPTIONS = "-c enable_bitmapscan=off -c jit=off"
 _BYTEA = postgres.types["bytea"]
 
 
-class _ByteaArray(bytes):
-    """A bytea[] parameter, already in PostgreSQL's binary array format."""
+class _BinaryArray(bytes):
+    """An array parameter already in PostgreSQL's binary array format, of the element type `kind`."""
+
+    kind = ""
 
 
-class _ByteaArrayDumper(Dumper):
-    format = Format.BINARY
-    oid = _BYTEA.array_oid
+class _ByteaArray(_BinaryArray):
+    kind = "bytea"
 
-    def dump(self, obj: Any) -> bytes:
-        return bytes(obj)
+
+class _Int8Array(_BinaryArray):
+    kind = "int8"
+
+
+class _Int4Array(_BinaryArray):
+    kind = "int4"
+
+
+class _Int2Array(_BinaryArray):
+    kind = "int2"
+
+
+def _array_dumper(cls: type[_BinaryArray]) -> type[Dumper]:
+    class ArrayDumper(Dumper):
+        format = Format.BINARY
+        oid = postgres.types[cls.kind].array_oid
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj)
+
+    return ArrayDumper
+
+
+_ARRAY_TYPES = (_ByteaArray, _Int8Array, _Int4Array, _Int2Array)
 
 
 _array_head = struct.Struct("!iiiii").pack  # 1 dimension, no nulls, element type, length, lower bound
 _field_len = struct.Struct("!i").pack
+_DUMPERS = {cls: _array_dumper(cls) for cls in _ARRAY_TYPES}
+_INTS: dict[str, tuple[type[_BinaryArray], int, str, int]] = {
+    "int8": (_Int8Array, postgres.types["int8"].oid, "iq", 8),
+    "int4": (_Int4Array, postgres.types["int4"].oid, "ii", 4),
+    "int2": (_Int2Array, postgres.types["int2"].oid, "ih", 2),
+}
 
 
 def _bytea_array(items: Sequence[bytes]) -> _ByteaArray:
@@ -65,8 +119,18 @@ def _bytea_array(items: Sequence[bytes]) -> _ByteaArray:
     return _ByteaArray(b"".join(parts))
 
 
+def _int_array(kind: str, items: Sequence[int]) -> _BinaryArray:
+    """Integers as one array parameter, packed in one call: psycopg's list dumper costs ~0.4 µs an
+    item, which for the seven columns of a completion of 500 was a fifth of its time."""
+    cls, oid, code, size = _INTS[kind]
+    head = _array_head(1, 0, oid, len(items), 1)
+    body = struct.pack("!" + code * len(items), *(v for item in items for v in (size, item)))
+    return cls(head + body)
+
+
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    conn.adapters.register_dumper(_ByteaArray, _ByteaArrayDumper)
+    for cls in _ARRAY_TYPES:
+        conn.adapters.register_dumper(cls, _DUMPERS[cls])
 
 
 # -- binary COPY ---------------------------------------------------------------------------------
@@ -122,23 +186,31 @@ def _array_params(query: Query, rows: Iterable[Sequence[Any]]) -> dict[str, Any]
     """The step's rows as one array parameter per column."""
     materialized = rows if isinstance(rows, list | tuple) else list(rows)
     columns: list[Sequence[Any]] = list(zip(*materialized, strict=True)) if materialized else [()] * len(query.rows)
-    return {
-        name: _bytea_array(values) if kind == "bytea" else list(values)
-        for (name, kind), values in zip(query.rows, columns, strict=True)
-    }
+    return {name: _array(kind, values) for (name, kind), values in zip(query.rows, columns, strict=True)}
+
+
+def _array(kind: str, values: Sequence[Any]) -> Any:
+    if kind == "bytea":
+        return _bytea_array(values)
+    if kind in _INTS:
+        return _int_array(kind, values)
+    return list(values)
 
 
 class PostgresStore:
     dialect = "postgres"
     single_process = False
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 3.0) -> None:
         self.url = url
         self.pool_size = pool_size
+        self.timeout = timeout
         self.queries = load_queries("postgres")
         self._pool: AsyncConnectionPool | None = None
         self._listener: asyncio.Task[None] | None = None
         self._next_tidy = 0.0  # monotonic time of the next look at the jobs table's dead rows
+        self._down_since: float | None = None  # wall clock, while the database is unreachable
+        self._recovery: asyncio.Task[None] | None = None
 
     # -- connections -------------------------------------------------------------------------
 
@@ -149,7 +221,13 @@ class PostgresStore:
         return self._pool
 
     async def open(self) -> None:
+        # This store reports the database going and coming back itself, once each; the pool's
+        # own line per reconnection attempt would bury them.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         await self.migrate()
+        self._pool = await self._new_pool(wait=30.0)
+
+    async def _new_pool(self, *, wait: float) -> AsyncConnectionPool:
         pool = AsyncConnectionPool(
             self.url,
             min_size=1,
@@ -158,23 +236,71 @@ class PostgresStore:
             configure=_configure,
             open=False,
             name="msgbatch",
+            timeout=self.timeout,
         )
-        await pool.open(wait=True, timeout=30.0)
-        self._pool = pool
+        await pool.open(wait=True, timeout=wait)
+        return pool
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        for task in (self._listener, self._recovery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._recovery = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
     async def ping(self) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute("SELECT 1")
+        self._check_up()
+        try:
+            async with self.pool.connection(timeout=min(self.timeout, _READY_TIMEOUT)) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            raise self._failed(exc) from None
+
+    # -- the database going away, and coming back ----------------------------------------------
+
+    def _check_up(self) -> None:
+        if self._down_since is not None:
+            raise self._unavailable()
+
+    @staticmethod
+    def _unavailable() -> ServiceUnavailableError:
+        return ServiceUnavailableError(
+            "The database is unavailable; try again shortly.", retry_after=1.0, headers={"retry-after": "1"}
+        )
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        """What to raise for a failure: a database gone marks the store down (once)."""
+        if not _is_gone(exc):
+            return exc
+        if self._down_since is None:
+            self._down_since = time.time()
+            log.warning("database.unavailable error=%s: calls answer 503 until it is back", str(exc).strip())
+            self._recovery = asyncio.create_task(self._recover(), name="msgbatch-db-recovery")
+        return self._unavailable()
+
+    async def _recover(self) -> None:
+        delay = _PROBE_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _PROBE_MAX)
+            try:
+                probe = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=2)
+                await probe.close()
+                fresh = await self._new_pool(wait=5.0)
+            except Exception:
+                continue
+            stale, self._pool = self._pool, fresh
+            down_for = time.time() - (self._down_since or time.time())
+            self._down_since = None
+            log.info("database.back down_for=%.1fs", down_for)
+            if stale is not None:
+                with contextlib.suppress(Exception):
+                    await stale.close(timeout=1.0)
+            return
 
     async def migrate(self) -> list[int]:
         versions = migrations(self.queries)
@@ -215,15 +341,29 @@ class PostgresStore:
 
     async def read(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         query = self.queries[name]
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(query.statements[0], params or {}, binary=True)
-            return await cur.fetchall()
+        self._check_up()
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(query.statements[0], params or {}, binary=True)
+                return await cur.fetchall()
+        except Exception as exc:
+            raise self._failed(exc) from None
 
     async def run(self, *steps: Step, durable: bool = False) -> list[list[Row]]:
+        self._check_up()
+        try:
+            return await self._run(steps)
+        except Exception as exc:
+            raise self._failed(exc) from None
+
+    async def _run(self, steps: Sequence[Step]) -> list[list[Row]]:
         # Every commit is durable here (synchronous_commit): `durable` asks for nothing more.
         queries = [self.queries[step.name] for step in steps]
         copies = any(s.startswith("COPY") for q in queries for s in q.statements)
         async with self.pool.connection() as conn:
+            if len(steps) == 1 and len(queries[0].statements) == 1 and not copies:
+                # One statement is atomic by itself: no transaction or pipeline around it.
+                return [await self._execute(conn, queries[0], steps[0])]
             if copies:
                 # COPY cannot be pipelined: run the group statement by statement.
                 async with conn.transaction():
@@ -264,23 +404,27 @@ class PostgresStore:
             self._listener = asyncio.create_task(self._listen(on_notice), name="msgbatch-listen")
 
     async def _listen(self, on_notice: Callable[[str], None]) -> None:
-        """A dedicated connection LISTENs; when it drops, reconnect (the poll interval covers the gap)."""
-        delay = 0.5
+        """A dedicated connection LISTENs; when it drops, reconnect (the poll interval covers the
+        gap). Said once when it drops, not at every attempt while the database is away."""
+        delay = 0.25
+        lost = False
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=2)
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-                    delay = 0.5
+                    delay, lost = 0.25, False
                     on_notice("work")  # whatever was announced while we were not listening
                     async for note in conn.notifies():
                         on_notice(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("listen.lost error=%s retry_in=%.1fs", exc, delay)
+                if not lost:
+                    log.warning("listen.lost error=%s: polling until it is back", str(exc).strip())
+                    lost = True
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 1.0)
 
     # -- housekeeping of this dialect --------------------------------------------------------
 
@@ -296,6 +440,9 @@ class PostgresStore:
         self._next_tidy = now + 60.0
         rows = await self.read("_dead_jobs")
         if rows and rows[0][0]:
-            async with self.pool.connection() as conn:
-                await conn.execute("VACUUM (SKIP_LOCKED) msgbatch.jobs")
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute("VACUUM (SKIP_LOCKED) msgbatch.jobs")
+            except Exception as exc:
+                raise self._failed(exc) from None
             log.info("queue.vacuumed")

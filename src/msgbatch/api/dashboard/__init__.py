@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from msgbatch.api.auth import workspace_of
+from msgbatch.api.batches import batch_id_of
 from msgbatch.clock import rfc3339
 from msgbatch.errors import NotFoundError
 from msgbatch.manager import BatchManager
@@ -63,7 +64,7 @@ async def stats(request: Request) -> Response:
     manager: BatchManager = request.app.state.manager
     metrics: Metrics = request.app.state.metrics
     workspace = workspace_of(request, manager.settings)
-    batch = await manager.get(workspace, request.path_params["batch_id"])
+    batch = await manager.get(workspace, batch_id_of(request))
     timing = metrics.batch_timing(batch.seq)
     backends = []
     if timing is not None and timing.backends:

@@ -1,0 +1,410 @@
+"""The machine-readable description of the API: an OpenAPI 3.1 document at `GET /openapi.json`.
+
+Written by hand, as data, in groups: each group (`server_paths`, `message_batches`) returns the
+paths it adds and the schemas they name, and `document()` puts the groups together. A new
+dialect (OpenAI's `/v1/files` + `/v1/batches`) adds a function like `message_batches` and one
+entry in `GROUPS`.
+
+The document promises exactly what the server does, and CI holds it to that:
+`tests/acceptance/test_openapi_fuzz.py` drives schemathesis against a real `msgbatch serve` and fails on any
+server error or any response outside these schemas (statuses, headers, bodies, content types).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from msgbatch import __version__
+
+Schema = dict[str, Any]
+Group = tuple[dict[str, Any], dict[str, Schema]]  # (paths, component schemas)
+
+_ERROR_TYPES = [
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "timeout_error",
+    "api_error",
+    "overloaded_error",
+]
+_WHY = {
+    400: "The request is invalid (also: a Host or X-Forwarded-* header that cannot be used).",
+    401: "No API key, or an unknown one.",
+    403: "`anthropic-workspace-id` names another workspace than the key's.",
+    404: "No such batch in this key's workspace (or no results yet).",
+    408: "The client stopped sending its body (`body_timeout`).",
+    413: "The body (decoded) is over the size limit.",
+    415: "A `Content-Encoding` other than gzip, deflate or identity.",
+    429: "Too many large creates at once; retry after `retry-after` seconds.",
+    500: "An unexpected failure (a bug: it is logged).",
+    503: "The database does not answer (an API call: retry after `retry-after` seconds).",
+}
+_BATCH_ID = {"type": "string", "pattern": "^msgbatch_[0-9A-Za-z]{24}$"}
+_REQUEST_ID_HEADER = {
+    "description": "This request's id (error bodies repeat it).",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^req_[0-9A-Za-z]+$"},
+}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def response(description: str, schema: Schema | None = None, media_type: str = "application/json") -> Schema:
+    answer: Schema = {"description": description, "headers": {"request-id": _REQUEST_ID_HEADER}}
+    if schema is not None:
+        answer["content"] = {media_type: {"schema": schema}}
+    return answer
+
+
+def errors(*statuses: int) -> dict[str, Schema]:
+    """The error answers an operation can give (every one in the API's error shape)."""
+    answers = {str(status): response(_WHY[status], ref("ErrorResponse")) for status in statuses}
+    for status, required in ((429, True), (503, False)):
+        if status in statuses:
+            answers[str(status)]["headers"] = {
+                **answers[str(status)]["headers"],
+                "retry-after": {"required": required, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            }
+    return answers
+
+
+def operation(
+    operation_id: str,
+    summary: str,
+    ok: Schema,
+    error_statuses: tuple[int, ...],
+    *,
+    parameters: list[Schema] | None = None,
+    body: Schema | None = None,
+    authenticated: bool = True,
+) -> Schema:
+    op: Schema = {
+        "operationId": operation_id,
+        "summary": summary,
+        "responses": {"200": ok, **errors(*error_statuses)},
+    }
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = body
+    if not authenticated:
+        op["security"] = []
+    return op
+
+
+def query(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+# -- groups ----------------------------------------------------------------------------------
+
+
+def server_paths() -> Group:
+    status: Callable[[str], Schema] = lambda value: {  # noqa: E731
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": value}},
+        "additionalProperties": False,
+    }
+    paths = {
+        "/health": {"get": operation("health", "Liveness", response("Alive.", status("ok")), (), authenticated=False)},
+        "/ready": {
+            "get": operation(
+                "ready",
+                "Readiness: the database answers",
+                response("Ready.", status("ready")),
+                (503,),
+                authenticated=False,
+            )
+        },
+        "/metrics": {
+            "get": operation(
+                "metrics",
+                "Prometheus metrics of this process",
+                response("Prometheus text format.", {"type": "string"}, "text/plain"),
+                (),
+                authenticated=False,
+            )
+        },
+        "/openapi.json": {
+            "get": operation(
+                "openapi", "This document", response("OpenAPI 3.1.", {"type": "object"}), (400,), authenticated=False
+            )
+        },
+    }
+    return paths, {}
+
+
+def message_batches() -> Group:
+    """The Anthropic Message Batches API (`?beta=true` is the same routes)."""
+    batch_id = {
+        "name": "batch_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "A Message Batch ID (`msgbatch_` + 24 characters); anything else is 404.",
+    }
+    cursor = {"type": "string", "pattern": "^(msgbatch_[0-9A-Za-z]{24})?$", "description": "Empty: none."}
+    beta = query("beta", {"type": "string"}, "Sent by older SDKs (`beta=true`); accepted and ignored.")
+    common = (400, 401, 403, 500, 503)
+    with_id = (400, 401, 403, 404, 500, 503)
+    batch = response("The batch.", ref("MessageBatch"))
+    create_body = {
+        "required": True,
+        "content": {"application/json": {"schema": ref("CreateMessageBatchParams")}},
+        "description": "May be sent with `Content-Encoding: gzip` or `deflate`; the size limit applies to "
+        "the decoded body.",
+    }
+    paths = {
+        "/v1/messages/batches": {
+            "post": operation(
+                "createMessageBatch",
+                "Create a batch",
+                batch,
+                (400, 401, 403, 408, 413, 415, 429, 500, 503),
+                parameters=[beta],
+                body=create_body,
+            ),
+            "get": operation(
+                "listMessageBatches",
+                "List batches, newest first",
+                response("A page of batches.", ref("MessageBatchList")),
+                common,
+                parameters=[
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}, "Page size."),
+                    query("after_id", cursor, "The page just older than this batch (not with before_id)."),
+                    query("before_id", cursor, "The page just newer than this batch (not with after_id)."),
+                    beta,
+                ],
+            ),
+        },
+        "/v1/messages/batches/{batch_id}": {
+            "get": operation("retrieveMessageBatch", "Retrieve a batch", batch, with_id, parameters=[batch_id, beta]),
+            "delete": operation(
+                "deleteMessageBatch",
+                "Delete an ended batch",
+                response("Deleted.", ref("DeletedMessageBatch")),
+                with_id,
+                parameters=[batch_id, beta],
+            ),
+        },
+        "/v1/messages/batches/{batch_id}/cancel": {
+            "post": operation("cancelMessageBatch", "Cancel a batch", batch, with_id, parameters=[batch_id, beta])
+        },
+        "/v1/messages/batches/{batch_id}/results": {
+            "get": operation(
+                "messageBatchResults",
+                "The results of an ended batch, one JSON object per line",
+                response(
+                    "`{custom_id, result}` lines (MessageBatchIndividualResponse).",
+                    {"type": "string"},
+                    "application/x-jsonl",
+                ),
+                with_id,
+                parameters=[
+                    batch_id,
+                    query(
+                        "type",
+                        {"type": "string", "enum": ["succeeded", "errored", "canceled", "expired"]},
+                        "Not in the hosted API: only results of this type.",
+                    ),
+                    query("custom_id", {"type": "string"}, "Not in the hosted API: only this request's result."),
+                ],
+            )
+        },
+        "/v1/messages/batches/{batch_id}/stats": {
+            "get": operation(
+                "messageBatchStats",
+                "Not in the hosted API: where this batch's requests spent their time, per backend",
+                response("Timings measured by this process since it started.", ref("MessageBatchStats")),
+                with_id,
+                parameters=[batch_id],
+            )
+        },
+    }
+    time = {"type": "string", "format": "date-time"}
+    count = {"type": "integer", "minimum": 0}
+    schemas: dict[str, Schema] = {
+        "CreateMessageBatchParams": {
+            "type": "object",
+            "required": ["requests"],
+            "properties": {
+                "requests": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 100_000,
+                    "items": {
+                        "type": "object",
+                        "required": ["custom_id", "params"],
+                        "properties": {
+                            "custom_id": {
+                                "type": "string",
+                                "pattern": "^[a-zA-Z0-9_-]{1,64}$",
+                                "description": "Unique within the batch.",
+                            },
+                            "params": {
+                                "type": "object",
+                                "description": "Messages API parameters (model, max_tokens, messages, ...). "
+                                "Checked when the request runs: a bad one becomes an `errored` result.",
+                            },
+                        },
+                    },
+                }
+            },
+        },
+        "MessageBatch": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": [
+                "id",
+                "type",
+                "processing_status",
+                "request_counts",
+                "created_at",
+                "expires_at",
+                "ended_at",
+                "cancel_initiated_at",
+                "archived_at",
+                "results_url",
+            ],
+            "properties": {
+                "id": _BATCH_ID,
+                "type": {"const": "message_batch"},
+                "processing_status": {"enum": ["in_progress", "canceling", "ended"]},
+                "request_counts": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["processing", "succeeded", "errored", "canceled", "expired"],
+                    "properties": {k: count for k in ("processing", "succeeded", "errored", "canceled", "expired")},
+                },
+                "created_at": time,
+                "expires_at": time,
+                "ended_at": nullable(time),
+                "cancel_initiated_at": nullable(time),
+                "archived_at": nullable(time),
+                "results_url": nullable({"type": "string", "format": "uri"}),
+            },
+        },
+        "MessageBatchList": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["data", "has_more", "first_id", "last_id"],
+            "properties": {
+                "data": {"type": "array", "items": ref("MessageBatch")},
+                "has_more": {"type": "boolean"},
+                "first_id": nullable({"type": "string"}),
+                "last_id": nullable({"type": "string"}),
+            },
+        },
+        "DeletedMessageBatch": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "type"],
+            "properties": {"id": {"type": "string"}, "type": {"const": "message_batch_deleted"}},
+        },
+        "MessageBatchStats": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "type", "since", "first_call_at", "last_call_at", "backends"],
+            "properties": {
+                "id": {"type": "string"},
+                "type": {"const": "message_batch_stats"},
+                "since": time,
+                "first_call_at": nullable(time),
+                "last_call_at": nullable(time),
+                "backends": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["backend", "calls", "errors", "total_seconds", "mean_seconds", "max_seconds"],
+                        "properties": {
+                            "backend": {"type": "string"},
+                            "calls": count,
+                            "errors": count,
+                            "total_seconds": {"type": "number"},
+                            "mean_seconds": {"type": ["number", "null"]},
+                            "max_seconds": {"type": "number"},
+                        },
+                    },
+                },
+            },
+        },
+    }
+    return paths, schemas
+
+
+GROUPS: list[Callable[[], Group]] = [server_paths, message_batches]
+
+
+def document() -> Schema:
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Schema] = {
+        "ErrorResponse": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "error", "request_id"],
+            "properties": {
+                "type": {"const": "error"},
+                "error": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["type", "message"],
+                    "properties": {"type": {"enum": _ERROR_TYPES}, "message": {"type": "string"}},
+                },
+                "request_id": {"type": "string", "pattern": "^req_[0-9A-Za-z]+$"},
+            },
+        }
+    }
+    for group in GROUPS:
+        group_paths, group_schemas = group()
+        for path, operations in group_paths.items():
+            paths.setdefault(path, {}).update(operations)
+        schemas.update(group_schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "msgbatch",
+            "version": __version__,
+            "description": "A self-hosted, drop-in Message Batches API. Every response carries a `request-id` "
+            "header; every error has the body `{type: error, error: {type, message}, request_id}`.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+        "security": [{"ApiKey": []}, {"Bearer": []}],
+    }
+
+
+@functools.cache
+def _encoded() -> bytes:
+    return msgspec.json.encode(document())
+
+
+async def openapi_json(request: Request) -> Response:
+    return Response(_encoded(), media_type="application/json")
+
+
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]
