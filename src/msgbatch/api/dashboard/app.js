@@ -20,6 +20,7 @@
     samples: [], // [ms, done] for the batch on the detail page: rate and ETA
     batch: null,
     resultsLoadedFor: null,
+    metadata: "", // the list's metadata filter, as typed: "team=search, run=7"
   };
 
   // -- small helpers -------------------------------------------------------------------------
@@ -227,10 +228,14 @@
     return h("div", { class: "progress" }, bar, label);
   }
 
-  async function cancelBatch(id) {
-    if (!confirm(`Cancel batch ${id}? Requests not started yet will not run.`)) return;
+  async function cancelBatch(id, abortRunning = false) {
+    const what = abortRunning
+      ? `Cancel batch ${id} and stop its running requests? None of its requests will run any more.`
+      : `Cancel batch ${id}? Requests not started yet will not run.`;
+    if (!confirm(what)) return;
     try {
-      const batch = await api(`/v1/messages/batches/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+      const query = abortRunning ? "?abort_running=true" : "";
+      const batch = await api(`/v1/messages/batches/${encodeURIComponent(id)}/cancel${query}`, { method: "POST" });
       notice(`Cancel requested for ${id}: now ${batch.processing_status.replace("_", " ")}.`);
       refreshNow();
     } catch (err) {
@@ -251,6 +256,34 @@
     }
   }
 
+  async function retryBatch(id) {
+    if (!confirm(`Run the errored and expired requests of ${id} again, as a new batch?`)) return;
+    try {
+      const child = await api(`/v1/messages/batches/${encodeURIComponent(id)}/retry`, { method: "POST" });
+      notice(`Created ${child.id}, a retry of ${id}.`);
+      location.hash = `#/batch/${child.id}`;
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  function metadataTags(b) {
+    const pairs = Object.entries(b.metadata || {});
+    if (!pairs.length) return null;
+    return h("span", { class: "tags" }, ...pairs.map(([k, v]) => h("span", { class: "tag", text: `${k}=${v}` })));
+  }
+
+  // "team=search, run=7" -> "&metadata%5Bteam%5D=search&metadata%5Brun%5D=7"
+  function metadataQuery() {
+    const query = new URLSearchParams();
+    for (const part of state.metadata.split(",")) {
+      const [key, ...rest] = part.split("=");
+      if (key.trim() && rest.length) query.set(`metadata[${key.trim()}]`, rest.join("=").trim());
+    }
+    const text = query.toString();
+    return text ? `&${text}` : "";
+  }
+
   function refreshNow() {
     state.lastList = "";
     route();
@@ -268,7 +301,7 @@
     return h(
       "tr",
       { dataset: { id: b.id, status: b.processing_status } },
-      h("td", {}, h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id })),
+      h("td", {}, h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id }), metadataTags(b)),
       h("td", { class: "status" }, statusPill(b.processing_status)),
       h("td", { class: "wide" }, progressBar(c, b.processing_status)),
       ...KINDS.map((k) => h("td", { class: `num ${k}${c[k] ? "" : " zero"}`, text: fmt(c[k]) })),
@@ -278,7 +311,7 @@
   }
 
   async function refreshList() {
-    const page = await api(`/v1/messages/batches?limit=${PAGE}`);
+    const page = await api(`/v1/messages/batches?limit=${PAGE}${metadataQuery()}`);
     const seen = new Set(page.data.map((b) => b.id));
     const older = state.older.filter((b) => !seen.has(b.id));
     const all = page.data.concat(older);
@@ -303,7 +336,7 @@
     const after = $("#older").dataset.after;
     if (!after) return;
     try {
-      const page = await api(`/v1/messages/batches?limit=${PAGE}&after_id=${encodeURIComponent(after)}`);
+      const page = await api(`/v1/messages/batches?limit=${PAGE}&after_id=${encodeURIComponent(after)}${metadataQuery()}`);
       state.older = state.older.concat(page.data);
       state.olderHasMore = page.has_more;
       state.lastList = "";
@@ -318,7 +351,7 @@
   function renderTimeline(b) {
     const events = [
       ["Created", b.created_at],
-      ["Cancel initiated", b.cancel_initiated_at],
+      [b.cancel_reason === "fail_fast" ? "Canceled by its fail-fast policy" : "Cancel initiated", b.cancel_initiated_at],
       ["Ended", b.ended_at],
       [
         !b.ended_at ? "Expires" : Date.parse(b.ended_at) >= Date.parse(b.expires_at) ? "Expired" : "Expiry (ended before)",
@@ -405,10 +438,32 @@
     );
     $("#cancel").hidden = b.processing_status === "ended";
     $("#cancel").disabled = b.processing_status === "canceling";
+    $("#abort").hidden = b.processing_status === "ended";
+    $("#retry").hidden = b.processing_status !== "ended" || !(c.errored + c.expired) || !!b.archived_at;
+    renderOptions(b);
     $("#delete").hidden = b.processing_status !== "ended";
     $("#download").hidden = !b.results_url || !!b.archived_at;
     renderTimeline(b);
     renderRate(b);
+  }
+
+  // What msgbatch's features add to a batch: metadata, fail-fast, links between retries, webhook.
+  function renderOptions(b) {
+    const link = (id) => h("a", { href: `#/batch/${id}`, class: "mono", text: id });
+    const rows = [];
+    if (b.metadata) rows.push(["Metadata", metadataTags(b)]);
+    if (b.fail_fast) {
+      const f = b.fail_fast;
+      rows.push(["Fail fast", `after ${fmt(f.min_results)} results, above ${(100 * f.max_error_rate).toFixed(0)}% errored`]);
+    }
+    if (b.cancel_reason) rows.push(["Cancel reason", b.cancel_reason]);
+    if (b.retry_of) rows.push(["Retry of", link(b.retry_of)]);
+    if (b.retried_by) rows.push(["Retried by", link(b.retried_by)]);
+    if (b.webhook_url) rows.push(["Webhook", b.webhook_url]);
+    $("#options").replaceChildren(
+      ...rows.flatMap(([label, value]) => [h("dt", { text: label }), h("dd", { dataset: { option: label } }, value)]),
+    );
+    $("#options").hidden = rows.length === 0;
   }
 
   async function refreshDetail(id) {
@@ -425,8 +480,11 @@
       }
       return false; // nothing changes any more: stop polling
     }
-    $("#results-note").textContent = "Results are available once the batch has ended.";
-    $("#results tbody").replaceChildren();
+    const { done } = totals(b.request_counts);
+    if (done !== state.partialDone) {
+      state.partialDone = done; // reload those written so far (?partial=true) only when more are in
+      await loadResults();
+    }
     return true;
   }
 
@@ -458,7 +516,8 @@
     const b = state.batch;
     const note = $("#results-note");
     const tbody = $("#results tbody");
-    if (!b || b.processing_status !== "ended") return;
+    if (!b) return;
+    const running = b.processing_status !== "ended";
     if (b.archived_at) {
       note.textContent = "This batch is archived: its results are no longer kept.";
       tbody.replaceChildren();
@@ -469,7 +528,8 @@
     const customId = $("#filter-custom-id").value.trim();
     if (type) query.set("type", type);
     if (customId) query.set("custom_id", customId);
-    note.textContent = "Loading…";
+    if (running) query.set("partial", "true");
+    if (!running) note.textContent = "Loading…";
     const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results?${query}`, { raw: true });
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
@@ -511,7 +571,9 @@
         ),
       ),
     );
-    const what = [type || "all results", customId ? `custom_id ${customId}` : ""].filter(Boolean).join(", ");
+    const what = [type || "all results", customId ? `custom_id ${customId}` : "", running ? "so far: still running" : ""]
+      .filter(Boolean)
+      .join(", ");
     note.textContent = rows.length === 0
       ? `No results match (${what}).`
       : more
@@ -551,6 +613,7 @@
         state.route = id;
         state.samples = [];
         state.resultsLoadedFor = null;
+        state.partialDone = null;
         state.batch = null;
         $("#batch-id").textContent = id;
         $("#results tbody").replaceChildren();
@@ -572,6 +635,14 @@
     $("#signout").addEventListener("click", () => signOut("Key forgotten."));
     $("#older").addEventListener("click", loadOlder);
     $("#cancel").addEventListener("click", () => state.batch && cancelBatch(state.batch.id));
+    $("#abort").addEventListener("click", () => state.batch && cancelBatch(state.batch.id, true));
+    $("#retry").addEventListener("click", () => state.batch && retryBatch(state.batch.id));
+    $("#metadata-filter").addEventListener("submit", (event) => {
+      event.preventDefault();
+      state.metadata = $("#metadata-query").value;
+      state.older = [];
+      refreshNow();
+    });
     $("#delete").addEventListener("click", () => state.batch && deleteBatch(state.batch.id));
     $("#download").addEventListener("click", download);
     $("#filter").addEventListener("submit", (event) => {
