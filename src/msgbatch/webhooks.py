@@ -250,9 +250,17 @@ def announce_step(settings: Settings, now: int) -> Step:
 
 
 def delivery_id(value: str) -> int:
-    if not value.startswith(DELIVERY_PREFIX) or not value[len(DELIVERY_PREFIX) :].isdigit():
+    digits = value[len(DELIVERY_PREFIX) :]
+    if not value.startswith(DELIVERY_PREFIX) or not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
         raise NotFoundError("Webhook delivery not found.")
-    return int(value[len(DELIVERY_PREFIX) :])
+    return int(digits)
+
+
+def _cursor(value: str) -> int:
+    try:
+        return delivery_id(value)
+    except NotFoundError:
+        raise InvalidRequestError("after_id: Input should be a webhook delivery ID (whdel_...)") from None
 
 
 def render_delivery(row: Row) -> dict[str, Any]:
@@ -347,7 +355,7 @@ class WebhookOutbox:
             "list_webhook_deliveries",
             {
                 "workspace": workspace,
-                "before": delivery_id(before_id) if before_id else 1 << 62,
+                "before": _cursor(before_id) if before_id else 1 << 62,
                 "batch_id": batch_id,
                 "state": STATE_NAMES.index(state) if state is not None else None,
                 "limit": limit + 1,

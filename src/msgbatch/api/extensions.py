@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from msgbatch.api.auth import workspace_of
-from msgbatch.api.batches import JSON, batch_id_of, created
+from msgbatch.api.batches import JSON, _int_param, batch_id_of, created
 from msgbatch.api.body import create_body
 from msgbatch.clock import now_us
 from msgbatch.errors import InvalidRequestError
@@ -61,23 +61,13 @@ async def retry(request: Request) -> Response:
     return created(request, manager, batch, replayed, len(raw))
 
 
-def _limit(request: Request) -> int:
-    value = request.query_params.get("limit", "20")
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequestError(
-            "limit: Input should be a valid integer, unable to parse string as an integer"
-        ) from None
-
-
 async def list_deliveries(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
     params = request.query_params
     data, more = await manager.outbox.list(
         workspace,
-        limit=_limit(request),
+        limit=_int_param(request, "limit", 20),
         before_id=params.get("after_id") or None,
         batch_id=params.get("batch_id") or None,
         state=params.get("status") or None,
