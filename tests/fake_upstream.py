@@ -1,5 +1,6 @@
-"""A fake inference server on loopback that speaks `POST /v1/messages` and
-`POST /v1/chat/completions` over real HTTP/1.1 (keep-alive), and injects faults per request.
+"""A fake inference server on loopback that speaks `POST /v1/messages`,
+`POST /v1/chat/completions`, `POST /v1/completions` and `POST /v1/embeddings` over real HTTP/1.1
+(keep-alive), and injects faults per request.
 
 It is a raw asyncio server rather than an ASGI app so that it can do what a real upstream does
 when it breaks: drop the connection mid-request, hang, or send a body that is not JSON.
@@ -81,6 +82,30 @@ def chat_answer(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def completion_answer(body: dict[str, Any]) -> dict[str, Any]:
+    text = "echo: " + str(body.get("prompt"))
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": len(text.split()), "total_tokens": 3 + len(text.split())},
+    }
+
+
+def embedding_answer(body: dict[str, Any]) -> dict[str, Any]:
+    inputs = body.get("input")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    vector = [1.0] + [0.0] * (body.get("dimensions", 4) - 1)
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(len(items))],
+        "model": body.get("model"),
+        "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
+    }
+
+
 class Call:
     """One request the fake received."""
 
@@ -93,7 +118,11 @@ class Call:
 
     @property
     def key(self) -> str:
-        return last_user_text(self.body.get("messages", [])) if isinstance(self.body, dict) else ""
+        if not isinstance(self.body, dict):
+            return ""
+        if "messages" not in self.body:  # a completion's prompt, an embedding's input
+            return str(self.body.get("prompt", self.body.get("input", "")))
+        return last_user_text(self.body.get("messages", []))
 
 
 class FakeUpstream:
@@ -125,6 +154,8 @@ class FakeUpstream:
         self.answer: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/v1/messages": anthropic_answer,
             "/v1/chat/completions": chat_answer,
+            "/v1/completions": completion_answer,
+            "/v1/embeddings": embedding_answer,
         }
         self._plans: dict[str, list[Fault]] = {}
         self._lock = threading.Lock()

@@ -201,6 +201,9 @@ class Settings(_Table, frozen=True):
     # Create bodies held in memory at once; a create that does not fit waits this long, then gets 429.
     create_memory_bytes: Positive = 256 * MIB
     create_memory_wait: Seconds = Seconds(10)
+    # The OpenAI Batch API's limits, OpenAI's own by default; those above cap them.
+    max_file_bytes: Positive = 200 * MIB  # an uploaded file
+    max_file_lines: Positive = 50_000  # requests in a batch's input file
     # Dispatcher
     worker: bool = True
     concurrency: Positive = 256

@@ -20,10 +20,12 @@
     ├── GatewayTimeoutError           504 timeout_error           retryable
     └── OverloadedError               529 overloaded_error        retryable
 
-The API answers any of them with its status and the one error body (`error_body`); a backend
-raises them, and the dispatcher turns one into an `errored` result (with `result_type`) or, when
-`retryable`, into a retry. `error_for_type` is the one table from an error type to its class, used
-wherever a type arrives as a string (an upstream's error body, a simulator directive).
+The API answers any of them with its status and the one error body of the route's dialect
+(`error_body` for the Message Batches API, `openai_error_body` and `openai_status` for the OpenAI
+Batch API's routes, which also carry the error's `param` and `code`); a backend raises them, and
+the dispatcher turns one into an `errored` result (with `result_type`) or, when `retryable`, into
+a retry. `error_for_type` is the one table from an error type to its class, used wherever a type
+arrives as a string (an upstream's error body, a simulator directive).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ __all__ = [
     "UpstreamUnreachableError",
     "error_body",
     "error_for_type",
+    "openai_error_body",
+    "openai_error_type",
+    "openai_status",
 ]
 
 
@@ -65,7 +70,9 @@ class MsgbatchError(Exception):
     `retryable` says whether running the same request again may succeed (the class's default
     unless the raiser knows better, as an upstream's `x-should-retry` does); `retry_after` is a
     hint in seconds; `upstream_status` is the HTTP status an upstream answered, when one did;
-    `headers` go out with an HTTP answer.
+    `headers` go out with an HTTP answer. `param` and `code` are what the OpenAI dialect's error
+    body says besides the message (the parameter at fault, a machine-readable code); the Message
+    Batches API's body has no place for them.
     """
 
     type: ClassVar[str] = "api_error"
@@ -80,9 +87,13 @@ class MsgbatchError(Exception):
         retry_after: float | None = None,
         upstream_status: int | None = None,
         headers: dict[str, str] | None = None,
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
+        self.code = code
         self.retryable = self.retryable_by_default if retryable is None else retryable
         self.retry_after = retry_after
         self.upstream_status = upstream_status
@@ -237,4 +248,36 @@ def error_body(error_type: str, message: str, request_id: str | None) -> bytes:
     """The one rendering of an error body, used by every endpoint and inside results."""
     return msgspec.json.encode(
         {"type": "error", "error": {"type": error_type, "message": message}, "request_id": request_id}
+    )
+
+
+# The OpenAI dialect names some errors differently and has no 529: (its type, its status).
+_OPENAI_ERRORS: dict[str, tuple[str, int | None]] = {
+    "authentication_error": ("invalid_request_error", None),
+    "permission_error": ("invalid_request_error", None),
+    "not_found_error": ("invalid_request_error", None),
+    "request_too_large": ("invalid_request_error", None),
+    "billing_error": ("insufficient_quota", 429),
+    "rate_limit_error": ("rate_limit_exceeded", None),
+    "api_error": ("server_error", None),
+    "overloaded_error": ("server_error", 503),
+    "timeout_error": ("server_error", None),
+}
+
+
+def openai_error_type(error_type: str) -> str:
+    """The OpenAI API's name for an error type of this tree."""
+    return _OPENAI_ERRORS.get(error_type, (error_type, None))[0]
+
+
+def openai_status(error_type: str, status: int) -> int:
+    """The status the OpenAI API answers for an error of this type (it has no 529)."""
+    return _OPENAI_ERRORS.get(error_type, (error_type, None))[1] or status
+
+
+def openai_error_body(error_type: str, message: str, param: str | None = None, code: str | None = None) -> bytes:
+    """The OpenAI API's error body, `{"error": {"message", "type", "param", "code"}}`: the answer of
+    the OpenAI dialect's routes, and the body of a failed request in an OpenAI batch's error file."""
+    return msgspec.json.encode(
+        {"error": {"message": message, "type": openai_error_type(error_type), "param": param, "code": code}}
     )

@@ -45,10 +45,21 @@ class _MonotonicIds:
 
 
 _batch_ids = _MonotonicIds()
+_file_ids = _MonotonicIds()
+
+# A batch's id says which API it belongs to: each API sees, lists and pages through its own
+# prefix only (the ids sort by time within a prefix, and the prefixes never interleave).
+MESSAGE_BATCH_PREFIX = "msgbatch_"
+OPENAI_BATCH_PREFIX = "batch_"
 
 
-def new_batch_id() -> str:
-    return "msgbatch_" + _encode(_batch_ids.next())
+def new_batch_id(prefix: str = MESSAGE_BATCH_PREFIX) -> str:
+    return prefix + _encode(_batch_ids.next())
+
+
+def new_file_id() -> str:
+    """An uploaded file's id: `file-` and 24 characters, time-ordered like batch ids."""
+    return "file-" + _encode(_file_ids.next())
 
 
 def _random_id() -> str:

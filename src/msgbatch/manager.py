@@ -18,6 +18,9 @@ transition, in which transaction, is decided here and nowhere else:
 - **fairness**: a claim spreads over every batch that has work, starting after the batch served
   last, so a small batch is never stuck behind a big one.
 - **paging**: lists page by id (ids sort by creation); results stream in keyset pages.
+- **dialects**: a batch's id prefix says which API it belongs to (`msgbatch_` the Message Batches
+  API, `batch_` the OpenAI Batch API, whose own rules are in `msgbatch.openai_batches`); each API
+  finds, lists and cancels only its own.
 
 Beyond the hosted API (each invisible to a batch that does not use it):
 - **options**: metadata, a fail-fast policy and a webhook_url are kept with the batch.
@@ -44,7 +47,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -53,7 +56,7 @@ from msgbatch.clock import now_us, rfc3339
 from msgbatch.config import Settings
 from msgbatch.envelope import parse_create
 from msgbatch.errors import ConflictError, InvalidRequestError, NotFoundError
-from msgbatch.ids import new_batch_id
+from msgbatch.ids import MESSAGE_BATCH_PREFIX, new_batch_id
 from msgbatch.models import (
     CANCELING,
     ENDED,
@@ -73,8 +76,8 @@ log = logging.getLogger("msgbatch.batches")
 NO_RESULTS = "Message Batch ID has no available results."
 NOT_FOUND = "Message Batch ID not found."
 RESULTS_PAGE = 2000
-# Above every batch id (`msgbatch_` + base62): the upper cursor of a first list page.
-_TOP = "msgbatch_~"
+# Above every id of a prefix (prefix + base62): the upper cursor of a first list page.
+_TOP = "~"
 # Later than any lease: at the start of a single-process store, every lease it finds is stale.
 _FOREVER = 1 << 62
 IDEMPOTENCY_KEY_LIFETIME = 24 * 3600 * 1_000_000
@@ -92,6 +95,13 @@ def _settle(seqs: Sequence[int] | None, now: int) -> list[Step]:
 
 def _ids(rows: list[Row]) -> list[str]:
     return [row[0] for row in rows]
+
+
+def _new_requests(requests: Sequence[Any]) -> Callable[[int], Step]:
+    """The step that inserts new requests, from id `first` on."""
+    return lambda first: Step(
+        "insert_requests", rows=[(first + i, r.custom_id, r.params) for i, r in enumerate(requests)]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +156,16 @@ def _error_type(line: bytes) -> str:
     return error.error.type if error is not None and error.error is not None else ""
 
 
+class NewRequest(Protocol):
+    """A request of a batch being created: its custom_id and its params as the bytes they came as."""
+
+    @property
+    def custom_id(self) -> str: ...
+
+    @property
+    def params(self) -> Any: ...  # bytes, or a buffer of them (msgspec.Raw, memoryview)
+
+
 class BatchManager:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -197,44 +217,59 @@ class BatchManager:
             webhook_url=call.webhook_url,
         )
         requests = call.requests
-        batch, replayed = await self._insert(
-            workspace,
-            len(requests),
-            betas,
-            msgspec.json.encode(headers or {}).decode(),
-            options,
-            lambda first: Step(
-                "insert_requests", rows=[(first + i, r.custom_id, r.params) for i, r in enumerate(requests)]
-            ),
-            key=key,
+        return await self._insert(
+            workspace, len(requests), betas, headers, options, _new_requests(requests), size=len(body), key=key
         )
-        if not replayed:
-            log.info(
-                "batch.created id=%s workspace=%s requests=%d bytes=%d", batch.id, workspace, batch.total, len(body)
-            )
-        return batch, replayed
+
+    async def create_batch(
+        self,
+        workspace: str,
+        requests: Sequence[NewRequest],
+        *,
+        size: int = 0,
+        betas: str = "",
+        headers: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        batch_id: str | None = None,
+        also: Sequence[Step] = (),
+    ) -> Batch:
+        """A batch of requests whose envelope was checked; `also` are steps of the same transaction
+        (another dialect's own columns), run after the batch row is inserted."""
+        options = BatchOptions(metadata=metadata or None)
+        batch, _ = await self._insert(
+            workspace, len(requests), betas, headers, options, _new_requests(requests), size=size,
+            batch_id=batch_id, also=also,
+        )  # fmt: skip
+        return batch
 
     async def _insert(
         self,
         workspace: str,
         total: int,
         betas: str,
-        headers: str,
+        headers: dict[str, str] | str | None,
         options: BatchOptions,
         requests: Callable[[int], Step],
         *,
+        size: int = 0,
         key: _Key | None = None,
         parent: Batch | None = None,
+        batch_id: str | None = None,
+        also: Sequence[Step] = (),
     ) -> tuple[Batch, bool]:
-        """Store a new batch: its row, its requests (`requests(first id)`), its queue, in one
-        durable transaction, with its idempotency key and its parent's link when it has them."""
+        """Store a new batch: its row, its requests (`requests(first id)`: new ones, or a retry's
+        copies), its queue, in one durable transaction, with its idempotency key, its options and
+        its parent's link when it has them. `headers` come as a dict, or already encoded (a
+        retry: the parent's). `also`: another dialect's steps, after the batch row."""
         now = now_us()
+        if not isinstance(headers, str):
+            headers = msgspec.json.encode(headers or {}).decode()
         (reserved,) = await self.store.run(Step("reserve_request_ids", {"n": total}))
         first = reserved[0][0] - total + 1
         fail_fast = options.fail_fast
         batch = Batch(
             seq=0,
-            id=new_batch_id(),
+            id=batch_id or new_batch_id(),
             workspace=workspace,
             status=IN_PROGRESS,
             created_at=now,
@@ -281,6 +316,7 @@ class BatchManager:
                     "metadata": batch.metadata,
                 },
             ),
+            *also,
             requests(first),
             Step("insert_jobs", {"batch_id": batch.id, "first": first, "stop": first + total}),
         ]
@@ -316,6 +352,10 @@ class BatchManager:
                 raise
             return earlier, True
         batch = msgspec.structs.replace(batch, seq=found[inserted_at][0][0])
+        if parent is None:
+            log.info("batch.created id=%s workspace=%s requests=%d bytes=%d", batch.id, workspace, total, size)
+        else:
+            log.info("batch.created id=%s workspace=%s requests=%d retry_of=%s", batch.id, workspace, total, parent.id)
         for callback in self.on_created:
             callback(batch)
         return batch, False
@@ -392,21 +432,10 @@ class BatchManager:
             webhook_url=parent.webhook_url,
             retry_of=parent.id,
         )
-        child, replayed = await self._insert(
-            workspace,
-            len(ids),
-            parent.betas,
-            parent.headers,
-            options,
-            lambda first: Step("copy_requests", {"ids": ids, "first": first}),
-            key=key,
-            parent=parent,
-        )
-        if not replayed:
-            log.info(
-                "batch.created id=%s workspace=%s requests=%d retry_of=%s", child.id, workspace, child.total, parent.id
-            )
-        return child, replayed
+        return await self._insert(
+            workspace, len(ids), parent.betas, parent.headers, options,
+            lambda first: Step("copy_requests", {"ids": ids, "first": first}), key=key, parent=parent,
+        )  # fmt: skip
 
     async def _lines_to_retry(self, batch: Batch, codes: set[int], error_types: Sequence[str] | None) -> list[int]:
         """The request ids of the batch's results of those types (errored: of those error types)."""
@@ -433,8 +462,9 @@ class BatchManager:
         rows = await self.store.read("get_batch", {"id": batch_id})
         return batch_from_row(rows[0]) if rows else None
 
-    async def get(self, workspace: str, batch_id: str) -> Batch:
-        batch = await self.find(batch_id)
+    async def get(self, workspace: str, batch_id: str, *, prefix: str = MESSAGE_BATCH_PREFIX) -> Batch:
+        """The batch, if it is the workspace's and of the API whose ids start with `prefix`."""
+        batch = await self.find(batch_id) if batch_id.startswith(prefix) else None
         if batch is None or batch.workspace != workspace:
             raise NotFoundError(NOT_FOUND)
         return batch
@@ -446,6 +476,7 @@ class BatchManager:
         limit: int,
         after_id: str | None,
         before_id: str | None,
+        prefix: str = MESSAGE_BATCH_PREFIX,
         metadata: dict[str, str] | None = None,
     ) -> tuple[list[Batch], bool]:
         """Newest first; the bool says whether more lie beyond in the direction asked. With
@@ -461,12 +492,19 @@ class BatchManager:
         if before_id is not None:
             rows = await self.store.read(
                 f"list_batches{matching}_before",
-                {"workspace": workspace, "lower": before_id, "limit": limit + 1, **filters},
+                {"workspace": workspace, "lower": max(before_id, prefix), "limit": limit + 1, **filters},
             )
             return [batch_from_row(r) for r in reversed(rows[:limit])], len(rows) > limit
         rows = await self.store.read(
             f"list_batches{matching}",
-            {"workspace": workspace, "upper": after_id or _TOP, "limit": limit + 1, **filters},
+            # The cursor is kept within the prefix: an API lists only its own batches.
+            {
+                "workspace": workspace,
+                "lower": prefix,
+                "upper": min(after_id or _TOP, prefix + _TOP),
+                "limit": limit + 1,
+                **filters,
+            },
         )
         return [batch_from_row(r) for r in rows[:limit]], len(rows) > limit
 
@@ -512,10 +550,12 @@ class BatchManager:
 
     # -- transitions -------------------------------------------------------------------------
 
-    async def cancel(self, workspace: str, batch_id: str, *, abort_running: bool = False) -> Batch:
+    async def cancel(
+        self, workspace: str, batch_id: str, *, abort_running: bool = False, prefix: str = MESSAGE_BATCH_PREFIX
+    ) -> Batch:
         """Cancel a batch; with `abort_running`, its running requests are stopped too (a hard
         cancel; a batch already canceling is upgraded to it)."""
-        batch = await self.get(workspace, batch_id)
+        batch = await self.get(workspace, batch_id, prefix=prefix)
         if batch.status == ENDED:
             raise InvalidRequestError(f"Batch {batch_id} has already ended and cannot be canceled.")
         signal = f"abort:{batch.seq}" if abort_running else f"cancel:{batch.seq}"
@@ -530,7 +570,7 @@ class BatchManager:
                 announce_step(self.settings, now),
                 Step("notify", {"payload": signal}),
             )
-            batch = await self.get(workspace, batch_id)
+            batch = await self.get(workspace, batch_id, prefix=prefix)
             log.info(
                 "batch.canceling id=%s canceled=%d still_running=%d abort_running=%s",
                 batch.id,
@@ -543,7 +583,7 @@ class BatchManager:
             self._announced(found[-2])
         elif batch.status == CANCELING and abort_running and not batch.abort_running:
             await self.store.run(Step("mark_abort_running", {"seq": batch.seq}), Step("notify", {"payload": signal}))
-            batch = await self.get(workspace, batch_id)
+            batch = await self.get(workspace, batch_id, prefix=prefix)
             log.info("batch.canceling id=%s abort_running=true still_running=%d", batch.id, batch.processing)
         else:
             return batch
@@ -586,8 +626,8 @@ class BatchManager:
             (rows,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=asked))
             taken: dict[int, int] = {}
             for rid, seq, attempts, custom_id, params in rows:
-                _, _, _, betas, headers, expires_at = info[seq]
-                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts))
+                _, _, _, betas, headers, expires_at, endpoint = info[seq]
+                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, endpoint))
                 taken[seq] = taken.get(seq, 0) + 1
             remaining -= len(rows)
             if rows:

@@ -19,7 +19,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from msgbatch import __version__
+from msgbatch.ids import OPENAI_BATCH_PREFIX
 from msgbatch.models import ERRORED, RESULT_NAMES, Batch, Job, Outcome
 
 log = logging.getLogger("msgbatch.requests")
@@ -41,6 +44,14 @@ def _number(value: float) -> str:
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
+
+
+def _shown(custom_id: str) -> str:
+    """A custom_id fit for a log line: an OpenAI batch's is free-form, so one that could break
+    the line (spaces, quotes, control characters) is shown JSON-quoted."""
+    if custom_id.isascii() and custom_id.isprintable() and " " not in custom_id and '"' not in custom_id:
+        return custom_id
+    return msgspec.json.encode(custom_id).decode()
 
 
 def _label_text(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
@@ -208,14 +219,16 @@ class Metrics:
             "Requests this process may run at once on a backend (the current adaptive limit, where there is one).",
             ("backend",),
         )
-        self.batches_created = Counter("msgbatch_batches_created_total", "Batches accepted by this process.")
+        # `api`: messages (the Message Batches API) or openai (the OpenAI Batch API).
+        self.batches_created = Counter(
+            "msgbatch_batches_created_total", "Batches accepted by this process, by API.", ("api",)
+        )
         self.requests_accepted = Counter(
-            "msgbatch_requests_accepted_total", "Requests in the batches accepted by this process."
+            "msgbatch_requests_accepted_total", "Requests in the batches accepted by this process, by API.", ("api",)
         )
         self.create_bytes = Counter(
-            "msgbatch_batch_create_bytes_total", "Bytes of the create bodies of the batches accepted."
+            "msgbatch_batch_create_bytes_total", "Bytes of the create bodies of the batches accepted, by API.", ("api",)
         )
-        self.results_bytes = Counter("msgbatch_results_bytes_total", "Bytes of results (JSONL) streamed to clients.")
         self.webhook_deliveries = Counter(
             "msgbatch_webhook_deliveries_total",
             "Webhook delivery attempts by this process, by event and outcome (delivered; failed: to be retried; "
@@ -229,6 +242,12 @@ class Metrics:
             "msgbatch_idempotent_replays_total",
             "Create (or retry) calls answered with the batch an earlier call with the same Idempotency-Key made.",
         )
+        self.results_bytes = Counter(
+            "msgbatch_results_bytes_total",
+            "Bytes of results (JSONL: results, and OpenAI output and error files) streamed to clients.",
+        )
+        self.files_uploaded = Counter("msgbatch_files_uploaded_total", "Files uploaded (OpenAI Files API).")
+        self.file_bytes = Counter("msgbatch_file_upload_bytes_total", "Bytes of the files uploaded.")
         self._in_flight: Callable[[], float] = lambda: 0
         self._queued: Callable[[], float] = lambda: 0
         self._unwritten: Callable[[], float] = lambda: 0
@@ -264,6 +283,8 @@ class Metrics:
             self.idempotent_replays,
             self.webhook_deliveries,
             self.webhook_latency,
+            self.files_uploaded,
+            self.file_bytes,
             self.results,
             self.retries,
             self.backend_errors,
@@ -293,15 +314,20 @@ class Metrics:
         self.concurrency_limit.set(limit, backend)
 
     def batch_created(self, batch: Batch, body_bytes: int) -> None:
-        self.batches_created.inc()
-        self.requests_accepted.inc(amount=batch.total)
-        self.create_bytes.inc(amount=body_bytes)
+        api = "openai" if batch.id.startswith(OPENAI_BATCH_PREFIX) else "messages"
+        self.batches_created.inc(api)
+        self.requests_accepted.inc(api, amount=batch.total)
+        self.create_bytes.inc(api, amount=body_bytes)
         self.remember_batch(batch)
 
     def webhook_delivery(self, event: str, outcome: str, seconds: float) -> None:
         self.webhook_deliveries.inc(event, outcome)
         if outcome in ("delivered", "failed"):
             self.webhook_latency.observe(seconds, event)
+
+    def file_uploaded(self, size: int) -> None:
+        self.files_uploaded.inc()
+        self.file_bytes.inc(amount=size)
 
     def remember_batch(self, batch: Batch) -> None:
         """Map the batch's internal key to its id, for log lines written where only the key is known."""
@@ -350,7 +376,7 @@ class Metrics:
             log.info(
                 "request.errored batch=%s custom_id=%s type=%s backend=%s attempts=%d",
                 self.batch_id(job.batch),
-                job.custom_id,
+                _shown(job.custom_id),
                 outcome.error_type or "unknown",
                 backend,
                 job.attempts,

@@ -55,6 +55,17 @@ class Batch(msgspec.Struct, kw_only=True):
         """One past the batch's last request id."""
         return self.first_request + self.total
 
+    @property
+    def end_reason(self) -> str | None:
+        """Why an ended batch ended: `canceled`, `expired` (its expiry finished it) or `completed`."""
+        if self.status != ENDED:
+            return None
+        if self.cancel_initiated_at is not None:
+            return "canceled"
+        if self.expired and (self.ended_at or 0) >= self.expires_at:
+            return "expired"
+        return "completed"
+
 
 class Job(msgspec.Struct, gc=False):
     """A claimed request, ready to run."""
@@ -67,6 +78,8 @@ class Job(msgspec.Struct, gc=False):
     headers: str
     expires_at: int
     attempts: int
+    # What kind of request it is: "" a Messages request, else the OpenAI endpoint of its batch.
+    endpoint: str = ""
 
 
 class Outcome(msgspec.Struct, gc=False):

@@ -49,3 +49,15 @@ def test_bench_core_quick(tmp_path: Path) -> None:
     assert [c["label"] for c in data["creates"]] == ["small", "big"]
     # The bench removed its temporary directory (databases, server logs).
     assert not list(work.iterdir())
+
+
+def test_bench_openai_small(tmp_path: Path) -> None:
+    """bench/bench_openai.py on a small batch and upload: it runs and prints its figures."""
+    bench = BENCH.parent / "bench_openai.py"
+    args = ["--concurrency", "16", "--lines", "300", "--latency", "0.02", "--upload-mb", "2"]
+    proc = subprocess.run(
+        [sys.executable, str(bench), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert re.search(r"^\| 16 \(800/s\) \| 300 \| [\d,]+ \| [\d.]+ \| [\d.]+ ms \|$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^Upload of 2 MB: [\d.]+ s .* peak RSS", proc.stdout, re.M), proc.stdout

@@ -120,7 +120,7 @@ return {
   label: tr.querySelector(".bar-label").textContent,
   succeededSegments: tr.querySelectorAll(".bar .seg.succeeded").length,
   succeeded: tr.querySelector("td.succeeded").textContent,
-  action: tr.querySelector("td.actions button").textContent,
+  action: (tr.querySelector("td.actions button") || {}).textContent,
 };
 """
 
@@ -250,4 +250,42 @@ def test_results_filter_and_delete(browser: WebDriver, server: ServeProcess, api
     wait(browser, lambda b: b.find_element(By.ID, "list").is_displayed(), what="back to the list")
     wait(browser, lambda b: row(b, batch_id) is None and "Deleted" in b.find_element(By.ID, "notice").text)
     assert api.get(f"/v1/messages/batches/{batch_id}").status_code == 404
+    assert page_errors(browser) == []
+
+
+def test_openai_batches_are_shown_labelled(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
+    lines = [
+        {
+            "custom_id": f"o-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-test", "max_tokens": 12, "messages": [{"role": "user", "content": f"Hi {i}"}]},
+        }
+        for i in range(12)
+    ]
+    lines[5]["body"]["messages"][0]["content"] = "[[simulate error=api_error]]"
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = api.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", content)}).json()
+    created = api.post(
+        "/v1/batches",
+        json={"input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+    ).json()
+    messages_id = create(api, [request("m-1")])
+    open_signed_in(browser, server)
+    kinds = "return [...document.querySelectorAll('#batches tbody tr')].map(tr => [tr.dataset.id, tr.querySelector('.kind').textContent])"  # noqa: E501
+    wait(browser, lambda b: created["id"] in dict(b.execute_script(kinds)), what="the OpenAI batch in the list")
+    shown = dict(browser.execute_script(kinds))
+    assert shown[created["id"]] == "OpenAI /v1/chat/completions" and shown[messages_id] == "Messages"
+    wait(browser, lambda b: status_of(b, created["id"]) == "ended", timeout=30, what="ended")
+    shot(browser, "list-both-kinds")
+
+    open_signed_in(browser, server, f"#/batch/{created['id']}")
+    result_rows = lambda b: b.find_elements(By.CSS_SELECTOR, "#results tbody tr")  # noqa: E731
+    wait(browser, lambda b: len(result_rows(b)) == 12, what="the lines of the output and error files")
+    assert browser.find_element(By.ID, "batch-kind").text == "OpenAI /v1/chat/completions"
+    types = {r.get_attribute("data-custom-id"): r.get_attribute("data-type") for r in result_rows(browser)}
+    assert types == {f"o-{i}": "errored" if i == 5 else "succeeded" for i in range(12)}
+    assert not browser.find_element(By.ID, "delete").is_displayed()
+    assert browser.find_element(By.ID, "download").is_displayed()
+    shot(browser, "detail-openai")
     assert page_errors(browser) == []

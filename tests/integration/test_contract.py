@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,11 +24,12 @@ from msgbatch.backends.base import CallContext
 from msgbatch.backends.mock import MockBackend
 from msgbatch.backends.retry import RetryPolicy
 from msgbatch.backends.router import Router
-from msgbatch.backends.simulate import simulate
+from msgbatch.backends.simulate import SimulatorBackend, simulate
 from msgbatch.clock import now_us
 from msgbatch.engine.dispatcher import Dispatcher
 from msgbatch.engine.lifecycle import Lifecycle
-from msgbatch.errors import OverloadedError
+from msgbatch.errors import NotFoundError, OverloadedError
+from msgbatch.files import FileManager, StoredFile
 from msgbatch.ids import new_batch_id
 from msgbatch.manager import BatchManager
 from msgbatch.models import (
@@ -43,7 +45,8 @@ from msgbatch.models import (
     Job,
     Outcome,
 )
-from msgbatch.results import canceled_line, errored_line, expired_line
+from msgbatch.openai_batches import OpenAIBatch, OpenAIBatches
+from msgbatch.results import canceled_line, errored_line, expired_line, openai_errored_line, openai_succeeded_line
 from msgbatch.store import open_store
 from msgbatch.store.base import Step
 
@@ -1020,3 +1023,215 @@ async def test_dispatcher_hard_cancel_cuts_running_requests(open_another: Manage
     assert sorted(cut) == sorted(started) and len(started) == 2  # both cut, none sent after
     final = await check_consistent(api, batch)
     assert (final.canceled, final.succeeded, final.errored) == (6, 0, 0)
+
+
+# -- the OpenAI Batch API's rules, on the same engine ----------------------------------------
+
+CHAT = "/v1/chat/completions"
+TRICKY_IDS = ["plain", "with space", 'quote"d', "back\\slash", "new\nline", "tab\t", "ctl\x01", "uni é ☃ 😀"]
+
+
+def openai_lines(custom_ids: list[str], url: str = CHAT) -> bytes:
+    return b"".join(
+        msgspec.json.encode({"custom_id": cid, "method": "POST", "url": url, "body": params_of(i)}) + b"\n"
+        for i, cid in enumerate(custom_ids)
+    )
+
+
+async def openai_batch(
+    openai: OpenAIBatches, content: bytes, workspace: str = "w", **extra: Any
+) -> tuple[StoredFile, OpenAIBatch]:
+    stored = await openai.files.create(workspace, "batch", "in.jsonl", io.BytesIO(content), len(content), None)
+    body = {"input_file_id": stored.id, "endpoint": CHAT, "completion_window": "24h", **extra}
+    return stored, await openai.create(workspace, msgspec.json.encode(body))
+
+
+async def test_openai_batch_runs_its_lines_as_requests(manager: BatchManager) -> None:
+    openai = OpenAIBatches(manager)
+    content = openai_lines(TRICKY_IDS)
+    stored, created = await openai_batch(openai, content, metadata={"run": "1"})
+    assert created.batch.id.startswith("batch_") and created.status == "in_progress"
+    assert (created.endpoint, created.input_file_id, created.completion_window) == (CHAT, stored.id, "24h")
+    assert (created.batch.total, created.batch.processing, json.loads(created.batch.metadata)) == (8, 8, {"run": "1"})
+    jobs = await claim_all(manager)
+    assert {j.custom_id: msgspec.json.decode(j.params) for j in jobs} == {
+        cid: params_of(i) for i, cid in enumerate(TRICKY_IDS)
+    }
+    assert {j.endpoint for j in jobs} == {CHAT}
+    # The file outlives nothing: deleting it leaves the batch its requests.
+    await openai.files.delete("w", stored.id)
+    assert await openai.files.find(stored.id) is None
+    assert (await openai.get("w", created.batch.id)).batch.processing == 8
+
+
+async def test_openai_batch_with_a_bad_line_fails_and_nothing_runs(manager: BatchManager) -> None:
+    openai = OpenAIBatches(manager)
+    content = openai_lines(["a", "b", "a"]) + b"not json\n"
+    _, failed = await openai_batch(openai, content)
+    assert failed.status == "failed"
+    assert (failed.batch.status, failed.batch.total, failed.batch.ended_at) == (ENDED, 0, failed.batch.created_at)
+    assert [(e["code"], e["line"]) for e in json.loads(failed.errors or "")] == [
+        ("duplicate_custom_id", 3),
+        ("invalid_json_line", 4),
+    ]
+    assert await claim_all(manager) == []
+    assert not failed.has_file("output") and not failed.has_file("error")
+
+
+async def test_each_api_sees_only_its_own_batches(manager: BatchManager) -> None:
+    openai = OpenAIBatches(manager)
+    messages = await make_batch(manager, 1)
+    _, theirs = await openai_batch(openai, openai_lines(["x"]))
+    listed, more = await manager.list_batches("w", limit=10, after_id=None, before_id=None)
+    assert ([b.id for b in listed], more) == ([messages.id], False)
+    assert await manager.list_batches("w", limit=10, after_id=messages.id, before_id=None) == ([], False)
+    found, more = await openai.list_batches("w", limit=10, after=None)
+    assert ([b.batch.id for b in found], more) == ([theirs.batch.id], False)
+    # A cursor from anywhere stays within the API's own ids.
+    for cursor in ("zzz", "a", "batch_", "msgbatch_"):
+        listed, _ = await manager.list_batches("w", limit=10, after_id=cursor, before_id=None)
+        assert {b.id for b in listed} <= {messages.id}
+        listed, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=cursor)
+        assert {b.id for b in listed} <= {messages.id}
+        found, _ = await openai.list_batches("w", limit=10, after=cursor)
+        assert {b.batch.id for b in found} <= {theirs.batch.id}
+    assert [b.batch.id for b in (await openai.list_batches("w", limit=10, after="zzz"))[0]] == [theirs.batch.id]
+    for call in (manager.get, manager.cancel, manager.delete):
+        with pytest.raises(NotFoundError):
+            await call("w", theirs.batch.id)
+    with pytest.raises(NotFoundError):
+        await openai.get("w", messages.id)
+    with pytest.raises(NotFoundError):
+        await openai.get("other", theirs.batch.id)
+    cancelled = await openai.cancel("w", theirs.batch.id)
+    assert cancelled.status == "cancelled" and cancelled.batch.canceled == 1
+
+
+async def test_openai_files_are_results_lines(open_another: ManagerFactory) -> None:
+    """Output file: the succeeded requests' lines as stored; error file: the errored ones as
+    stored and the canceled / expired ones (made in SQL, dialect-neutral) turned into OpenAI
+    lines, whatever their custom_ids hold."""
+    manager = await open_another(expiry_seconds=3600)
+    openai = OpenAIBatches(manager)
+    _, created = await openai_batch(openai, openai_lines(TRICKY_IDS))
+    first = await manager.claim("w1", 3, now_us(), now_us() + HOUR)
+    answer = {"id": "chatcmpl-x", "object": "chat.completion", "choices": []}
+    outcomes = [Outcome(j.id, j.batch, SUCCEEDED, openai_succeeded_line(j.id, j.custom_id, answer)) for j in first[:2]]
+    failed = openai_errored_line(first[2].id, first[2].custom_id, "api_error", "no", 500)
+    outcomes.append(Outcome(first[2].id, first[2].batch, ERRORED, failed))
+    await manager.complete("w1", outcomes, now_us())
+    cancelled = await openai.cancel("w", created.batch.id)
+    assert cancelled.status == "cancelled"
+    assert (cancelled.batch.succeeded, cancelled.batch.errored, cancelled.batch.canceled) == (2, 1, 5)
+    # The canceled lines made in SQL quote the custom_ids byte for byte as results.py does.
+    b = cancelled.batch
+    stored = await manager.store.read(
+        "results_page", {"cursor": b.first_request, "stop": b.stop_request, "type": CANCELED, "limit": 100}
+    )
+    assert [bytes(row[1]) for row in stored] == [canceled_line(cid) for cid in TRICKY_IDS[3:]]
+    assert cancelled.has_file("output") and cancelled.has_file("error")
+
+    async def read(file_id: str) -> list[dict[str, Any]]:
+        file = await openai.output_file("w", file_id)
+        return [json.loads(raw) for page in [p async for p in openai.output_lines(file)] for raw in page]
+
+    output = await read(f"file-{created.batch.id}-output")
+    assert [r["custom_id"] for r in output] == TRICKY_IDS[:2]
+    assert all(r["response"]["status_code"] == 200 and r["response"]["body"] == answer for r in output)
+    errors = await read(f"file-{created.batch.id}-error")
+    assert [r["custom_id"] for r in errors] == TRICKY_IDS[2:]
+    assert errors[0]["response"]["status_code"] == 500 and errors[0]["error"] is None
+    assert {r["error"]["code"] for r in errors[1:]} == {"batch_cancelled"}
+    assert len({r["id"] for r in output + errors}) == len(TRICKY_IDS)
+    size = await openai.output_size(await openai.output_file("w", f"file-{created.batch.id}-error"))
+    assert size == sum(len(msgspec.json.encode(r)) + 1 for r in errors) > 0
+    # The size is measured once and kept; another process reads it.
+    again = OpenAIBatches(await open_another())
+    assert (await again.get("w", created.batch.id)).error_bytes == size
+    # An expired batch's unfinished requests: batch_expired, in an `expired` batch.
+    _, expiring = await openai_batch(openai, openai_lines(TRICKY_IDS[:3]))
+    await manager.expire_due(now_us() + 2 * HOUR)
+    expired = await openai.get("w", expiring.batch.id)
+    assert expired.status == "expired" and expired.batch.expired == 3
+    b = expired.batch
+    stored = await manager.store.read(
+        "results_page", {"cursor": b.first_request, "stop": b.stop_request, "type": None, "limit": 100}
+    )
+    assert [bytes(row[1]) for row in stored] == [expired_line(cid) for cid in TRICKY_IDS[:3]]
+    assert {r["error"]["code"] for r in await read(f"file-{expiring.batch.id}-error")} == {"batch_expired"}
+    # Deleting a file drops its lines and hides it; the batch keeps its counts.
+    await openai.delete_file("w", f"file-{created.batch.id}-output")
+    with pytest.raises(NotFoundError):
+        await openai.output_file("w", f"file-{created.batch.id}-output")
+    assert (await openai.get("w", created.batch.id)).batch.succeeded == 2
+
+
+async def test_files_list_uploads_and_outputs_in_order(manager: BatchManager) -> None:
+    openai = OpenAIBatches(manager)
+    uploaded, batch_ids = [], []
+    for i in range(3):
+        stored, created = await openai_batch(openai, openai_lines([f"r{i}"]))
+        uploaded.append(stored.id)
+        batch_ids.append(created.batch.id)
+        jobs = await claim_all(manager)
+        await manager.complete("w1", [done(j) for j in jobs], now_us())
+    await openai.files.create("other", "batch", "x.jsonl", io.BytesIO(b"x"), 1, None)
+    # Newest first: each batch's output file (it ended after the next upload was made).
+    expected = [f"file-{batch_ids[2]}-output", uploaded[2], f"file-{batch_ids[1]}-output", uploaded[1]]
+    expected += [f"file-{batch_ids[0]}-output", uploaded[0]]
+
+    async def walk(limit: int, ascending: bool = False, purpose: str | None = None) -> list[str]:
+        seen: list[str] = []
+        after = None
+        while True:
+            files, more = await openai.list_files("w", purpose=purpose, limit=limit, after=after, ascending=ascending)
+            seen += [f.id for f in files]
+            if not more:
+                return seen
+            after = files[-1].id
+
+    assert await walk(100) == await walk(1) == await walk(4) == expected
+    assert await walk(2, ascending=True) == expected[::-1]
+    assert await walk(2, purpose="batch") == uploaded[::-1]
+    assert await walk(2, purpose="batch_output") == [f"file-{b}-output" for b in reversed(batch_ids)]
+    assert await walk(2, purpose="fine-tune") == []
+
+
+async def test_uploaded_files_round_trip_in_chunks_and_expire(manager: BatchManager) -> None:
+    files = FileManager(manager.store)
+    content = bytes(range(256)) * (5 * 4096 + 3)  # just over 5 MiB: six chunks
+    stored = await files.create("w", "batch", "big.jsonl", io.BytesIO(content), len(content), 3600)
+    assert (stored.bytes, stored.filename) == (len(content), "big.jsonl")
+    chunks = [c async for c in files.content(stored)]
+    assert len(chunks) == 6 and b"".join(chunks) == content
+    assert await files.read(stored) == content
+    with pytest.raises(NotFoundError):
+        await files.get("other", stored.id)
+    assert await files.expire_due(now_us()) == []
+    assert await files.expire_due(now_us() + 2 * HOUR) == [stored.id]
+    assert await files.find(stored.id) is None
+    assert [c async for c in files.content(stored)] == []
+
+
+async def test_dispatcher_runs_openai_batches_on_their_endpoints(manager: BatchManager) -> None:
+    openai = OpenAIBatches(manager)
+    embeddings = [
+        {"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": "e", "input": f"t{i}"}}
+        for i in range(3)
+    ]
+    content = b"".join(msgspec.json.encode(x) + b"\n" for x in embeddings)
+    stored = await openai.files.create("w", "batch", "e.jsonl", io.BytesIO(content), len(content), None)
+    body = {"input_file_id": stored.id, "endpoint": "/v1/embeddings", "completion_window": "24h"}
+    vectors = await openai.create("w", msgspec.json.encode(body))
+    _, chats = await openai_batch(openai, openai_lines(["c0", "c1"]))
+    messages = await make_batch(manager, 2)
+    router = Router([], SimulatorBackend())
+    await Dispatcher(manager, router, owner="burst", poll_interval=0.05).run_burst(timeout=30)
+    done_vectors = await openai.get("w", vectors.batch.id)
+    assert (done_vectors.status, done_vectors.batch.succeeded, done_vectors.batch.input_tokens) == ("completed", 3, 3)
+    file = await openai.output_file("w", f"file-{vectors.batch.id}-output")
+    lines = [json.loads(raw) for page in [p async for p in openai.output_lines(file)] for raw in page]
+    assert [len(r["response"]["body"]["data"][0]["embedding"]) for r in lines] == [1536] * 3
+    done_chats = await openai.get("w", chats.batch.id)
+    assert done_chats.status == "completed" and done_chats.batch.output_tokens > 0
+    assert (await check_consistent(manager, messages)).succeeded == 2

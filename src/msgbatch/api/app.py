@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from msgbatch.api import batches, dashboard, extensions, openapi
+from msgbatch.api import batches, dashboard, extensions, openai, openapi
 from msgbatch.api.body import CreateBudget
 from msgbatch.api.exceptions import error_response, handle_exception
 from msgbatch.api.forwarded import ProxyPolicy
@@ -24,6 +24,7 @@ from msgbatch.config import Settings
 from msgbatch.engine.runtime import Runtime
 from msgbatch.errors import MsgbatchError
 from msgbatch.metrics import CONTENT_TYPE
+from msgbatch.openai_batches import OpenAIBatches
 from msgbatch.store import Store
 
 log = logging.getLogger("msgbatch.api")
@@ -66,12 +67,8 @@ class MsgBatchServer:
         self.metrics = self.runtime.metrics
         self.dispatcher = self.runtime.dispatcher
         self.lifecycle = self.runtime.lifecycle
-        routes: list[BaseRoute] = [
-            *batches.routes,
-            *extensions.routes,
-            Route("/health", health),
-            Route("/ready", ready),
-        ]
+        routes: list[BaseRoute] = [*batches.routes, *extensions.routes, *openai.routes]
+        routes += [Route("/health", health), Route("/ready", ready)]
         routes += [Route("/metrics", metrics), *openapi.routes, *dashboard.routes, *(extra_routes or [])]
         self.app = Starlette(
             routes=routes,
@@ -83,6 +80,7 @@ class MsgBatchServer:
         self.app.router.redirect_slashes = False
         self.app.state.create_budget = CreateBudget(settings.create_memory_bytes, settings.create_memory_wait)
         self.app.state.manager = self.manager
+        self.app.state.openai = OpenAIBatches(self.manager)
         self.app.state.settings = settings
         self.app.state.server = self
         self.app.state.metrics = self.metrics

@@ -176,6 +176,28 @@ def _encoding(request: Request) -> str:
     return codings[0]
 
 
+async def body_pieces(request: Request, settings: Settings) -> AsyncIterator[bytes]:
+    """The body as it arrives, each wait for its next piece bounded by `body_timeout`."""
+    received = 0
+    more = True
+    while more:
+        try:
+            async with asyncio.timeout(settings.body_timeout):
+                message = await request.receive()
+        except TimeoutError:
+            log.info("http.body_timeout path=%s received=%d", request.url.path, received)
+            raise RequestTimeoutError(
+                f"No part of the request body arrived for {settings.body_timeout:g} s.",
+                headers={"connection": "close"},
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise BodyInterrupted(received)
+        chunk: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        received += len(chunk)
+        yield chunk
+
+
 @contextlib.asynccontextmanager
 async def create_body(request: Request, settings: Settings, budget: CreateBudget) -> AsyncIterator[bytearray]:
     """The decoded body in one buffer, its bytes reserved from `budget` until the block ends."""
@@ -196,24 +218,7 @@ async def create_body(request: Request, settings: Settings, budget: CreateBudget
         if size is not None and decoder is None:
             reserved = await budget.acquire(size)
         buffer = bytearray()
-        receive = request.receive
-        received = 0
-        more = True
-        while more:
-            try:
-                async with asyncio.timeout(settings.body_timeout):
-                    message = await receive()
-            except TimeoutError:
-                log.info("http.body_timeout path=%s received=%d", request.url.path, received)
-                raise RequestTimeoutError(
-                    f"No part of the request body arrived for {settings.body_timeout:g} s.",
-                    headers={"connection": "close"},
-                ) from None
-            if message["type"] == "http.disconnect":
-                raise BodyInterrupted(received)
-            chunk: bytes = message.get("body", b"")
-            more = message.get("more_body", False)
-            received += len(chunk)
+        async for chunk in body_pieces(request, settings):
             pieces = [chunk] if decoder is None else decoder.feed(chunk, limit - len(buffer))
             for piece in pieces:
                 needed = len(buffer) + len(piece)

@@ -2,9 +2,9 @@
 
 `handle_exception` is registered with Starlette for the exceptions it dispatches itself
 (`MsgbatchError`, `HTTPException`) and called by `ApiMiddleware` for everything else, so every
-route, the dashboard's included, answers in one shape. Errors of the API are answered, not
-logged; a client that went away is one INFO line; anything else is a bug: one ERROR line with its
-traceback, and `500 api_error`.
+route, the dashboard's included, answers in one shape: its API's (`api/dialects.py` says which
+a route belongs to). Errors of the API are answered, not logged; a client that went away is one
+INFO line; anything else is a bug: one ERROR line with its traceback, and `500 api_error`.
 """
 
 from __future__ import annotations
@@ -16,26 +16,31 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match
 
+from msgbatch.api.dialects import render_error
 from msgbatch.errors import (
     STATUS_BY_TYPE,
     InternalServerError,
     MethodNotAllowedError,
     MsgbatchError,
     NotFoundError,
-    error_body,
 )
 
 log = logging.getLogger("msgbatch.api")
 
 
-def error_response(request: Request, error_type: str, message: str, status: int, **headers: str) -> Response:
+def error_response(
+    request: Request,
+    error_type: str,
+    message: str,
+    status: int,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    **headers: str,
+) -> Response:
     request_id = request.scope.get("state", {}).get("request_id")
-    return Response(
-        error_body(error_type, message, request_id),
-        status_code=status,
-        media_type="application/json",
-        headers=headers or None,
-    )
+    body, status = render_error(request.url.path, error_type, message, status, request_id, param=param, code=code)
+    return Response(body, status_code=status, media_type="application/json", headers=headers or None)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -71,7 +76,7 @@ def exception_response(request: Request, exc: Exception) -> Response:
     elif not isinstance(exc, MsgbatchError):
         log.error("api.unhandled method=%s path=%s", request.method, request.url.path, exc_info=exc)
         exc = InternalServerError("Internal server error")
-    return error_response(request, exc.type, exc.message, exc.status, **exc.headers)
+    return error_response(request, exc.type, exc.message, exc.status, param=exc.param, code=exc.code, **exc.headers)
 
 
 async def handle_exception(request: Request, exc: Exception) -> Response:

@@ -97,9 +97,9 @@ def response(description: str, schema: Schema | None = None, media_type: str = "
     return answer
 
 
-def errors(*statuses: int) -> dict[str, Schema]:
-    """The error answers an operation can give (every one in the API's error shape)."""
-    answers = {str(status): response(_WHY[status], ref("ErrorResponse")) for status in statuses}
+def errors(*statuses: int, shape: str = "ErrorResponse") -> dict[str, Schema]:
+    """The error answers an operation can give (every one in its API's error shape)."""
+    answers = {str(status): response(_WHY[status], ref(shape)) for status in statuses}
     for status, required in ((429, True), (503, False)):
         if status in statuses:
             answers[str(status)]["headers"] = {
@@ -118,11 +118,12 @@ def operation(
     parameters: list[Schema] | None = None,
     body: Schema | None = None,
     authenticated: bool = True,
+    error_shape: str = "ErrorResponse",
 ) -> Schema:
     op: Schema = {
         "operationId": operation_id,
         "summary": summary,
-        "responses": {"200": ok, **errors(*error_statuses)},
+        "responses": {"200": ok, **errors(*error_statuses, shape=error_shape)},
     }
     if parameters:
         op["parameters"] = parameters
@@ -541,7 +542,326 @@ def batch_features() -> Group:
     return paths, schemas
 
 
-GROUPS: list[Callable[[], Group]] = [server_paths, message_batches, batch_features]
+def openai_batches() -> Group:
+    """The OpenAI Batch API: `/v1/files` and `/v1/batches` (its errors have OpenAI's error body)."""
+    file_id = {
+        "name": "file_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "An uploaded file's id, or a batch's output or error file's.",
+    }
+    batch_id = {
+        "name": "batch_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "A batch id (`batch_` + 24 characters); anything else is 404.",
+    }
+
+    def op(operation_id: str, summary: str, ok: Schema, statuses: tuple[int, ...], **kwargs: Any) -> Schema:
+        return operation(operation_id, summary, ok, statuses, error_shape="OpenAIErrorResponse", **kwargs)
+
+    with_id = (400, 401, 403, 404, 500, 503)
+    batch = response("The batch.", ref("OpenAIBatch"))
+    upload = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "A .jsonl file."},
+                        "purpose": {"enum": ["batch"]},
+                        "expires_after[anchor]": {"enum": ["created_at"]},
+                        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2_592_000},
+                    },
+                }
+            }
+        },
+    }
+    paths = {
+        "/v1/files": {
+            "post": op(
+                "uploadFile",
+                "Upload a batch input file (JSONL), at most `max_file_bytes`",
+                response("The file.", ref("OpenAIFile")),
+                (400, 401, 403, 408, 500, 503),
+                body=upload,
+            ),
+            "get": op(
+                "listFiles",
+                "List the workspace's files: uploads, and batches' output and error files",
+                response("A page of files.", ref("OpenAIFileList")),
+                (400, 401, 403, 404, 500, 503),
+                parameters=[
+                    query("purpose", {"type": "string"}, "Only files of this purpose (`batch`, `batch_output`)."),
+                    query(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 10_000}, "Page size."
+                    ),
+                    query("after", {"type": "string"}, "A file of the workspace: the page after it (404 if none)."),
+                    query("order", {"enum": ["asc", "desc"], "default": "desc"}, "By created_at."),
+                ],
+            ),
+        },
+        "/v1/files/{file_id}": {
+            "get": op(
+                "retrieveFile",
+                "Retrieve a file",
+                response("The file.", ref("OpenAIFile")),
+                with_id,
+                parameters=[file_id],
+            ),
+            "delete": op(
+                "deleteFile",
+                "Delete a file",
+                response("Deleted.", ref("OpenAIFileDeleted")),
+                with_id,
+                parameters=[file_id],
+            ),
+        },
+        "/v1/files/{file_id}/content": {
+            "get": op(
+                "fileContent",
+                "A file's content (an output or error file: its JSONL lines)",
+                response("The content.", {"type": "string"}, "application/octet-stream"),
+                with_id,
+                parameters=[file_id],
+            )
+        },
+        "/v1/batches": {
+            "post": op(
+                "createBatch",
+                "Create a batch from an uploaded file",
+                batch,
+                (400, 401, 403, 404, 408, 413, 415, 429, 500, 503),
+                body={"required": True, "content": {"application/json": {"schema": ref("CreateOpenAIBatchParams")}}},
+            ),
+            "get": op(
+                "listBatches",
+                "List batches, newest first",
+                response("A page of batches.", ref("OpenAIBatchList")),
+                (400, 401, 403, 500, 503),
+                parameters=[
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size."),
+                    query("after", {"type": "string"}, "The page just older than this batch."),
+                ],
+            ),
+        },
+        "/v1/batches/{batch_id}": {
+            "get": op("retrieveBatch", "Retrieve a batch", batch, with_id, parameters=[batch_id])
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": op("cancelBatch", "Cancel a batch", batch, with_id, parameters=[batch_id])
+        },
+    }
+    seconds = {"type": "integer", "minimum": 0}
+    maybe_seconds = {"type": ["integer", "null"], "minimum": 0}
+    count = {"type": "integer", "minimum": 0}
+    text = {"type": "string"}
+    maybe_text = {"type": ["string", "null"]}
+    file_object: Schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "id",
+            "object",
+            "bytes",
+            "created_at",
+            "filename",
+            "purpose",
+            "status",
+            "expires_at",
+            "status_details",
+        ],
+        "properties": {
+            "id": text,
+            "object": {"const": "file"},
+            "bytes": count,
+            "created_at": seconds,
+            "filename": text,
+            "purpose": {"enum": ["batch", "batch_output"]},
+            "status": {"const": "processed"},
+            "expires_at": maybe_seconds,
+            "status_details": {"type": "null"},
+        },
+    }
+    times = ["created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at"]
+    times += ["expired_at", "cancelling_at", "cancelled_at"]
+    schemas: dict[str, Schema] = {
+        "OpenAIErrorResponse": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["message", "type", "param", "code"],
+                    "properties": {"message": text, "type": text, "param": maybe_text, "code": maybe_text},
+                }
+            },
+        },
+        "OpenAIFile": file_object,
+        "OpenAIFileList": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["object", "data", "first_id", "last_id", "has_more"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("OpenAIFile")},
+                "first_id": maybe_text,
+                "last_id": maybe_text,
+                "has_more": {"type": "boolean"},
+            },
+        },
+        "OpenAIFileDeleted": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "object", "deleted"],
+            "properties": {"id": text, "object": {"const": "file"}, "deleted": {"const": True}},
+        },
+        "CreateOpenAIBatchParams": {
+            "type": "object",
+            "required": ["input_file_id", "endpoint", "completion_window"],
+            "properties": {
+                "input_file_id": text,
+                "endpoint": {"enum": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]},
+                "completion_window": {"enum": ["24h"]},
+                "metadata": {
+                    "type": ["object", "null"],
+                    "maxProperties": 16,
+                    "propertyNames": {"maxLength": 64},
+                    "additionalProperties": {"type": "string", "maxLength": 512},
+                },
+                "output_expires_after": {
+                    "type": "object",
+                    "required": ["anchor", "seconds"],
+                    "properties": {
+                        "anchor": {"const": "created_at"},
+                        "seconds": {"type": "integer", "minimum": 3600, "maximum": 2_592_000},
+                    },
+                },
+            },
+        },
+        "OpenAIBatch": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": [
+                "id",
+                "object",
+                "endpoint",
+                "model",
+                "errors",
+                "input_file_id",
+                "completion_window",
+                "status",
+                "output_file_id",
+                "error_file_id",
+                *times,
+                "request_counts",
+                "usage",
+                "metadata",
+            ],
+            "properties": {
+                "id": {"type": "string", "pattern": "^batch_[0-9A-Za-z]{24}$"},
+                "object": {"const": "batch"},
+                "endpoint": text,
+                "model": {"type": "null"},
+                "errors": {
+                    "type": ["object", "null"],
+                    "additionalProperties": False,
+                    "required": ["object", "data"],
+                    "properties": {
+                        "object": {"const": "list"},
+                        "data": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["code", "message", "param", "line"],
+                                "properties": {
+                                    "code": text,
+                                    "message": text,
+                                    "param": maybe_text,
+                                    "line": maybe_seconds,
+                                },
+                            },
+                        },
+                    },
+                },
+                "input_file_id": text,
+                "completion_window": text,
+                "status": {
+                    "enum": [
+                        "validating",
+                        "failed",
+                        "in_progress",
+                        "finalizing",
+                        "completed",
+                        "expired",
+                        "cancelling",
+                        "cancelled",
+                    ]
+                },
+                "output_file_id": maybe_text,
+                "error_file_id": maybe_text,
+                **{name: seconds if name in ("created_at", "expires_at") else maybe_seconds for name in times},
+                "request_counts": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["total", "completed", "failed"],
+                    "properties": {"total": count, "completed": count, "failed": count},
+                },
+                "usage": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "input_tokens",
+                        "input_tokens_details",
+                        "output_tokens",
+                        "output_tokens_details",
+                        "total_tokens",
+                    ],
+                    "properties": {
+                        "input_tokens": count,
+                        "input_tokens_details": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["cached_tokens"],
+                            "properties": {"cached_tokens": count},
+                        },
+                        "output_tokens": count,
+                        "output_tokens_details": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["reasoning_tokens"],
+                            "properties": {"reasoning_tokens": count},
+                        },
+                        "total_tokens": count,
+                    },
+                },
+                "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            },
+        },
+        "OpenAIBatchList": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["object", "data", "first_id", "last_id", "has_more"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("OpenAIBatch")},
+                "first_id": maybe_text,
+                "last_id": maybe_text,
+                "has_more": {"type": "boolean"},
+            },
+        },
+    }
+    return paths, schemas
+
+
+GROUPS: list[Callable[[], Group]] = [server_paths, message_batches, batch_features, openai_batches]
 
 
 def document() -> Schema:
@@ -573,8 +893,9 @@ def document() -> Schema:
         "info": {
             "title": "msgbatch",
             "version": __version__,
-            "description": "A self-hosted, drop-in Message Batches API. Every response carries a `request-id` "
-            "header; every error has the body `{type: error, error: {type, message}, request_id}`.",
+            "description": "A self-hosted, drop-in Message Batches API and OpenAI Batch API. Every response "
+            "carries a `request-id` header; every error has its API's body: `{type: error, error: {type, "
+            "message}, request_id}`, or on `/v1/files` and `/v1/batches` `{error: {message, type, param, code}}`.",
         },
         "paths": paths,
         "components": {

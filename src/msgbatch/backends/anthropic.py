@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from msgbatch.backends.base import CallContext
+from msgbatch.backends.chat_messages import chat_via_messages, completion_via_messages, no_embeddings
 from msgbatch.backends.http import HttpBackend, malformed, normalize_base_url
 from msgbatch.ids import new_message_id
 
@@ -130,3 +131,14 @@ class AnthropicBackend(HttpBackend):
             headers["anthropic-beta"] = ",".join(context.betas)
         answer = await self.post_json(self.path, _encode(params), headers)
         return normalize_message(answer, params.get("model"), self.name, beta=bool(context.betas))
+
+    # The OpenAI endpoints: translated to a Messages call (backends/chat_messages.py).
+
+    async def create_chat_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await chat_via_messages(self.create_message, body, context)
+
+    async def create_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await completion_via_messages(self.create_message, body, context)
+
+    async def create_embedding(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        raise no_embeddings(self.name, "anthropic")

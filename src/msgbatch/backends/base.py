@@ -1,7 +1,11 @@
-"""The backend interface: one async method that turns Messages params into a Message.
+"""The backend interface: async methods that answer one request each, in the API it came in.
 
-A backend raises the error tree's classes (`msgbatch.errors`) for failures: the class says the
-error type, the instance whether running the request again may succeed.
+`create_message` turns Messages params into a Message; `create_chat_completion`,
+`create_completion` and `create_embedding` answer the OpenAI Batch API's three endpoints (an
+`openai` backend natively, the others by translating to and from the Messages API, or, for
+embeddings, by refusing). A backend raises the error tree's classes (`msgbatch.errors`) for
+failures: the class says the error type, the instance whether running the request again may
+succeed.
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ class Backend(Protocol):
     def concurrency_limit(self) -> int | None: ...
 
     async def create_message(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]: ...
+
+    async def create_chat_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        """A `/v1/chat/completions` request body as the client wrote it -> a ChatCompletion."""
+        ...
+
+    async def create_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        """A `/v1/completions` request body -> a text Completion."""
+        ...
+
+    async def create_embedding(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        """A `/v1/embeddings` request body -> a CreateEmbeddingResponse; a backend that serves no
+        embeddings raises an InvalidRequestError saying so."""
+        ...
 
     async def aclose(self) -> None: ...
 

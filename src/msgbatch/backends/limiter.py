@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from msgbatch.backends.base import Backend, CallContext, RequestCanceled, request_canceled
@@ -79,6 +80,19 @@ class AdaptiveLimiter:
     # -- the Backend interface ---------------------------------------------------------------
 
     async def create_message(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await self._limited(lambda: self.inner.create_message(params, context))
+
+    async def create_chat_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await self._limited(lambda: self.inner.create_chat_completion(body, context))
+
+    async def create_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await self._limited(lambda: self.inner.create_completion(body, context))
+
+    async def create_embedding(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await self._limited(lambda: self.inner.create_embedding(body, context))
+
+    async def _limited(self, call: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Run one call of the inner backend within the limit, whatever endpoint it answers."""
         await self._acquire()
         try:
             loop = asyncio.get_running_loop()
@@ -89,7 +103,7 @@ class AdaptiveLimiter:
                 raise RequestCanceled()
             epoch = self._epoch
             try:
-                message = await self.inner.create_message(params, context)
+                message = await call()
             except MsgbatchError as exc:
                 if is_overload(exc):
                     if exc.retry_after:

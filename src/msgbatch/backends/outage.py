@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from msgbatch.backends.base import Backend, CallContext, RequestCanceled, request_canceled
@@ -73,12 +74,25 @@ class OutageGuard:
         return self.down_since is None
 
     async def create_message(self, params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await self._guarded(lambda: self.inner.create_message(params, context))
+
+    async def create_chat_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await self._guarded(lambda: self.inner.create_chat_completion(body, context))
+
+    async def create_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await self._guarded(lambda: self.inner.create_completion(body, context))
+
+    async def create_embedding(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await self._guarded(lambda: self.inner.create_embedding(body, context))
+
+    async def _guarded(self, call: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """One call of the inner backend, whatever endpoint it answers, waiting out an outage."""
         while True:
             probe = False
             if self.down_since is not None:
                 probe = await self._wait_for_turn()
             try:
-                answer = await self.inner.create_message(params, context)
+                answer = await call()
             except UpstreamUnreachableError as exc:
                 self._trip(exc.message)
                 if probe:

@@ -38,6 +38,13 @@ from the tool's `input_schema`. Thinking, text and tool call together never exce
 
 Directives in the last user message's text, `[[simulate latency=0.5 error=overloaded_error]]`,
 ask for a delay (seconds) and/or a failure of one of the result error types.
+
+The OpenAI endpoints: a chat or text completion is translated to Messages params, simulated as
+above and translated back (`backends/chat_messages.py`), so it is as deterministic and honours
+`max_tokens` / `max_completion_tokens`, `stop`, `tools` / `tool_choice` and `response_format`.
+An embedding (`simulate_embedding`) is a unit vector of `dimensions` components (default 1536)
+per input, drawn from a hash of the model and the input: the same input always has the same
+vector; one token is counted per 4 characters of text (or per token of a token array).
 """
 
 from __future__ import annotations
@@ -49,15 +56,17 @@ import json
 import math
 import random
 import re
+import struct
 from typing import Any
 
 import msgspec
 
 from msgbatch.backends.base import CallContext
+from msgbatch.backends.chat_messages import chat_via_messages, completion_via_messages
 from msgbatch.backends.retry import RetryPolicy
 from msgbatch.errors import RESULT_ERROR_TYPES, InvalidRequestError, MsgbatchError, error_for_type
 
-__all__ = ["SimulatorBackend", "parse_directives", "simulate"]
+__all__ = ["SimulatorBackend", "parse_directives", "simulate", "simulate_embedding"]
 
 _ECHO_WORDS = 8
 _SYSTEM_WORDS = 4
@@ -691,6 +700,57 @@ def simulate(params: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
     return _generate(params, text, has_result), latency
 
 
+EMBEDDING_DIMENSIONS = 1536
+_MAX_DIMENSIONS = 8192
+
+
+def _embedding_inputs(value: object) -> list[str | list[int]]:
+    """The inputs of an embeddings request: a string, a token array, or a list of either."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [value]
+        if all(isinstance(v, str) for v in value):
+            return list(value)
+        if all(isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value):
+            return list(value)
+    raise _invalid("input: Input should be a string, a list of strings, or a list of token arrays")
+
+
+def _unit_vector(seed: bytes, dimensions: int) -> list[float]:
+    values = struct.unpack(f"<{dimensions}h", hashlib.shake_256(seed).digest(2 * dimensions))
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
+
+
+def simulate_embedding(body: dict[str, Any]) -> dict[str, Any]:
+    """The simulated answer of a `/v1/embeddings` request: deterministic unit vectors."""
+    model = body.get("model")
+    inputs = _embedding_inputs(body.get("input"))
+    dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= _MAX_DIMENSIONS:
+        raise _invalid(f"dimensions: must be an integer between 1 and {_MAX_DIMENSIONS}")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise _invalid("encoding_format: Input should be 'float' or 'base64'")
+    data = []
+    tokens = 0
+    for index, item in enumerate(inputs):
+        vector = _unit_vector(_canonical([model, item]), dimensions)
+        embedding: list[float] | str = vector
+        if encoding == "base64":
+            embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens += max(1, (len(item) + 3) // 4) if isinstance(item, str) else len(item)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 class SimulatorBackend:
     """A backend that answers every request with `simulate`, after an optional delay."""
 
@@ -714,6 +774,17 @@ class SimulatorBackend:
         if error is not None:
             raise _simulated_error(error)
         return _generate(params, text, has_result)
+
+    async def create_chat_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await chat_via_messages(self.create_message, body, context)
+
+    async def create_completion(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        return await completion_via_messages(self.create_message, body, context)
+
+    async def create_embedding(self, body: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        if self.default_latency > 0:
+            await asyncio.sleep(self.default_latency)
+        return simulate_embedding(body)
 
     async def aclose(self) -> None:
         return None

@@ -24,6 +24,12 @@ from msgbatch.client.http import (
     BatchesClient,
     ClientError,
 )
+from msgbatch.client.openai_http import OpenAIBatchesClient
+from msgbatch.client.openai_submit import MAX_BYTES as OPENAI_MAX_BYTES
+from msgbatch.client.openai_submit import MAX_REQUESTS as OPENAI_MAX_REQUESTS
+from msgbatch.client.openai_submit import bodies as openai_bodies
+from msgbatch.client.openai_submit import is_openai_file
+from msgbatch.client.openai_submit import plan as openai_plan
 from msgbatch.client.options import ResultsFollower, create_options, metadata_option
 from msgbatch.client.progress import Display, QuietDisplay, counts_of, done_total, wait_for
 from msgbatch.client.submit import (
@@ -122,10 +128,22 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")(f)
 
 
-def _client(base_url: str, api_key: str | None, betas: tuple[str, ...] = ()) -> BatchesClient:
+def _client(base_url: str, api_key: str | None, betas: tuple[str, ...] = (), *, openai: bool = False) -> BatchesClient:
+    """A client of the Message Batches API, or with `openai` of the OpenAI Batch API."""
     if not api_key:
         raise click.UsageError("no API key: pass --api-key or set ANTHROPIC_API_KEY")
+    if openai:
+        return OpenAIBatchesClient(base_url, api_key)
     return BatchesClient(base_url, api_key, betas=betas)
+
+
+def _create(client: BatchesClient, planned: Any, spool: IO[bytes]) -> dict[str, Any]:
+    """One planned batch: a create call, or for OpenAI batch lines an upload and a create."""
+    if isinstance(client, OpenAIBatchesClient):
+        uploaded = client.upload(functools.partial(chunks, spool), planned.size, "batch_input.jsonl")
+        return client.create_batch(str(uploaded["id"]), planned.url)
+    key = f"msgbatch-cli-{uuid.uuid4()}"  # one per body: a resend cannot make a second batch
+    return client.create(functools.partial(chunks, spool), planned.size, idempotency_key=key)
 
 
 def _print_json(value: object) -> None:
@@ -243,7 +261,10 @@ def submit(
     """Submit a JSONL file of requests as one or more batches.
 
     FILE has one request a line: {"custom_id": "...", "params": {...}}, or bare params
-    ({"model": ..., "max_tokens": ..., "messages": [...]}), which get the custom_id line-N.
+    ({"model": ..., "max_tokens": ..., "messages": [...]}), which get the custom_id line-N. A file of
+    OpenAI batch lines ({"custom_id", "method", "url", "body"}: OpenAI's or vLLM's run-batch) goes
+    to the OpenAI Batch API instead (uploaded, one batch per url and at most 50,000 lines / 200 MiB
+    each), and its results are written in that format (the output then the error file's lines).
     '-' reads standard input. Every line is checked before anything is sent; a file larger than
     one batch allows (--max-requests, --max-bytes) becomes several batches. The file is streamed,
     never loaded whole. Each create carries an Idempotency-Key of its own: sent again after a
@@ -255,13 +276,21 @@ def submit(
     from_stdin = file == "-"
     if not from_stdin and (problem := is_readable(file)):
         raise CLIError(problem, EXIT_USAGE)
-    client = None if dry_run else _client(base_url, api_key, betas)
     path = stdin_to_file() if from_stdin else file
+    openai_format = is_openai_file(path)
+    client = None if dry_run else _client(base_url, api_key, betas, openai=openai_format)
     say: Callable[[str], None] = (lambda _text: None) if quiet else (lambda text: click.echo(text, err=True))
     created: list[dict[str, Any]] = []
     try:
         with _errors():
-            the_plan = plan(path, max_requests=max_requests, max_bytes=max_bytes, options=options)
+            the_plan: Any
+            if openai_format:
+                if options:
+                    raise CLIError("--metadata, --fail-fast and --webhook-url are for Message Batches", EXIT_USAGE)
+                max_requests, max_bytes = min(max_requests, OPENAI_MAX_REQUESTS), min(max_bytes, OPENAI_MAX_BYTES)
+                the_plan = openai_plan(path, max_requests=max_requests, max_bytes=max_bytes)
+            else:
+                the_plan = plan(path, max_requests=max_requests, max_bytes=max_bytes, options=options)
             n = len(the_plan.batches)
             say(
                 f"{file}: {the_plan.requests:,} requests -> {n} batch{'es' if n > 1 else ''} "
@@ -277,11 +306,13 @@ def submit(
                 else:
                     click.echo(table(["BATCH", "LINES", "REQUESTS", "BYTES"], rows, right=(0, 2, 3)))
                 return
+            planned_bodies: Iterator[tuple[Any, IO[bytes]]] = (
+                openai_bodies(the_plan) if openai_format else bodies(the_plan)
+            )
             with client:
-                for i, (planned, spool) in enumerate(bodies(the_plan), 1):
+                for i, (planned, spool) in enumerate(planned_bodies, 1):
                     try:
-                        key = f"msgbatch-cli-{uuid.uuid4()}"  # one per body: a resend cannot make a second batch
-                        batch = client.create(functools.partial(chunks, spool), planned.size, idempotency_key=key)
+                        batch = _create(client, planned, spool)
                     except ClientError as exc:
                         done = ", ".join(b["id"] for b in created)
                         lines = f"lines {planned.first_line}-{planned.last_line}"
@@ -348,10 +379,16 @@ def watch(
     base_url: str,
     api_key: str | None,
 ) -> None:
-    """Show live progress of batches until they end, then their final counts."""
+    """Show live progress of batches until they end, then their final counts (Message Batches, or
+    OpenAI batches: batch_...)."""
+    openai = all(batch_id.startswith("batch_") for batch_id in batch_ids)
+    if not openai and any(batch_id.startswith("batch_") for batch_id in batch_ids):
+        raise click.UsageError("watch Message Batches (msgbatch_...) or OpenAI batches (batch_...), not both at once")
     if follow and as_json:
         raise click.UsageError("--follow prints the results as JSONL; --json has nothing to add")
-    with _errors(), _client(base_url, api_key) as client:
+    if follow and openai:
+        raise click.UsageError("--follow is for Message Batches (msgbatch_...)")
+    with _errors(), _client(base_url, api_key, openai=openai) as client:
         if follow:
             display = QuietDisplay() if quiet else Display(sys.stderr, live=False)
             final = wait_for(

@@ -128,13 +128,14 @@ class BatchesClient:
         stream: bool = False,
         retry_statuses: frozenset[int] = _RETRY_STATUSES,
         timeout: float | None = None,
+        content_type: str = "application/json",
         idempotency_key: str | None = None,
     ) -> httpx.Response:
         attempt = 0
         while True:
             headers = {"idempotency-key": idempotency_key} if idempotency_key else {}
             if body is not None:
-                headers["content-type"] = "application/json"
+                headers["content-type"] = content_type
                 if size is not None:
                     headers["content-length"] = str(size)
             request = self._http.build_request(

@@ -22,8 +22,26 @@ _PLAIN_EVERY = 5.0  # seconds between plain lines for a batch that moves
 _MAX_POLL_FAILURES = 5
 
 
+# A batch of the OpenAI Batch API (`"object": "batch"`) is shown in the same terms: its completed
+# requests as succeeded, its failed ones (errored, cancelled or expired) as errored.
+OPENAI_FINAL = frozenset({"completed", "failed", "cancelled", "expired"})
+
+
+def status_of(batch: dict[str, Any]) -> str:
+    """A Message Batch's processing_status, or an OpenAI batch's status."""
+    return str(batch.get("processing_status") or batch.get("status") or "?")
+
+
+def is_ended(batch: dict[str, Any]) -> bool:
+    return batch.get("processing_status") == "ended" or batch.get("status") in OPENAI_FINAL
+
+
 def counts_of(batch: dict[str, Any]) -> dict[str, int]:
     counts = batch.get("request_counts") or {}
+    if batch.get("object") == "batch":
+        total, completed, failed = (int(counts.get(key, 0)) for key in ("total", "completed", "failed"))
+        processing = max(0, total - completed - failed)
+        return {"processing": processing, "succeeded": completed, "errored": failed, "canceled": 0, "expired": 0}
     return {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
 
 
@@ -58,7 +76,7 @@ class Tracked:
 
     @property
     def ended(self) -> bool:
-        return self.batch.get("processing_status") == "ended"
+        return is_ended(self.batch)
 
     def observe(self, batch: dict[str, Any], now: float) -> None:
         self.batch = batch
@@ -97,7 +115,7 @@ class Display:
         c = counts_of(t.batch)
         done, total = done_total(t.batch)
         pct = 100.0 * done / total if total else 0.0
-        status = str(t.batch.get("processing_status", "?"))
+        status = status_of(t.batch)
         parts = [t.id]
         if bar:
             parts.append(f"[{self._bar(done, total, 24)}]")
@@ -122,7 +140,7 @@ class Display:
             return
         for t in tracked:
             done, _ = done_total(t.batch)
-            status = str(t.batch.get("processing_status", ""))
+            status = status_of(t.batch)
             changed = status != t.last_plain_status or (
                 done != t.last_plain_done and now - t.last_plain >= _PLAIN_EVERY
             )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from msgbatch.client.progress import counts_of, done_total
+from msgbatch.client.progress import counts_of, done_total, status_of
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> str:
@@ -24,13 +24,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Seque
 
 
 def when(value: object) -> str:
-    """An RFC 3339 time as local time, with how long ago (or ahead) it is."""
-    if not isinstance(value, str) or not value:
+    """An RFC 3339 time (or, from the OpenAI Batch API, seconds since the epoch) as local time,
+    with how long ago (or ahead) it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        at = datetime.fromtimestamp(value, UTC)
+    elif not isinstance(value, str) or not value:
         return "-"
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return value
+    else:
+        try:
+            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
     seconds = (at - datetime.now(UTC)).total_seconds()
     span = abs(seconds)
     if span < 60:
@@ -59,7 +63,7 @@ def batches_table(batches: Sequence[dict[str, Any]]) -> str:
         rows.append(
             [
                 str(b.get("id", "")),
-                str(b.get("processing_status", "")),
+                status_of(b),
                 progress_cell(b),
                 f"{c['succeeded']:,}",
                 f"{c['errored']:,}",

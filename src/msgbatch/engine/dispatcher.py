@@ -3,7 +3,9 @@
 start()      listen for wake-ups; start the side loops (claim, flush, renew, expiry) under a
              supervisor, and `concurrency` runners that take claimed requests from a queue
 claim loop   leases requests (fairly across batches: the manager's rule) while slots are free
-runner       one request at a time: validate, route, call the backend, make its outcome
+runner       one request at a time: check, route, call the backend, make its outcome (what a
+             request is -- Messages params or an OpenAI endpoint's body -- is its endpoint's:
+             msgbatch/endpoints.py)
 flush loop   writes outcomes in groups (one transaction per few hundred), conditional on the lease
 renew loop   extends the leases of exactly the requests this process holds
 expiry loop  stops a request still running when its batch expires
@@ -30,13 +32,13 @@ from msgbatch.backends.base import CallContext, RequestCanceled, request_cancele
 from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.config import Settings
+from msgbatch.endpoints import ENDPOINTS
 from msgbatch.engine.supervisor import Supervisor
 from msgbatch.errors import MsgbatchError, ServiceUnavailableError
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 from msgbatch.models import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Batch, Job, Outcome
-from msgbatch.results import canceled_line, errored_line, expired_line, succeeded_line, tokens_of
-from msgbatch.validation import validate_params
+from msgbatch.results import canceled_line, expired_line
 
 log = logging.getLogger("msgbatch.dispatcher")
 
@@ -316,7 +318,8 @@ class Dispatcher:
         except (msgspec.DecodeError, RecursionError) as exc:
             return self._errored(job, "invalid_request_error", f"params: {exc}")
         context = self._context(job)
-        problem = validate_params(params, strict=self.strict_batch_params, version=context.anthropic_version)
+        endpoint = ENDPOINTS[job.endpoint]
+        problem = endpoint.check(params, self.strict_batch_params, context.anthropic_version)
         if problem is not None:
             return self._errored(job, "invalid_request_error", problem)
         model = params["model"]
@@ -327,7 +330,7 @@ class Dispatcher:
         request_canceled.set(lambda: job.batch in self._canceled)
         started = time.perf_counter()
         try:
-            message = await backend.create_message(params, context)
+            answer = await endpoint.call(backend, params, context)
         except RequestCanceled:
             return Outcome(job.id, job.batch, CANCELED, canceled_line(job.custom_id))
         except MsgbatchError as exc:
@@ -337,14 +340,14 @@ class Dispatcher:
                 not_before = now_us() + int(retry.delay(job.attempts, exc.retry_after) * 1_000_000)
                 # A retry due past the expiry waits for it instead, and ends `expired`, not `errored`.
                 return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at), error_type=exc.type)
-            return self._errored(job, exc.result_type, exc.message)
+            return self._errored(job, exc.result_type, exc.message, exc.upstream_status or exc.status)
         self.metrics.backend_call(job, backend.name, started, "ok")
-        line = succeeded_line(job.custom_id, message)
-        return Outcome(job.id, job.batch, SUCCEEDED, line, tokens=tokens_of(message))
+        line = endpoint.succeeded_line(job, answer)
+        return Outcome(job.id, job.batch, SUCCEEDED, line, tokens=endpoint.tokens(answer))
 
     @staticmethod
-    def _errored(job: Job, error_type: str, message: str) -> Outcome:
-        line = errored_line(job.custom_id, error_type, message)
+    def _errored(job: Job, error_type: str, message: str, status: int | None = None) -> Outcome:
+        line = ENDPOINTS[job.endpoint].errored_line(job, error_type, message, status)
         return Outcome(job.id, job.batch, ERRORED, line, error_type=error_type)
 
     # -- writing -----------------------------------------------------------------------------
@@ -392,16 +395,10 @@ class Dispatcher:
         if batch is None:
             log.info("batch.ended id=%s", batch_id)
             return
-        if batch.cancel_initiated_at is not None:
-            reason = "canceled"
-        elif batch.expired and (batch.ended_at or 0) >= batch.expires_at:
-            reason = "expired"
-        else:
-            reason = "completed"
         log.info(
             "batch.ended id=%s reason=%s succeeded=%d errored=%d canceled=%d expired=%d",
             batch_id,
-            reason,
+            batch.end_reason,
             batch.succeeded,
             batch.errored,
             batch.canceled,

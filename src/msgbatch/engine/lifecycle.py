@@ -1,5 +1,6 @@
-"""Periodic batch housekeeping: expiry, retention (archiving), reaping of lapsed leases, webhook
-events any transition left unwritten, expired idempotency keys, and the store's own upkeep.
+"""Periodic batch housekeeping: expiry, retention (archiving), reaping of lapsed leases, expired
+uploaded files, webhook events any transition left unwritten, expired idempotency keys, and the
+store's own upkeep.
 
 Each step is a conditional transition per batch (the manager's rules), so several processes may
 run it at once without transitioning anything twice.
@@ -13,6 +14,7 @@ import logging
 from msgbatch.clock import now_us
 from msgbatch.engine.supervisor import Supervisor
 from msgbatch.errors import ServiceUnavailableError
+from msgbatch.files import FileManager
 from msgbatch.manager import BatchManager
 
 log = logging.getLogger("msgbatch.lifecycle")
@@ -21,6 +23,7 @@ log = logging.getLogger("msgbatch.lifecycle")
 class Lifecycle:
     def __init__(self, manager: BatchManager, *, interval: float = 1.0) -> None:
         self.manager = manager
+        self.files = FileManager(manager.store)
         self.interval = interval
         self.supervisor = Supervisor("lifecycle")
 
@@ -35,6 +38,8 @@ class Lifecycle:
             log.info("leases.reaped count=%d", reaped)
         await self.manager.announce_pending(now)
         await self.manager.sweep(now)
+        for file_id in await self.files.expire_due(now):
+            log.info("file.expired id=%s", file_id)
         await self.manager.store.tidy()
 
     async def _loop(self) -> None:

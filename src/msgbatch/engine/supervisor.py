@@ -43,5 +43,12 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         for task in tasks:
+            # Python 3.11's asyncio.wait_for (psycopg_pool waits for a connection with it) returns
+            # the result and drops the cancellation when both land at once: the loop then goes on.
+            # Cancel it again until it ends.
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done():
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -68,7 +68,10 @@ class Store(Protocol):
         ...
 
 
-# The batch columns every batch query selects, in this order.
+# The batch columns every batch query selects first, in this order (a dialect's own come after).
+BATCH_COLUMNS = 30
+
+
 def batch_from_row(row: Sequence[Any]) -> Batch:
     return Batch(
         seq=row[0],

@@ -168,10 +168,13 @@ class SQLiteStore:
     def _execute(self, conn: sqlite3.Connection, step: Step) -> list[Row]:
         query = self.queries[step.name]
         params = _bind(step.params)
-        rows: Sequence[Sequence[Any]] = step.rows if isinstance(step.rows, list | tuple) else list(step.rows)
+        plan = self._plans[step.name]
+        rows: Iterable[Sequence[Any]] = step.rows
+        if not isinstance(rows, list | tuple) and sum(kind != _ONCE for _, kind, _ in plan) > 1:
+            rows = list(rows)  # several statements read them; one alone streams them (a file's chunks)
         named: list[dict[str, Any]] | None = None
         found: list[Row] = []
-        for statement, kind, returns in self._plans[step.name]:
+        for statement, kind, returns in plan:
             if kind == _ONCE:
                 cursor = conn.execute(statement, params)
                 if returns:

@@ -66,6 +66,39 @@
     return `${(seconds / 3600).toFixed(1)} h`;
   }
 
+  // An OpenAI batch (the OpenAI Batch API's, `batch_...`) is shown in the Message Batches' terms:
+  // completed requests as succeeded, failed ones (errored, cancelled, expired) as errored.
+  const isOpenAI = (id) => id.startsWith("batch_");
+  const OPENAI_ENDED = ["completed", "failed", "cancelled", "expired"];
+
+  function fromOpenAI(b) {
+    const c = b.request_counts || { total: 0, completed: 0, failed: 0 };
+    const iso = (seconds) => (seconds ? new Date(seconds * 1000).toISOString() : null);
+    const ended = OPENAI_ENDED.includes(b.status);
+    return {
+      id: b.id,
+      kind: `OpenAI ${b.endpoint}`,
+      openai: b,
+      processing_status: ended ? "ended" : b.status === "cancelling" ? "canceling" : "in_progress",
+      request_counts: {
+        processing: Math.max(0, c.total - c.completed - c.failed),
+        succeeded: c.completed,
+        errored: c.failed,
+        canceled: 0,
+        expired: 0,
+      },
+      created_at: iso(b.created_at),
+      expires_at: iso(b.expires_at),
+      cancel_initiated_at: iso(b.cancelling_at),
+      ended_at: iso(b.completed_at || b.cancelled_at || b.expired_at || b.failed_at),
+      archived_at: null,
+      results_url: ended && (b.output_file_id || b.error_file_id) ? "files" : null,
+    };
+  }
+
+  const batchPath = (id) =>
+    isOpenAI(id) ? `/v1/batches/${encodeURIComponent(id)}` : `/v1/messages/batches/${encodeURIComponent(id)}`;
+
   const totals = (c) => {
     const total = c.processing + c.succeeded + c.errored + c.canceled + c.expired;
     return { total, done: total - c.processing };
@@ -235,8 +268,8 @@
     if (!confirm(what)) return;
     try {
       const query = abortRunning ? "?abort_running=true" : "";
-      const batch = await api(`/v1/messages/batches/${encodeURIComponent(id)}/cancel${query}`, { method: "POST" });
-      notice(`Cancel requested for ${id}: now ${batch.processing_status.replace("_", " ")}.`);
+      const batch = await api(`${batchPath(id)}/cancel${query}`, { method: "POST" });
+      notice(`Cancel requested for ${id}: now ${(batch.processing_status || batch.status).replace("_", " ")}.`);
       refreshNow();
     } catch (err) {
       reportError(err);
@@ -268,12 +301,12 @@
   }
 
   function metadataTags(b) {
-    const pairs = Object.entries(b.metadata || {});
+    const pairs = b.openai ? [] : Object.entries(b.metadata || {});
     if (!pairs.length) return null;
     return h("span", { class: "tags" }, ...pairs.map(([k, v]) => h("span", { class: "tag", text: `${k}=${v}` })));
   }
 
-  // "team=search, run=7" -> "&metadata%5Bteam%5D=search&metadata%5Brun%5D=7"
+  // "team=search, run=7" -> "&metadata%5Bteam%5D=search&metadata%5Brun%5D=7" (a Message Batches filter)
   function metadataQuery() {
     const query = new URLSearchParams();
     for (const part of state.metadata.split(",")) {
@@ -295,13 +328,22 @@
     const c = b.request_counts;
     const action =
       b.processing_status === "ended"
-        ? h("button", { class: "small danger ghost", type: "button", text: "Delete", onclick: () => deleteBatch(b.id) })
+        ? b.openai
+          ? null // OpenAI batches are not deleted: their files are
+          : h("button", { class: "small danger ghost", type: "button", text: "Delete", onclick: () => deleteBatch(b.id) })
         : h("button", { class: "small danger ghost", type: "button", text: "Cancel", onclick: () => cancelBatch(b.id) });
-    if (b.processing_status === "canceling") action.disabled = true;
+    if (action && b.processing_status === "canceling") action.disabled = true;
     return h(
       "tr",
-      { dataset: { id: b.id, status: b.processing_status } },
-      h("td", {}, h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id }), metadataTags(b)),
+      { dataset: { id: b.id, status: b.processing_status, kind: b.openai ? "openai" : "messages" } },
+      h(
+        "td",
+        {},
+        h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id }),
+        " ",
+        h("span", { class: "pill kind", text: b.kind || "Messages" }),
+        metadataTags(b),
+      ),
       h("td", { class: "status" }, statusPill(b.processing_status)),
       h("td", { class: "wide" }, progressBar(c, b.processing_status)),
       ...KINDS.map((k) => h("td", { class: `num ${k}${c[k] ? "" : " zero"}`, text: fmt(c[k]) })),
@@ -311,10 +353,17 @@
   }
 
   async function refreshList() {
-    const page = await api(`/v1/messages/batches?limit=${PAGE}${metadataQuery()}`);
+    const filter = metadataQuery(); // filters Message Batches; OpenAI batches are left out then
+    const [page, openai] = await Promise.all([
+      api(`/v1/messages/batches?limit=${PAGE}${filter}`),
+      filter ? { data: [] } : api(`/v1/batches?limit=${PAGE}`),
+    ]);
     const seen = new Set(page.data.map((b) => b.id));
     const older = state.older.filter((b) => !seen.has(b.id));
-    const all = page.data.concat(older);
+    const all = page.data
+      .concat(openai.data.map(fromOpenAI))
+      .sort((x, y) => Date.parse(y.created_at) - Date.parse(x.created_at))
+      .concat(older);
     const fingerprint = JSON.stringify(all) + Math.floor(Date.now() / 30000); // relative times age too
     if (fingerprint !== state.lastList) {
       state.lastList = fingerprint;
@@ -438,10 +487,11 @@
     );
     $("#cancel").hidden = b.processing_status === "ended";
     $("#cancel").disabled = b.processing_status === "canceling";
-    $("#abort").hidden = b.processing_status === "ended";
-    $("#retry").hidden = b.processing_status !== "ended" || !(c.errored + c.expired) || !!b.archived_at;
+    $("#abort").hidden = b.processing_status === "ended" || !!b.openai;
+    $("#retry").hidden = b.processing_status !== "ended" || !(c.errored + c.expired) || !!b.archived_at || !!b.openai;
     renderOptions(b);
-    $("#delete").hidden = b.processing_status !== "ended";
+    $("#delete").hidden = b.processing_status !== "ended" || !!b.openai;
+    $("#batch-kind").textContent = b.kind || "Messages";
     $("#download").hidden = !b.results_url || !!b.archived_at;
     renderTimeline(b);
     renderRate(b);
@@ -451,7 +501,7 @@
   function renderOptions(b) {
     const link = (id) => h("a", { href: `#/batch/${id}`, class: "mono", text: id });
     const rows = [];
-    if (b.metadata) rows.push(["Metadata", metadataTags(b)]);
+    if (metadataTags(b)) rows.push(["Metadata", metadataTags(b)]);
     if (b.fail_fast) {
       const f = b.fail_fast;
       rows.push(["Fail fast", `after ${fmt(f.min_results)} results, above ${(100 * f.max_error_rate).toFixed(0)}% errored`]);
@@ -467,10 +517,11 @@
   }
 
   async function refreshDetail(id) {
-    const [b, stats] = await Promise.all([
-      api(`/v1/messages/batches/${encodeURIComponent(id)}`),
-      api(`/v1/messages/batches/${encodeURIComponent(id)}/stats`).catch(() => null),
+    const [raw, stats] = await Promise.all([
+      api(batchPath(id)),
+      isOpenAI(id) ? null : api(`/v1/messages/batches/${encodeURIComponent(id)}/stats`).catch(() => null),
     ]);
+    const b = isOpenAI(id) ? fromOpenAI(raw) : raw;
     renderDetail(b);
     if (stats) renderTiming(stats);
     if (b.processing_status === "ended") {
@@ -480,6 +531,11 @@
       }
       return false; // nothing changes any more: stop polling
     }
+    if (b.openai) {
+      $("#results-note").textContent = "Results are available once the batch has ended.";
+      $("#results tbody").replaceChildren();
+      return true;
+    }
     const { done } = totals(b.request_counts);
     if (done !== state.partialDone) {
       state.partialDone = done; // reload those written so far (?partial=true) only when more are in
@@ -488,7 +544,31 @@
     return true;
   }
 
+  // An OpenAI output or error file's line, as a row of the results table.
+  function fromOpenAILine(line) {
+    const error = line.error || (line.response && line.response.status_code !== 200 ? line.response.body.error : null);
+    let type = "succeeded";
+    let summary = "";
+    if (line.error && line.error.code === "batch_cancelled") type = "canceled";
+    else if (line.error && line.error.code === "batch_expired") type = "expired";
+    else if (error) type = "errored";
+    if (type === "succeeded") {
+      const body = line.response.body;
+      const choice = (body.choices || [])[0];
+      let text = `${(body.data || []).length} embedding(s)`;
+      if (choice) text = choice.message ? choice.message.content || "[tool_calls]" : choice.text;
+      summary = String(text).slice(0, 160) + (choice ? `  ·  ${choice.finish_reason}` : "");
+    } else if (type === "errored") {
+      summary = `${line.response ? line.response.status_code : ""} ${error.type || error.code}: ${error.message}`;
+    }
+    return { custom_id: line.custom_id, result: { type }, summary, line };
+  }
+
   function resultDetails(r) {
+    if (r.line) {
+      const shown = r.summary || (r.result.type === "canceled" ? "not run: the batch was cancelled" : "not run before the batch expired");
+      return h("details", {}, h("summary", { text: shown }), h("pre", { text: JSON.stringify(r.line, null, 2) }));
+    }
     const result = r.result;
     let summary = "";
     if (result.type === "succeeded") {
@@ -518,6 +598,7 @@
     const tbody = $("#results tbody");
     if (!b) return;
     const running = b.processing_status !== "ended";
+    if (running && b.openai) return;
     if (b.archived_at) {
       note.textContent = "This batch is archived: its results are no longer kept.";
       tbody.replaceChildren();
@@ -530,36 +611,49 @@
     if (customId) query.set("custom_id", customId);
     if (running) query.set("partial", "true");
     if (!running) note.textContent = "Loading…";
-    const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results?${query}`, { raw: true });
-    const reader = res.body.getReader();
-    const decoder = new TextDecoder();
     const rows = [];
-    let buffer = "";
     let more = false;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) {
-        buffer += decoder.decode();
-        break;
-      }
-      buffer += decoder.decode(value, { stream: true });
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        if (!line.trim()) continue;
+    if (b.openai) {
+      // Its output file, then its error file; filtered here.
+      for (const line of await openaiLines(b.openai)) {
+        const row = fromOpenAILine(line);
+        if ((type && row.result.type !== type) || (customId && row.custom_id !== customId)) continue;
         if (rows.length === RESULTS_SHOWN) {
           more = true;
           break;
         }
-        rows.push(JSON.parse(line));
+        rows.push(row);
       }
-      if (more) {
-        reader.cancel();
-        break;
+    } else {
+      const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results?${query}`, { raw: true });
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) {
+          buffer += decoder.decode();
+          break;
+        }
+        buffer += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + 1);
+          if (!line.trim()) continue;
+          if (rows.length === RESULTS_SHOWN) {
+            more = true;
+            break;
+          }
+          rows.push(JSON.parse(line));
+        }
+        if (more) {
+          reader.cancel();
+          break;
+        }
       }
+      if (!more && buffer.trim() && rows.length < RESULTS_SHOWN) rows.push(JSON.parse(buffer));
     }
-    if (!more && buffer.trim() && rows.length < RESULTS_SHOWN) rows.push(JSON.parse(buffer));
     tbody.replaceChildren(
       ...rows.map((r) =>
         h(
@@ -581,12 +675,24 @@
         : `${fmt(rows.length)} result${rows.length === 1 ? "" : "s"} (${what}).`;
   }
 
+  async function openaiFile(fileId) {
+    if (!fileId) return "";
+    const res = await api(`/v1/files/${encodeURIComponent(fileId)}/content`, { raw: true });
+    return res.text();
+  }
+
+  async function openaiLines(batch) {
+    const text = (await openaiFile(batch.output_file_id)) + (await openaiFile(batch.error_file_id));
+    return text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line));
+  }
+
   async function download() {
     const b = state.batch;
     if (!b) return;
     try {
-      const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results`, { raw: true });
-      const blob = await res.blob();
+      const blob = b.openai
+        ? new Blob([(await openaiFile(b.openai.output_file_id)) + (await openaiFile(b.openai.error_file_id))])
+        : await (await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results`, { raw: true })).blob();
       const url = URL.createObjectURL(blob);
       const a = h("a", { href: url, download: `${b.id}_results.jsonl` });
       document.body.append(a);

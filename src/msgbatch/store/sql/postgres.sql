@@ -22,8 +22,8 @@
 -- explicitly (LATERAL), so no plan depends on statistics the queue's churn makes stale.
 --
 -- The results lines written here for canceled and expired requests must be byte-identical to
--- those of msgbatch/results.py (tests hold them to it). custom_id matched [a-zA-Z0-9_-]{1,64} at
--- create: it needs no escaping.
+-- those of msgbatch/results.py (tests hold them to it). A custom_id is free-form in an OpenAI batch:
+-- it goes into a line JSON-quoted (to_json(custom_id)), which escapes exactly as msgspec does.
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -104,6 +104,44 @@ ALTER TABLE msgbatch.batches
     ADD COLUMN cache_creation_input_tokens bigint NOT NULL DEFAULT 0;
 
 -- name: migrate_4
+-- the OpenAI Batch API: its batches' own columns; uploaded files
+-- endpoint: '' for a Message Batch, else the OpenAI endpoint every request of the batch targets;
+-- output_expires_after: seconds after its end that its output and error files expire (null: when
+-- it is archived); errors: a JSON array of the input file's bad lines (it failed validation and
+-- nothing ran); files_deleted: 1 its output file was deleted, 2 its error file was; output_bytes,
+-- error_bytes: the sizes of those files, once measured (they no longer change after its end).
+ALTER TABLE msgbatch.batches
+    ADD COLUMN endpoint text NOT NULL DEFAULT '',
+    ADD COLUMN input_file_id text,
+    ADD COLUMN completion_window text,
+    ADD COLUMN output_expires_after bigint,
+    ADD COLUMN errors text,
+    ADD COLUMN files_deleted smallint NOT NULL DEFAULT 0,
+    ADD COLUMN output_bytes bigint,
+    ADD COLUMN error_bytes bigint;
+CREATE INDEX batches_openai_ended ON msgbatch.batches (workspace, ended_at) WHERE endpoint <> '' AND status = 2;
+CREATE TABLE msgbatch.files (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text COLLATE "C" NOT NULL UNIQUE,
+    workspace text NOT NULL,
+    purpose text NOT NULL,
+    filename text NOT NULL,
+    bytes bigint NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint
+);
+CREATE INDEX files_by_workspace ON msgbatch.files (workspace, created_at, id);
+CREATE INDEX files_expiring ON msgbatch.files (expires_at) WHERE expires_at IS NOT NULL;
+-- A file's content in chunks of up to 1 MiB, in order, stored as they are (like params).
+CREATE TABLE msgbatch.file_chunks (
+    file_id text COLLATE "C" NOT NULL,
+    n integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (file_id, n)
+);
+ALTER TABLE msgbatch.file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+
+-- name: migrate_5
 -- batch features: retries, hard cancel, fail-fast, per-batch webhooks; idempotency keys; the webhook outbox
 ALTER TABLE msgbatch.batches
     ADD COLUMN retry_of text,
@@ -157,6 +195,7 @@ CREATE INDEX webhook_deliveries_by_batch ON msgbatch.webhook_deliveries (batch_i
 CREATE INDEX webhook_deliveries_done ON msgbatch.webhook_deliveries (created_at) WHERE state > 0;
 
 
+
 -- ---------------------------------------------------------------------------------------------
 -- Batches
 
@@ -191,12 +230,13 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
 FROM msgbatch.batches WHERE id = %(id)s;
 
 -- name: list_batches
--- A workspace's batches older than `upper`, newest first.
+-- A workspace's batches between `lower` and `upper` (one API's id prefix), newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
-FROM msgbatch.batches WHERE workspace = %(workspace)s AND id < %(upper)s ORDER BY id DESC LIMIT %(limit)s;
+FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s
+ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: list_batches_before
 -- A workspace's batches newer than `lower`, oldest first.
@@ -240,7 +280,7 @@ WHERE id = (SELECT id FROM msgbatch.requests WHERE id >= %(first)s AND id < %(st
 
 -- name: active_batches
 -- The batches that take work, in creation order.
-SELECT seq, first_request, total, betas, headers, expires_at FROM msgbatch.batches WHERE status = 0 ORDER BY seq;
+SELECT seq, first_request, total, betas, headers, expires_at, endpoint FROM msgbatch.batches WHERE status = 0 ORDER BY seq;
 
 -- name: claim_jobs
 -- rows: seq int8, first int8, stop int8, take int4
@@ -330,7 +370,7 @@ WITH canceling AS (
     RETURNING j.id, j.batch
 ), kept AS (
     INSERT INTO msgbatch.results (id, type, line)
-    SELECT g.id, 2, convert_to('{"custom_id":"' || r.custom_id || '","result":{"type":"canceled"}}', 'UTF8')
+    SELECT g.id, 2, convert_to('{"custom_id":' || to_json(r.custom_id)::text || ',"result":{"type":"canceled"}}', 'UTF8')
     FROM gone AS g CROSS JOIN LATERAL (SELECT custom_id FROM msgbatch.requests WHERE id = g.id) AS r
 )
 UPDATE msgbatch.batches AS b SET processing = b.processing - t.n, canceled = b.canceled + t.n
@@ -423,7 +463,7 @@ WITH due AS (
     RETURNING j.id
 ), kept AS (
     INSERT INTO msgbatch.results (id, type, line)
-    SELECT g.id, 3, convert_to('{"custom_id":"' || r.custom_id || '","result":{"type":"expired"}}', 'UTF8')
+    SELECT g.id, 3, convert_to('{"custom_id":' || to_json(r.custom_id)::text || ',"result":{"type":"expired"}}', 'UTF8')
     FROM gone AS g CROSS JOIN LATERAL (SELECT custom_id FROM msgbatch.requests WHERE id = g.id) AS r
 ), ended AS (
     UPDATE msgbatch.batches AS b
@@ -460,6 +500,131 @@ SELECT id FROM marked;
 -- Whether the queue table needs a vacuum that the server's autovacuum (off) will not do.
 SELECT current_setting('autovacuum') = 'off' AND n_dead_tup > greatest(50000, 4 * n_live_tup)
 FROM pg_stat_user_tables WHERE relid = 'msgbatch.jobs'::regclass;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- The OpenAI Batch API: its batches' own columns, their output and error files, uploaded files
+
+-- name: set_openai_batch
+-- An OpenAI batch's own columns, in its create transaction; one that failed validation (`errors`)
+-- has no requests and ends at once.
+UPDATE msgbatch.batches
+SET endpoint = %(endpoint)s, input_file_id = %(input_file_id)s, completion_window = %(completion_window)s,
+    output_expires_after = %(output_expires_after)s, errors = %(errors)s::text,
+    status = CASE WHEN %(errors)s::text IS NULL THEN status ELSE 2 END,
+    ended_at = CASE WHEN %(errors)s::text IS NULL THEN ended_at ELSE created_at END
+WHERE id = %(id)s;
+
+-- name: get_openai_batch
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
+FROM msgbatch.batches WHERE id = %(id)s;
+
+-- name: list_openai_batches
+-- A workspace's batches between `lower` and `upper` (the OpenAI id prefix), newest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
+FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: list_openai_outputs
+-- A workspace's ended OpenAI batches (whose output and error files are files of the workspace)
+-- before (`at`, `batch_id`) in the order they ended, the latest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
+FROM msgbatch.batches
+WHERE workspace = %(workspace)s AND endpoint <> '' AND status = 2 AND archived_at IS NULL
+  AND (ended_at, id) < (%(at)s, %(batch_id)s)
+ORDER BY ended_at DESC, id DESC LIMIT %(limit)s;
+
+-- name: list_openai_outputs_asc
+-- The same after (`at`, `batch_id`), the earliest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
+FROM msgbatch.batches
+WHERE workspace = %(workspace)s AND endpoint <> '' AND status = 2 AND archived_at IS NULL
+  AND (ended_at, id) > (%(at)s, %(batch_id)s)
+ORDER BY ended_at, id LIMIT %(limit)s;
+
+-- name: openai_results_page
+-- An OpenAI batch's output file (`succeeded`: the lines of its succeeded requests) or error file
+-- (the others), from `cursor` on, in id order.
+SELECT id, type, line FROM msgbatch.results
+WHERE id >= %(cursor)s AND id < %(stop)s AND (type = 0) = %(succeeded)s::bool
+ORDER BY id LIMIT %(limit)s;
+
+-- name: set_openai_file_sizes
+UPDATE msgbatch.batches
+SET output_bytes = coalesce(%(output_bytes)s::int8, output_bytes), error_bytes = coalesce(%(error_bytes)s::int8, error_bytes)
+WHERE seq = %(seq)s;
+
+-- name: delete_openai_output
+-- A batch's output file (`succeeded`) or error file is deleted: its lines go, the batch remembers.
+WITH marked AS (
+    UPDATE msgbatch.batches SET files_deleted = files_deleted | %(bit)s::int2
+    WHERE seq = %(seq)s RETURNING id, first_request, total
+), dropped AS (
+    DELETE FROM msgbatch.results AS r USING marked AS m
+    WHERE r.id >= m.first_request AND r.id < m.first_request + m.total AND (r.type = 0) = %(succeeded)s::bool
+)
+SELECT id FROM marked;
+
+-- name: insert_file
+INSERT INTO msgbatch.files (id, workspace, purpose, filename, bytes, created_at, expires_at)
+VALUES (%(id)s, %(workspace)s, %(purpose)s, %(filename)s, %(bytes)s, %(created_at)s, %(expires_at)s)
+RETURNING seq;
+
+-- name: insert_file_chunks
+-- rows: file_id text, n int4, data bytea
+COPY msgbatch.file_chunks (file_id, n, data) FROM STDIN (FORMAT BINARY);
+
+-- name: get_file
+SELECT seq, id, workspace, purpose, filename, bytes, created_at, expires_at FROM msgbatch.files WHERE id = %(id)s;
+
+-- name: file_chunks
+-- Up to `limit` chunks of a file's content, from chunk `n` on.
+SELECT n, data FROM msgbatch.file_chunks WHERE file_id = %(file_id)s AND n >= %(n)s ORDER BY n LIMIT %(limit)s;
+
+-- name: list_files
+-- A workspace's files (of `purpose`, when set) before the cursor (created_at, id), newest first.
+SELECT seq, id, workspace, purpose, filename, bytes, created_at, expires_at FROM msgbatch.files
+WHERE workspace = %(workspace)s AND (%(purpose)s::text IS NULL OR purpose = %(purpose)s::text)
+  AND (created_at, id) < (%(created_at)s, %(id)s)
+ORDER BY created_at DESC, id DESC LIMIT %(limit)s;
+
+-- name: list_files_asc
+-- The same after the cursor, oldest first.
+SELECT seq, id, workspace, purpose, filename, bytes, created_at, expires_at FROM msgbatch.files
+WHERE workspace = %(workspace)s AND (%(purpose)s::text IS NULL OR purpose = %(purpose)s::text)
+  AND (created_at, id) > (%(created_at)s, %(id)s)
+ORDER BY created_at, id LIMIT %(limit)s;
+
+-- name: delete_file
+WITH gone AS (
+    DELETE FROM msgbatch.files WHERE id = %(id)s RETURNING id
+), dropped AS (
+    DELETE FROM msgbatch.file_chunks WHERE file_id IN (SELECT id FROM gone)
+)
+SELECT id FROM gone;
+
+-- name: expired_files
+SELECT id FROM msgbatch.files WHERE expires_at <= %(now)s ORDER BY expires_at LIMIT 100;
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -518,14 +683,14 @@ VALUES (%(workspace)s, %(key)s, %(fingerprint)s, %(batch_id)s, %(now)s);
 DELETE FROM msgbatch.idempotency_keys WHERE created_at < %(cutoff)s;
 
 -- name: list_batches_matching
--- A workspace's batches older than `upper` whose metadata holds every pair of `metadata` (a JSON
--- object), newest first.
+-- A workspace's batches between `lower` and `upper` (one API's id prefix) whose metadata holds
+-- every pair of `metadata` (a JSON object), newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
 FROM msgbatch.batches
-WHERE workspace = %(workspace)s AND id < %(upper)s AND metadata::jsonb @> %(metadata)s::jsonb
+WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s AND metadata::jsonb @> %(metadata)s::jsonb
 ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: list_batches_matching_before
@@ -547,7 +712,7 @@ ORDER BY id LIMIT %(limit)s;
 -- skipped, not waited for: those transactions announce their own batches (the lifecycle catches
 -- any that a path missed); the batches this transaction changed are its own to lock.
 WITH due AS (
-    SELECT seq, id, workspace, status, announced, cancel_initiated_at, ended_at, webhook_url
+    SELECT seq, id, workspace, status, announced, cancel_initiated_at, ended_at, webhook_url, endpoint
     FROM msgbatch.batches WHERE status > announced
     ORDER BY seq
     FOR NO KEY UPDATE SKIP LOCKED
@@ -557,6 +722,7 @@ WITH due AS (
     FROM due AS d
     JOIN (VALUES (1, 'message_batch.canceling'), (2, 'message_batch.ended')) AS e(status, name)
       ON e.status > d.announced AND e.status <= d.status AND (e.status = 2 OR d.cancel_initiated_at IS NOT NULL)
+    WHERE d.endpoint = ''  -- Message Batches: the OpenAI dialect's have no webhooks
 ), targets AS (
     SELECT * FROM unnest(%(urls)s::text[], %(secret_envs)s::text[], %(workspaces)s::text[], %(events)s::text[])
         AS t(url, secret_env, workspace, events)

@@ -11,8 +11,8 @@
 -- this dialect's own. The writer thread runs every write one at a time, so nothing here locks.
 --
 -- The results lines written here for canceled and expired requests must be byte-identical to
--- those of msgbatch/results.py (tests hold them to it). custom_id matched [a-zA-Z0-9_-]{1,64} at
--- create: it needs no escaping.
+-- those of msgbatch/results.py (tests hold them to it). A custom_id is free-form in an OpenAI batch:
+-- it goes into a line JSON-quoted (json_quote(custom_id)), which escapes exactly as msgspec does.
 
 
 -- name: _connect
@@ -106,6 +106,42 @@ ALTER TABLE batches ADD COLUMN cache_read_input_tokens INTEGER NOT NULL DEFAULT 
 ALTER TABLE batches ADD COLUMN cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0;
 
 -- name: migrate_4
+-- the OpenAI Batch API: its batches' own columns; uploaded files
+-- endpoint: '' for a Message Batch, else the OpenAI endpoint every request of the batch targets.
+ALTER TABLE batches ADD COLUMN endpoint TEXT NOT NULL DEFAULT '';
+ALTER TABLE batches ADD COLUMN input_file_id TEXT;
+ALTER TABLE batches ADD COLUMN completion_window TEXT;
+-- Seconds after its end that the batch's output and error files expire (null: when it is archived).
+ALTER TABLE batches ADD COLUMN output_expires_after INTEGER;
+-- A JSON array of the input file's bad lines: the batch failed validation, and nothing ran.
+ALTER TABLE batches ADD COLUMN errors TEXT;
+-- 1: its output file was deleted, 2: its error file was.
+ALTER TABLE batches ADD COLUMN files_deleted INTEGER NOT NULL DEFAULT 0;
+-- The sizes of its output and error files, once measured (they no longer change after its end).
+ALTER TABLE batches ADD COLUMN output_bytes INTEGER;
+ALTER TABLE batches ADD COLUMN error_bytes INTEGER;
+CREATE INDEX batches_openai_ended ON batches (workspace, ended_at) WHERE endpoint <> '' AND status = 2;
+CREATE TABLE files (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    workspace TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER
+);
+CREATE INDEX files_by_workspace ON files (workspace, created_at, id);
+CREATE INDEX files_expiring ON files (expires_at) WHERE expires_at IS NOT NULL;
+-- A file's content in chunks of up to 1 MiB, in order.
+CREATE TABLE file_chunks (
+    file_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (file_id, n)
+);
+
+-- name: migrate_5
 -- batch features: retries, hard cancel, fail-fast, per-batch webhooks; idempotency keys; the webhook outbox
 ALTER TABLE batches ADD COLUMN retry_of TEXT;
 ALTER TABLE batches ADD COLUMN retried_by TEXT;
@@ -158,6 +194,7 @@ CREATE INDEX webhook_deliveries_by_batch ON webhook_deliveries (batch_id);
 CREATE INDEX webhook_deliveries_done ON webhook_deliveries (created_at) WHERE state > 0;
 
 
+
 -- ---------------------------------------------------------------------------------------------
 -- Batches
 
@@ -187,12 +224,12 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
 FROM batches WHERE id = :id;
 
 -- name: list_batches
--- A workspace's batches older than `upper`, newest first.
+-- A workspace's batches between `lower` and `upper` (one API's id prefix), newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
-FROM batches WHERE workspace = :workspace AND id < :upper ORDER BY id DESC LIMIT :limit;
+FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER BY id DESC LIMIT :limit;
 
 -- name: list_batches_before
 -- A workspace's batches newer than `lower`, oldest first.
@@ -229,7 +266,7 @@ WHERE r.id >= :first AND r.id < :stop AND r.custom_id = :custom_id AND (:type IS
 
 -- name: active_batches
 -- The batches that take work, in creation order.
-SELECT seq, first_request, total, betas, headers, expires_at FROM batches WHERE status = 0 ORDER BY seq;
+SELECT seq, first_request, total, betas, headers, expires_at, endpoint FROM batches WHERE status = 0 ORDER BY seq;
 
 -- name: claim_jobs
 -- rows: seq int8, first int8, stop int8, take int4
@@ -284,7 +321,7 @@ INSERT INTO temp.ending (id, batch)
 SELECT j.id, j.batch FROM batches AS b JOIN jobs AS j ON j.batch = b.seq AND j.state = 0
 WHERE b.status = 1 AND (:seqs IS NULL OR b.seq IN (SELECT value FROM json_each(:seqs)));
 INSERT INTO results (id, type, line)
-SELECT e.id, 2, CAST('{"custom_id":"' || r.custom_id || '","result":{"type":"canceled"}}' AS BLOB)
+SELECT e.id, 2, CAST('{"custom_id":' || json_quote(r.custom_id) || ',"result":{"type":"canceled"}}' AS BLOB)
 FROM temp.ending AS e JOIN requests AS r ON r.id = e.id;
 DELETE FROM jobs WHERE id IN (SELECT id FROM temp.ending);
 UPDATE batches SET processing = processing - t.n, canceled = canceled + t.n
@@ -337,7 +374,7 @@ INSERT INTO temp.ending (id, batch)
 SELECT j.id, j.batch FROM jobs AS j JOIN batches AS b ON b.seq = j.batch
 WHERE j.batch = :seq AND b.status < 2 AND b.expires_at <= :now;
 INSERT INTO results (id, type, line)
-SELECT e.id, 3, CAST('{"custom_id":"' || r.custom_id || '","result":{"type":"expired"}}' AS BLOB)
+SELECT e.id, 3, CAST('{"custom_id":' || json_quote(r.custom_id) || ',"result":{"type":"expired"}}' AS BLOB)
 FROM temp.ending AS e JOIN requests AS r ON r.id = e.id;
 DELETE FROM jobs WHERE id IN (SELECT id FROM temp.ending);
 UPDATE batches
@@ -358,6 +395,124 @@ DELETE FROM results WHERE id >= (SELECT first_request FROM batches WHERE seq = :
 DELETE FROM requests WHERE id >= (SELECT first_request FROM batches WHERE seq = :seq AND archived_at IS NULL)
     AND id < (SELECT first_request + total FROM batches WHERE seq = :seq AND archived_at IS NULL);
 UPDATE batches SET archived_at = :now WHERE seq = :seq AND archived_at IS NULL RETURNING id;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- The OpenAI Batch API: its batches' own columns, their output and error files, uploaded files
+
+-- name: set_openai_batch
+-- An OpenAI batch's own columns, in its create transaction; one that failed validation (`errors`)
+-- has no requests and ends at once.
+UPDATE batches
+SET endpoint = :endpoint, input_file_id = :input_file_id, completion_window = :completion_window,
+    output_expires_after = :output_expires_after, errors = :errors,
+    status = CASE WHEN :errors IS NULL THEN status ELSE 2 END,
+    ended_at = CASE WHEN :errors IS NULL THEN ended_at ELSE created_at END
+WHERE id = :id;
+
+-- name: get_openai_batch
+-- inline
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
+FROM batches WHERE id = :id;
+
+-- name: list_openai_batches
+-- A workspace's batches between `lower` and `upper` (the OpenAI id prefix), newest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
+FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER BY id DESC LIMIT :limit;
+
+-- name: list_openai_outputs
+-- A workspace's ended OpenAI batches (whose output and error files are files of the workspace)
+-- before (`at`, `batch_id`) in the order they ended, the latest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
+FROM batches
+WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL
+  AND (ended_at < :at OR (ended_at = :at AND id < :batch_id))
+ORDER BY ended_at DESC, id DESC LIMIT :limit;
+
+-- name: list_openai_outputs_asc
+-- The same after (`at`, `batch_id`), the earliest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
+FROM batches
+WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL
+  AND (ended_at > :at OR (ended_at = :at AND id > :batch_id))
+ORDER BY ended_at, id LIMIT :limit;
+
+-- name: openai_results_page
+-- An OpenAI batch's output file (`succeeded`: the lines of its succeeded requests) or error file
+-- (the others), from `cursor` on, in id order.
+SELECT id, type, line FROM results
+WHERE id >= :cursor AND id < :stop AND (type = 0) = :succeeded
+ORDER BY id LIMIT :limit;
+
+-- name: set_openai_file_sizes
+UPDATE batches SET output_bytes = coalesce(:output_bytes, output_bytes), error_bytes = coalesce(:error_bytes, error_bytes)
+WHERE seq = :seq;
+
+-- name: delete_openai_output
+-- A batch's output file (`succeeded`) or error file is deleted: its lines go, the batch remembers.
+DELETE FROM results
+WHERE id >= (SELECT first_request FROM batches WHERE seq = :seq)
+  AND id < (SELECT first_request + total FROM batches WHERE seq = :seq)
+  AND (type = 0) = :succeeded;
+UPDATE batches SET files_deleted = files_deleted | :bit WHERE seq = :seq RETURNING id;
+
+-- name: insert_file
+INSERT INTO files (id, workspace, purpose, filename, bytes, created_at, expires_at)
+VALUES (:id, :workspace, :purpose, :filename, :bytes, :created_at, :expires_at)
+RETURNING seq;
+
+-- name: insert_file_chunks
+-- rows: file_id text, n int4, data bytea
+INSERT INTO file_chunks (file_id, n, data) VALUES (?, ?, ?);
+
+-- name: get_file
+-- inline
+SELECT seq, id, workspace, purpose, filename, bytes, created_at, expires_at FROM files WHERE id = :id;
+
+-- name: file_chunks
+-- Up to `limit` chunks of a file's content, from chunk `n` on.
+SELECT n, data FROM file_chunks WHERE file_id = :file_id AND n >= :n ORDER BY n LIMIT :limit;
+
+-- name: list_files
+-- A workspace's files (of `purpose`, when set) before the cursor (created_at, id), newest first.
+SELECT seq, id, workspace, purpose, filename, bytes, created_at, expires_at FROM files
+WHERE workspace = :workspace AND (:purpose IS NULL OR purpose = :purpose)
+  AND (created_at < :created_at OR (created_at = :created_at AND id < :id))
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: list_files_asc
+-- The same after the cursor, oldest first.
+SELECT seq, id, workspace, purpose, filename, bytes, created_at, expires_at FROM files
+WHERE workspace = :workspace AND (:purpose IS NULL OR purpose = :purpose)
+  AND (created_at > :created_at OR (created_at = :created_at AND id > :id))
+ORDER BY created_at, id LIMIT :limit;
+
+-- name: delete_file
+DELETE FROM file_chunks WHERE file_id = :id;
+DELETE FROM files WHERE id = :id RETURNING id;
+
+-- name: expired_files
+SELECT id FROM files WHERE expires_at <= :now ORDER BY expires_at LIMIT 100;
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -411,14 +566,14 @@ VALUES (:workspace, :key, :fingerprint, :batch_id, :now);
 DELETE FROM idempotency_keys WHERE created_at < :cutoff;
 
 -- name: list_batches_matching
--- A workspace's batches older than `upper` whose metadata holds every pair of `metadata` (a JSON
--- object), newest first.
+-- A workspace's batches between `lower` and `upper` (one API's id prefix) whose metadata holds
+-- every pair of `metadata` (a JSON object), newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
 FROM batches AS b
-WHERE workspace = :workspace AND id < :upper
+WHERE workspace = :workspace AND id > :lower AND id < :upper
   AND NOT EXISTS (
       SELECT 1 FROM json_each(:metadata) AS f
       WHERE NOT EXISTS (SELECT 1 FROM json_each(b.metadata) AS m WHERE m.key = f.key AND m.value = f.value)
@@ -457,7 +612,7 @@ due (id, workspace, webhook_url, event, event_at) AS (
     SELECT b.id, b.workspace, b.webhook_url, e.name, CASE e.status WHEN 1 THEN b.cancel_initiated_at ELSE b.ended_at END
     FROM batches AS b
     JOIN events AS e ON e.status > b.announced AND e.status <= b.status AND (e.status = 2 OR b.cancel_initiated_at IS NOT NULL)
-    WHERE b.status > b.announced
+    WHERE b.status > b.announced AND b.endpoint = ''  -- Message Batches: the OpenAI dialect's have no webhooks
 )
 INSERT INTO webhook_deliveries (batch_id, workspace, event, event_at, url, secret_env, checked, next_at, give_up_at, created_at)
 SELECT d.id, d.workspace, d.event, d.event_at, t.url, t.secret_env, 0, :now, :give_up_at, :now
