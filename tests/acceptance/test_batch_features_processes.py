@@ -8,6 +8,7 @@ delivered by whichever process gets to them, signed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -178,3 +179,63 @@ def test_scale_out_keys_hard_cancel_and_webhooks_across_processes(tmp_path: Path
         events = receiver.verified()
         assert sorted(e["type"] for e in events) == ["message_batch.canceling", "message_batch.ended"]
         assert all(e["data"]["id"] == batch_id for e in events)
+
+
+def test_the_sdk_against_msgbatch_serve(tmp_path: Path) -> None:
+    """The official SDK, sync and async, strict validation on, against a real `msgbatch serve`:
+    metadata and a key on create, results so far, a hard cancel, the retry of failed lines."""
+    import asyncio
+
+    import anthropic
+    from anthropic.types.messages import MessageBatch
+
+    with processes() as running:
+        server = Proc("serve", ["serve", "--database", str(tmp_path / "sdk.db")], tmp_path, {}, port=free_port())
+        running.append(server.start())
+        client = anthropic.Anthropic(api_key="k", base_url=server.url, _strict_response_validation=True)
+        requests: list[Any] = [
+            {
+                "custom_id": f"ok-{i}",
+                "params": {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+            }
+            for i in range(3)
+        ]
+        requests.append({"custom_id": "bad", "params": {"model": "m", "messages": []}})  # invalid: errored
+        requests.append(
+            {"custom_id": "slow", "params": {"model": "m", "max_tokens": 8,
+                                              "messages": [{"role": "user", "content": "[[simulate latency=60]]"}]}}
+        )  # fmt: skip
+        with client:
+            batch = client.messages.batches.create(
+                requests=requests, extra_body={"metadata": {"run": "7"}}, extra_headers={"Idempotency-Key": "sdk-1"}
+            )
+            again = client.messages.batches.create(
+                requests=requests, extra_body={"metadata": {"run": "7"}}, extra_headers={"Idempotency-Key": "sdk-1"}
+            )
+            assert again.id == batch.id and batch.model_extra == {"metadata": {"run": "7"}}
+            until(lambda: client.messages.batches.retrieve(batch.id).request_counts.processing == 1)
+            so_far = client.get(
+                f"/v1/messages/batches/{batch.id}/results", cast_to=str, options={"params": {"partial": "true"}}
+            )
+            assert sorted(json.loads(line)["custom_id"] for line in so_far.splitlines()) == [
+                "bad",
+                "ok-0",
+                "ok-1",
+                "ok-2",
+            ]
+            client.messages.batches.cancel(batch.id, extra_query={"abort_running": "true"})
+            ended = until(lambda: (b := client.messages.batches.retrieve(batch.id)).processing_status == "ended" and b)
+            assert (ended.request_counts.canceled, ended.request_counts.errored) == (1, 1)
+
+        async def retry() -> MessageBatch:
+            async with anthropic.AsyncAnthropic(
+                api_key="k", base_url=server.url, _strict_response_validation=True
+            ) as aclient:
+                child = await aclient.post(f"/v1/messages/batches/{batch.id}/retry", cast_to=MessageBatch, body={})
+                results = [r async for r in await aclient.messages.batches.results(batch.id)]
+                assert len(results) == 5
+                return child
+
+        child = asyncio.run(retry())
+        assert child.model_extra == {"metadata": {"run": "7"}, "retry_of": batch.id}
+        assert child.request_counts.processing == 1  # only the errored line: the canceled one is not asked
