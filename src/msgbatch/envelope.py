@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import gc
 import re
+from typing import Any
 
 import msgspec
 
@@ -24,11 +25,15 @@ class _Request(msgspec.Struct, gc=False):
     params: msgspec.Raw
 
 
-class _CreateBody(msgspec.Struct, gc=False):
+class CreateBody(msgspec.Struct, gc=False):
     requests: list[_Request]
+    # Options beyond the hosted API, decoded as they came: msgbatch.batch_options checks them.
+    metadata: Any = None
+    fail_fast: Any = None
+    webhook_url: Any = None
 
 
-_decoder = msgspec.json.Decoder(_CreateBody)
+_decoder = msgspec.json.Decoder(CreateBody)
 _UTF8_SLICE = 1 << 20
 # A `\uD800`-`\uDBFF` escape not followed by a low one, or a `\uDC00`-`\uDFFF` not preceded by a
 # high one: an odd run of backslashes before the `u` makes it an escape rather than literal text.
@@ -107,6 +112,11 @@ def _check_utf8(body: bytes | bytearray | memoryview) -> None:
 
 def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -> list[_Request]:
     """Check the envelope of a create call; params stay as the raw bytes they came as."""
+    return parse_create(body, max_requests).requests
+
+
+def parse_create(body: bytes | bytearray | memoryview, max_requests: int) -> CreateBody:
+    """The envelope of a create call, checked, with its options (not checked: batch_options does)."""
     # The cyclic GC would walk 100k fresh objects several times during a big parse; it can't
     # find cycles here anyway.
     gc_was_enabled = gc.isenabled()
@@ -145,7 +155,7 @@ def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -
         seen.add(cid)
         if memoryview(req.params)[0] != 0x7B:  # "{"
             raise InvalidRequestError(f"requests.{i}.params: Input should be a valid dictionary")
-    return requests
+    return parsed
 
 
 def parse_betas(values: list[str]) -> str:

@@ -229,6 +229,19 @@ class Metrics:
         self.create_bytes = Counter(
             "msgbatch_batch_create_bytes_total", "Bytes of the create bodies of the batches accepted, by API.", ("api",)
         )
+        self.webhook_deliveries = Counter(
+            "msgbatch_webhook_deliveries_total",
+            "Webhook delivery attempts by this process, by event and outcome (delivered; failed: to be retried; "
+            "refused: the address policy forbids it; gave_up: no more retries).",
+            ("event", "outcome"),
+        )
+        self.webhook_latency = Histogram(
+            "msgbatch_webhook_delivery_duration_seconds", "Time of each webhook delivery attempt.", ("event",)
+        )
+        self.idempotent_replays = Counter(
+            "msgbatch_idempotent_replays_total",
+            "Create (or retry) calls answered with the batch an earlier call with the same Idempotency-Key made.",
+        )
         self.results_bytes = Counter(
             "msgbatch_results_bytes_total",
             "Bytes of results (JSONL: results, and OpenAI output and error files) streamed to clients.",
@@ -267,6 +280,9 @@ class Metrics:
             self.requests_accepted,
             self.create_bytes,
             self.results_bytes,
+            self.idempotent_replays,
+            self.webhook_deliveries,
+            self.webhook_latency,
             self.files_uploaded,
             self.file_bytes,
             self.results,
@@ -303,6 +319,11 @@ class Metrics:
         self.requests_accepted.inc(api, amount=batch.total)
         self.create_bytes.inc(api, amount=body_bytes)
         self.remember_batch(batch)
+
+    def webhook_delivery(self, event: str, outcome: str, seconds: float) -> None:
+        self.webhook_deliveries.inc(event, outcome)
+        if outcome in ("delivered", "failed"):
+            self.webhook_latency.observe(seconds, event)
 
     def file_uploaded(self, size: int) -> None:
         self.files_uploaded.inc()

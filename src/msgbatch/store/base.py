@@ -68,7 +68,10 @@ class Store(Protocol):
         ...
 
 
-# The batch columns every batch query selects, in this order.
+# The batch columns every batch query selects first, in this order (a dialect's own come after).
+BATCH_COLUMNS = 30
+
+
 def batch_from_row(row: Sequence[Any]) -> Batch:
     return Batch(
         seq=row[0],
@@ -94,4 +97,11 @@ def batch_from_row(row: Sequence[Any]) -> Batch:
         output_tokens=row[20],
         cache_read_input_tokens=row[21],
         cache_creation_input_tokens=row[22],
+        retry_of=row[23],
+        retried_by=row[24],
+        cancel_reason=row[25],
+        abort_running=bool(row[26]),
+        fail_fast_min_results=row[27],
+        fail_fast_max_error_rate=row[28],
+        webhook_url=row[29],
     )

@@ -20,6 +20,7 @@
     samples: [], // [ms, done] for the batch on the detail page: rate and ETA
     batch: null,
     resultsLoadedFor: null,
+    metadata: "", // the list's metadata filter, as typed: "team=search, run=7"
   };
 
   // -- small helpers -------------------------------------------------------------------------
@@ -260,10 +261,14 @@
     return h("div", { class: "progress" }, bar, label);
   }
 
-  async function cancelBatch(id) {
-    if (!confirm(`Cancel batch ${id}? Requests not started yet will not run.`)) return;
+  async function cancelBatch(id, abortRunning = false) {
+    const what = abortRunning
+      ? `Cancel batch ${id} and stop its running requests? None of its requests will run any more.`
+      : `Cancel batch ${id}? Requests not started yet will not run.`;
+    if (!confirm(what)) return;
     try {
-      const batch = await api(`${batchPath(id)}/cancel`, { method: "POST" });
+      const query = abortRunning ? "?abort_running=true" : "";
+      const batch = await api(`${batchPath(id)}/cancel${query}`, { method: "POST" });
       notice(`Cancel requested for ${id}: now ${(batch.processing_status || batch.status).replace("_", " ")}.`);
       refreshNow();
     } catch (err) {
@@ -282,6 +287,34 @@
     } catch (err) {
       reportError(err);
     }
+  }
+
+  async function retryBatch(id) {
+    if (!confirm(`Run the errored and expired requests of ${id} again, as a new batch?`)) return;
+    try {
+      const child = await api(`/v1/messages/batches/${encodeURIComponent(id)}/retry`, { method: "POST" });
+      notice(`Created ${child.id}, a retry of ${id}.`);
+      location.hash = `#/batch/${child.id}`;
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  function metadataTags(b) {
+    const pairs = b.openai ? [] : Object.entries(b.metadata || {});
+    if (!pairs.length) return null;
+    return h("span", { class: "tags" }, ...pairs.map(([k, v]) => h("span", { class: "tag", text: `${k}=${v}` })));
+  }
+
+  // "team=search, run=7" -> "&metadata%5Bteam%5D=search&metadata%5Brun%5D=7" (a Message Batches filter)
+  function metadataQuery() {
+    const query = new URLSearchParams();
+    for (const part of state.metadata.split(",")) {
+      const [key, ...rest] = part.split("=");
+      if (key.trim() && rest.length) query.set(`metadata[${key.trim()}]`, rest.join("=").trim());
+    }
+    const text = query.toString();
+    return text ? `&${text}` : "";
   }
 
   function refreshNow() {
@@ -309,6 +342,7 @@
         h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id }),
         " ",
         h("span", { class: "pill kind", text: b.kind || "Messages" }),
+        metadataTags(b),
       ),
       h("td", { class: "status" }, statusPill(b.processing_status)),
       h("td", { class: "wide" }, progressBar(c, b.processing_status)),
@@ -319,9 +353,10 @@
   }
 
   async function refreshList() {
+    const filter = metadataQuery(); // filters Message Batches; OpenAI batches are left out then
     const [page, openai] = await Promise.all([
-      api(`/v1/messages/batches?limit=${PAGE}`),
-      api(`/v1/batches?limit=${PAGE}`),
+      api(`/v1/messages/batches?limit=${PAGE}${filter}`),
+      filter ? { data: [] } : api(`/v1/batches?limit=${PAGE}`),
     ]);
     const seen = new Set(page.data.map((b) => b.id));
     const older = state.older.filter((b) => !seen.has(b.id));
@@ -350,7 +385,7 @@
     const after = $("#older").dataset.after;
     if (!after) return;
     try {
-      const page = await api(`/v1/messages/batches?limit=${PAGE}&after_id=${encodeURIComponent(after)}`);
+      const page = await api(`/v1/messages/batches?limit=${PAGE}&after_id=${encodeURIComponent(after)}${metadataQuery()}`);
       state.older = state.older.concat(page.data);
       state.olderHasMore = page.has_more;
       state.lastList = "";
@@ -365,7 +400,7 @@
   function renderTimeline(b) {
     const events = [
       ["Created", b.created_at],
-      ["Cancel initiated", b.cancel_initiated_at],
+      [b.cancel_reason === "fail_fast" ? "Canceled by its fail-fast policy" : "Cancel initiated", b.cancel_initiated_at],
       ["Ended", b.ended_at],
       [
         !b.ended_at ? "Expires" : Date.parse(b.ended_at) >= Date.parse(b.expires_at) ? "Expired" : "Expiry (ended before)",
@@ -452,11 +487,33 @@
     );
     $("#cancel").hidden = b.processing_status === "ended";
     $("#cancel").disabled = b.processing_status === "canceling";
+    $("#abort").hidden = b.processing_status === "ended" || !!b.openai;
+    $("#retry").hidden = b.processing_status !== "ended" || !(c.errored + c.expired) || !!b.archived_at || !!b.openai;
+    renderOptions(b);
     $("#delete").hidden = b.processing_status !== "ended" || !!b.openai;
     $("#batch-kind").textContent = b.kind || "Messages";
     $("#download").hidden = !b.results_url || !!b.archived_at;
     renderTimeline(b);
     renderRate(b);
+  }
+
+  // What msgbatch's features add to a batch: metadata, fail-fast, links between retries, webhook.
+  function renderOptions(b) {
+    const link = (id) => h("a", { href: `#/batch/${id}`, class: "mono", text: id });
+    const rows = [];
+    if (metadataTags(b)) rows.push(["Metadata", metadataTags(b)]);
+    if (b.fail_fast) {
+      const f = b.fail_fast;
+      rows.push(["Fail fast", `after ${fmt(f.min_results)} results, above ${(100 * f.max_error_rate).toFixed(0)}% errored`]);
+    }
+    if (b.cancel_reason) rows.push(["Cancel reason", b.cancel_reason]);
+    if (b.retry_of) rows.push(["Retry of", link(b.retry_of)]);
+    if (b.retried_by) rows.push(["Retried by", link(b.retried_by)]);
+    if (b.webhook_url) rows.push(["Webhook", b.webhook_url]);
+    $("#options").replaceChildren(
+      ...rows.flatMap(([label, value]) => [h("dt", { text: label }), h("dd", { dataset: { option: label } }, value)]),
+    );
+    $("#options").hidden = rows.length === 0;
   }
 
   async function refreshDetail(id) {
@@ -474,8 +531,16 @@
       }
       return false; // nothing changes any more: stop polling
     }
-    $("#results-note").textContent = "Results are available once the batch has ended.";
-    $("#results tbody").replaceChildren();
+    if (b.openai) {
+      $("#results-note").textContent = "Results are available once the batch has ended.";
+      $("#results tbody").replaceChildren();
+      return true;
+    }
+    const { done } = totals(b.request_counts);
+    if (done !== state.partialDone) {
+      state.partialDone = done; // reload those written so far (?partial=true) only when more are in
+      await loadResults();
+    }
     return true;
   }
 
@@ -531,7 +596,9 @@
     const b = state.batch;
     const note = $("#results-note");
     const tbody = $("#results tbody");
-    if (!b || b.processing_status !== "ended") return;
+    if (!b) return;
+    const running = b.processing_status !== "ended";
+    if (running && b.openai) return;
     if (b.archived_at) {
       note.textContent = "This batch is archived: its results are no longer kept.";
       tbody.replaceChildren();
@@ -542,7 +609,8 @@
     const customId = $("#filter-custom-id").value.trim();
     if (type) query.set("type", type);
     if (customId) query.set("custom_id", customId);
-    note.textContent = "Loading…";
+    if (running) query.set("partial", "true");
+    if (!running) note.textContent = "Loading…";
     const rows = [];
     let more = false;
     if (b.openai) {
@@ -597,7 +665,9 @@
         ),
       ),
     );
-    const what = [type || "all results", customId ? `custom_id ${customId}` : ""].filter(Boolean).join(", ");
+    const what = [type || "all results", customId ? `custom_id ${customId}` : "", running ? "so far: still running" : ""]
+      .filter(Boolean)
+      .join(", ");
     note.textContent = rows.length === 0
       ? `No results match (${what}).`
       : more
@@ -649,6 +719,7 @@
         state.route = id;
         state.samples = [];
         state.resultsLoadedFor = null;
+        state.partialDone = null;
         state.batch = null;
         $("#batch-id").textContent = id;
         $("#results tbody").replaceChildren();
@@ -670,6 +741,14 @@
     $("#signout").addEventListener("click", () => signOut("Key forgotten."));
     $("#older").addEventListener("click", loadOlder);
     $("#cancel").addEventListener("click", () => state.batch && cancelBatch(state.batch.id));
+    $("#abort").addEventListener("click", () => state.batch && cancelBatch(state.batch.id, true));
+    $("#retry").addEventListener("click", () => state.batch && retryBatch(state.batch.id));
+    $("#metadata-filter").addEventListener("submit", (event) => {
+      event.preventDefault();
+      state.metadata = $("#metadata-query").value;
+      state.older = [];
+      refreshNow();
+    });
     $("#delete").addEventListener("click", () => state.batch && deleteBatch(state.batch.id));
     $("#download").addEventListener("click", download);
     $("#filter").addEventListener("submit", (event) => {
