@@ -174,7 +174,8 @@ class Dispatcher:
         if self._running:
             # The queue is empty now: the runners finish what they run, and take nothing new.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._until(lambda: not self._running), grace)
+                async with asyncio.timeout(grace):
+                    await self._until(lambda: not self._running)
         for task in self._runners:
             task.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
@@ -195,7 +196,8 @@ class Dispatcher:
         meanwhile), then stop. Tests use it instead of sleeping."""
         await self.start()
         try:
-            await asyncio.wait_for(self._until_drained(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._until_drained()
         finally:
             await self.stop(grace=0)
 
@@ -212,7 +214,8 @@ class Dispatcher:
             self._wake.set()
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._changed.wait()
 
     def _quiet(self) -> bool:
         return not (self._running or self._queue.qsize() or self._done)
@@ -224,7 +227,8 @@ class Dispatcher:
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Wait until nothing is claimed, queued or waiting to be written (tests, benchmarks)."""
-        await asyncio.wait_for(self._until(self._quiet), timeout)
+        async with asyncio.timeout(timeout):
+            await self._until(self._quiet)
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -257,7 +261,8 @@ class Dispatcher:
                 self._changed.set()
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
 
     # -- running -----------------------------------------------------------------------------
 
@@ -359,7 +364,8 @@ class Dispatcher:
                 await self._flushed.wait()
             # Let completions gather for a moment: one transaction per group, not per result.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.flush_interval)
+                async with asyncio.timeout(self.flush_interval):
+                    await self._flush_now.wait()
             self._flush_now.clear()
             try:
                 await self._flush()
