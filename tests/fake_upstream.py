@@ -12,7 +12,9 @@ way, then it succeeds. A fault is a status (`429`), a status with headers
 connection without answering), `"malformed"` (200 with a truncated body), `"html"` (502 with an
 HTML page), `"garbage"` (an answer that is not HTTP) or `"truncated"` (the connection closes
 halfway through the body). `capacity` answers `overload_status` to every request beyond that many
-in flight.
+in flight. With `watch_disconnects`, a request whose client closes the connection while it is being
+"generated" (the `latency`) stops there, as vLLM and llama.cpp stop generating: its call is marked
+`cut`.
 
 Used by the tests (in a thread: `with FakeUpstream() as fake`) and by the benchmark (as a
 process: `python tests/fake_upstream.py --port 9000 --latency 0.1`).
@@ -112,6 +114,7 @@ class Call:
         self.headers = headers
         self.body = body
         self.at = at
+        self.cut = False  # the client went away before the answer was sent
 
     @property
     def key(self) -> str:
@@ -131,12 +134,15 @@ class FakeUpstream:
         capacity: int | None = None,
         overload_status: int = 529,
         record: bool = True,
+        watch_disconnects: bool = False,
     ) -> None:
         self.latency = latency
         self.hang = hang
         self.capacity = capacity
         self.overload_status = overload_status
         self.record = record
+        self.watch_disconnects = watch_disconnects
+        self.cut = 0  # requests whose client went away while they were being generated
         self.chunked = False  # answer 200s with transfer-encoding: chunked
         self.calls: list[Call] = []
         self.in_flight = 0
@@ -262,7 +268,7 @@ class FakeUpstream:
                         name, _, value = line.partition(":")
                         headers[name.strip().lower()] = value.strip()
                 raw = await reader.readexactly(int(headers.get("content-length", "0")))
-                keep = await self._handle(path, headers, raw, writer)
+                keep = await self._handle(path, headers, raw, writer, reader)
                 if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -272,7 +278,14 @@ class FakeUpstream:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _handle(self, path: str, headers: dict[str, str], raw: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def _handle(
+        self,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader | None = None,
+    ) -> bool:
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -293,7 +306,13 @@ class FakeUpstream:
                 self.overloaded += 1
                 fault = self.overload_status
             if self.latency:
-                await asyncio.sleep(self.latency)
+                if self.watch_disconnects and reader is not None:
+                    if await self._client_left(reader, self.latency):
+                        call.cut = True
+                        self.cut += 1
+                        return False
+                else:
+                    await asyncio.sleep(self.latency)
             if fault == "reset":
                 writer.transport.abort()
                 return False
@@ -338,6 +357,19 @@ class FakeUpstream:
             return True
         finally:
             self.in_flight -= 1
+
+    @staticmethod
+    async def _client_left(reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Take `seconds`, unless the client closes the connection first (then True)."""
+        eof = asyncio.ensure_future(reader.read(1))  # clients here never pipeline: nothing else comes
+        try:
+            await asyncio.wait({eof}, timeout=seconds)
+        finally:
+            if not eof.done():
+                eof.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await eof
+        return eof.done() and not eof.cancelled() and eof.exception() is None and eof.result() == b""
 
     @staticmethod
     def _error(path: str, status: int) -> bytes:

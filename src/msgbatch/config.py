@@ -29,6 +29,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, field
@@ -191,6 +192,31 @@ class PriceConfig(_Table, frozen=True):
 DEFAULT_LIMITS = "default"
 
 
+WEBHOOK_EVENTS = ("message_batch.ended", "message_batch.canceling")
+
+
+class WebhookConfig(_Table, frozen=True):
+    """A receiver of batch events (`[[webhooks]]`): trusted as written, whatever its address."""
+
+    url: NonEmpty
+    secret_env: NonEmpty  # the env var holding its `whsec_...` signing secret, never the secret itself
+    workspace: str | None = None  # None: the batches of every workspace
+    events: list[Literal["message_batch.ended", "message_batch.canceling"]] = []  # empty: every event
+
+    def __post_init__(self) -> None:
+        if not _is_http_url(self.url):
+            raise ConfigError(f"expected an http:// or https:// URL with a host, got {self.url!r}", key="url")
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 class Settings(_Table, frozen=True):
     """Everything configurable, typed; the config file's top level (see the module docstring)."""
 
@@ -245,6 +271,15 @@ class Settings(_Table, frozen=True):
     limits: dict[str, LimitConfig] = {}
     # Model pattern (shell-style, first match wins) -> price per million tokens: turns usage into cost.
     prices: dict[str, PriceConfig] = {}
+    # Batch features beyond the hosted API (README: "Beyond the hosted API").
+    abort_running_on_cancel: bool = False  # a cancel also stops running requests, unless ?abort_running=false
+    webhooks: list[WebhookConfig] = []
+    # Per-batch `webhook_url`s are accepted when they start with one of these (none: refused).
+    webhook_url_prefixes: list[str] = []
+    webhook_url_secret_env: str = ""  # the env var holding the secret that signs per-batch webhooks
+    webhook_timeout: Seconds = Seconds(10)
+    webhook_backoff: Seconds = Seconds(5)  # the first retry's delay; doubled each time, at most an hour
+    webhook_retry_for: Seconds = Seconds(24 * 3600)  # a delivery is retried this long, then given up
 
     def __post_init__(self) -> None:
         if self.lease_seconds < 1:
@@ -267,6 +302,13 @@ class Settings(_Table, frozen=True):
                 raise ConfigError(f"no backend named {route.backend!r}", key=f"routes[{index}].backend")
         if self.default_backend is not None and self.default_backend not in names:
             raise ConfigError(f"no backend named {self.default_backend!r}", key="default_backend")
+        for index, prefix in enumerate(self.webhook_url_prefixes):
+            if not _is_http_url(prefix):
+                problem = f"expected an http:// or https:// URL with a host, got {prefix!r}"
+                raise ConfigError(problem, key=f"webhook_url_prefixes[{index}]")
+        if self.webhook_url_prefixes and not self.webhook_url_secret_env:
+            problem = "required with webhook_url_prefixes: the env var holding the secret that signs those webhooks"
+            raise ConfigError(problem, key="webhook_url_secret_env")
 
     def limits_for(self, workspace: str) -> Limits:
         """The workspace's limits: its own table's keys, else `[limits.default]`'s."""

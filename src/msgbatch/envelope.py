@@ -17,7 +17,6 @@ from typing import Any
 import msgspec
 
 from msgbatch.errors import InvalidRequestError
-from msgbatch.models import NORMAL, PRIORITY_CODES
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
@@ -27,10 +26,13 @@ class _Request(msgspec.Struct, gc=False):
     params: msgspec.Raw
 
 
-class _CreateBody(msgspec.Struct, gc=False):
+class CreateBody(msgspec.Struct, gc=False):
     requests: list[_Request]
-    # msgbatch's own: the batch's priority within its workspace (checked below, for a clear message).
-    priority: object = None
+    # Options beyond the hosted API, decoded as they came: msgbatch.batch_options checks them.
+    metadata: Any = None
+    fail_fast: Any = None
+    webhook_url: Any = None
+    priority: Any = None  # the batch's priority within its workspace (high, normal or low)
 
 
 class _Model(msgspec.Struct, gc=False):
@@ -39,7 +41,7 @@ class _Model(msgspec.Struct, gc=False):
     model: object = None
 
 
-_decoder = msgspec.json.Decoder(_CreateBody)
+_decoder = msgspec.json.Decoder(CreateBody)
 _model_decoder = msgspec.json.Decoder(_Model)
 _UTF8_SLICE = 1 << 20
 # A `\uD800`-`\uDBFF` escape not followed by a low one, or a `\uDC00`-`\uDFFF` not preceded by a
@@ -117,26 +119,9 @@ def _check_utf8(body: bytes | bytearray | memoryview) -> None:
         raise InvalidRequestError("The request body is not valid JSON: invalid UTF-8") from None
 
 
-class CreateBody(msgspec.Struct):
-    requests: list[_Request]
-    priority: int  # models.PRIORITY_CODES
-
-
-def parse_create(body: bytes | bytearray | memoryview, max_requests: int) -> CreateBody:
-    """Check the envelope of a create call, `priority` included; params stay as the raw bytes
-    they came as."""
-    parsed = _parse(body, max_requests)
-    priority = parsed.priority
-    if priority is None:
-        return CreateBody(parsed.requests, NORMAL)
-    if not isinstance(priority, str) or priority not in PRIORITY_CODES:
-        raise InvalidRequestError("priority: Input should be 'high', 'normal' or 'low'")
-    return CreateBody(parsed.requests, PRIORITY_CODES[priority])
-
-
 def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -> list[_Request]:
     """Check the envelope of a create call; params stay as the raw bytes they came as."""
-    return _parse(body, max_requests).requests
+    return parse_create(body, max_requests).requests
 
 
 class Models(msgspec.Struct):
@@ -178,7 +163,8 @@ def models_of(requests: Sequence[Any]) -> Models:
     return Models(list(keys), totals, runs)
 
 
-def _parse(body: bytes | bytearray | memoryview, max_requests: int) -> _CreateBody:
+def parse_create(body: bytes | bytearray | memoryview, max_requests: int) -> CreateBody:
+    """The envelope of a create call, checked, with its options (not checked: batch_options does)."""
     # The cyclic GC would walk 100k fresh objects several times during a big parse; it can't
     # find cycles here anyway.
     gc_was_enabled = gc.isenabled()

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -182,6 +182,25 @@ class Metrics:
             "Bytes of results (JSONL: results, and OpenAI output and error files) streamed to clients.",
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "msgbatch_webhook_deliveries",
+            "Webhook delivery attempts by this process, by event and outcome (delivered; failed: to be retried; "
+            "refused: the address policy forbids it; gave_up: no more retries).",
+            ("event", "outcome"),
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "msgbatch_webhook_delivery_duration_seconds",
+            "Time of each webhook delivery attempt.",
+            ("event",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.idempotent_replays = Counter(
+            "msgbatch_idempotent_replays",
+            "Create (or retry) calls answered with the batch an earlier call with the same Idempotency-Key made.",
+            registry=r,
+        )
         self.files_uploaded = Counter("msgbatch_files_uploaded", "Files uploaded (OpenAI Files API).", registry=r)
         self.file_bytes = Counter("msgbatch_file_upload_bytes", "Bytes of the files uploaded.", registry=r)
         self._in_flight: Callable[[], float] = lambda: 0
@@ -253,6 +272,11 @@ class Metrics:
         self.requests_accepted.labels(api).inc(batch.total)
         self.create_bytes.labels(api).inc(body_bytes)
         self.remember_batch(batch)
+
+    def webhook_delivery(self, event: str, outcome: str, seconds: float) -> None:
+        self.webhook_deliveries.labels(event, outcome).inc()
+        if outcome in ("delivered", "failed"):
+            self.webhook_latency.labels(event).observe(seconds)
 
     def file_uploaded(self, size: int) -> None:
         self.files_uploaded.inc()

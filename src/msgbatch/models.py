@@ -46,6 +46,14 @@ class Batch(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    # Features beyond the hosted API (shown on the batch object only when used).
+    retry_of: str | None = None  # the batch whose failed lines this one runs again
+    retried_by: str | None = None  # the latest batch that runs this one's failed lines again
+    cancel_reason: str | None = None  # "fail_fast" when the batch's fail-fast policy canceled it
+    abort_running: bool = False  # canceled with its running requests stopped too (a hard cancel)
+    fail_fast_min_results: int | None = None
+    fail_fast_max_error_rate: float | None = None
+    webhook_url: str | None = None
     priority: int = NORMAL
 
     @property

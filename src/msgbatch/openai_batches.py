@@ -39,7 +39,7 @@ from msgbatch.ids import OPENAI_BATCH_PREFIX, new_batch_id
 from msgbatch.manager import RESULTS_PAGE, BatchManager
 from msgbatch.models import CANCELED, ENDED, EXPIRED, IN_PROGRESS, Batch
 from msgbatch.results import openai_bulk_line
-from msgbatch.store.base import Row, Step, batch_from_row
+from msgbatch.store.base import BATCH_COLUMNS, Row, Step, batch_from_row
 
 __all__ = ["ERRORS", "OUTPUT", "OpenAIBatch", "OpenAIBatches", "OutputFile", "invalid_value", "missing_parameter"]
 
@@ -133,14 +133,14 @@ class OpenAIBatch(msgspec.Struct, frozen=True, kw_only=True):
 def _openai_batch(row: Row) -> OpenAIBatch:
     return OpenAIBatch(
         batch=batch_from_row(row),
-        endpoint=row[23],
-        input_file_id=row[24],
-        completion_window=row[25],
-        output_expires_after=row[26],
-        errors=row[27],
-        files_deleted=row[28],
-        output_bytes=row[29],
-        error_bytes=row[30],
+        endpoint=row[BATCH_COLUMNS],
+        input_file_id=row[BATCH_COLUMNS + 1],
+        completion_window=row[BATCH_COLUMNS + 2],
+        output_expires_after=row[BATCH_COLUMNS + 3],
+        errors=row[BATCH_COLUMNS + 4],
+        files_deleted=row[BATCH_COLUMNS + 5],
+        output_bytes=row[BATCH_COLUMNS + 6],
+        error_bytes=row[BATCH_COLUMNS + 7],
     )
 
 

@@ -425,10 +425,10 @@ def test_list_filters_by_status_and_metadata_and_sorts(
         shot(browser, "list-ended-sorted")
         Select(browser.find_element(By.ID, "filter-status")).select_by_value("in_progress")
         wait(browser, lambda b: listed(b) == [slow], what="only the running batch")
-        browser.find_element(By.ID, "filter-metadata").send_keys("team=nobody")
+        browser.find_element(By.ID, "metadata-query").send_keys("team=nobody")
         wait(browser, lambda b: b.find_element(By.ID, "empty").is_displayed(), what="no batch with that metadata")
         assert browser.find_element(By.ID, "empty").text == "No batches match these filters."
-        browser.find_element(By.ID, "filter-metadata").clear()
+        browser.find_element(By.ID, "metadata-query").clear()
         Select(browser.find_element(By.ID, "filter-status")).select_by_value("")
         wait(browser, lambda b: slow in listed(b) and small["id"] in listed(b), what="everything again")
         assert page_errors(browser) == []

@@ -52,8 +52,9 @@ from msgbatch.models import (
     Outcome,
 )
 from msgbatch.openai_batches import OpenAIBatch, OpenAIBatches
-from msgbatch.results import canceled_line, expired_line, openai_errored_line, openai_succeeded_line
+from msgbatch.results import canceled_line, errored_line, expired_line, openai_errored_line, openai_succeeded_line
 from msgbatch.store import open_store
+from msgbatch.store.base import Step
 from msgbatch.usage import TOKEN_KINDS, UsageReader
 
 HOUR = 3600 * 1_000_000
@@ -723,6 +724,314 @@ async def test_a_lost_claim_lapses_and_runs(manager: BatchManager) -> None:
     await check_consistent(manager, busy_batch)
 
 
+# -- batch features beyond the hosted API ------------------------------------------------------
+
+HOOK = {"url": "http://hooks.example/batches", "secret_env": "TEST_WEBHOOK_SECRET"}
+
+
+def options_body(n: int, prefix: str = "r", **options: Any) -> bytes:
+    requests = [{"custom_id": f"{prefix}{i}", "params": params_of(i)} for i in range(n)]
+    return msgspec.json.encode({"requests": requests, **options})
+
+
+async def test_options_are_kept_and_metadata_filters_lists(manager: BatchManager) -> None:
+    manager.settings = manager_for(manager.store, webhook_url_prefixes=["https://hooks.example/"],
+                                   webhook_url_secret_env="S").settings  # fmt: skip
+    plain = await make_batch(manager, 1)
+    tagged = await manager.create(
+        "w",
+        options_body(
+            2,
+            metadata={"team": "search", "env": "prod"},
+            fail_fast={"min_results": 10, "max_error_rate": 0.25},
+            webhook_url="https://hooks.example/b/1",
+        ),
+        "",
+    )
+    other = await manager.create("w", options_body(1, metadata={"team": "ads"}), "")
+    found = await manager.find(tagged.id)
+    assert found is not None and found == tagged
+    assert (found.fail_fast_min_results, found.fail_fast_max_error_rate) == (10, 0.25)
+    assert found.webhook_url == "https://hooks.example/b/1"
+    shown = manager.render(found, "http://x")
+    assert shown["metadata"] == {"team": "search", "env": "prod"}
+    assert shown["fail_fast"] == {"min_results": 10, "max_error_rate": 0.25}
+    # A batch that uses no option shows exactly the hosted API's keys.
+    assert "metadata" not in manager.render(plain, "http://x") and "fail_fast" not in manager.render(plain, "http://x")
+
+    async def listed(**filters: str) -> list[str]:
+        batches, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata=filters or None)
+        return [b.id for b in batches]
+
+    assert await listed(team="search") == [tagged.id]
+    assert await listed(team="search", env="prod") == [tagged.id]
+    assert await listed(team="search", env="dev") == []
+    assert await listed(team="ads") == [other.id]
+    assert await listed() == [other.id, tagged.id, plain.id]
+    page, more = await manager.list_batches("w", limit=1, after_id=None, before_id=plain.id, metadata={"team": "ads"})
+    assert [b.id for b in page] == [other.id] and not more
+
+
+async def test_idempotency_key_gives_back_the_same_batch(manager: BatchManager) -> None:
+    first, replayed = await manager.create_once("w", create_body(3), "", idempotency_key="k-1")
+    assert not replayed
+    again, replayed = await manager.create_once("w", create_body(3), "", idempotency_key="k-1")
+    assert replayed and again.id == first.id
+    with pytest.raises(Exception, match="different request") as refused:
+        await manager.create_once("w", create_body(4), "", idempotency_key="k-1")
+    assert getattr(refused.value, "status", None) == 409
+    # Keys are per workspace; without a key, every create is a new batch.
+    elsewhere, replayed = await manager.create_once("other", create_body(3), "", idempotency_key="k-1")
+    assert not replayed and elsewhere.id != first.id
+    assert (await manager.create("w", create_body(3), "")).id != first.id
+    batches, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=None)
+    assert len(batches) == 2
+    # After 24 h the key is forgotten (swept) and may be used again.
+    await manager.sweep(now_us() + 25 * HOUR)
+    later, replayed = await manager.create_once("w", create_body(4), "", idempotency_key="k-1")
+    assert not replayed and later.id != first.id
+
+
+async def test_racing_creates_with_one_key_make_one_batch(open_another: ManagerFactory) -> None:
+    """Several processes create with the same key at once: one batch; every caller gets it."""
+    managers = [await open_another() for _ in range(3)]
+    body = create_body(200)
+    results = await asyncio.gather(
+        *(m.create_once("w", body, "", idempotency_key="same") for m in managers for _ in range(2))
+    )
+    assert len({batch.id for batch, _ in results}) == 1
+    assert sum(not replayed for _, replayed in results) == 1
+    batches, _ = await managers[0].list_batches("w", limit=10, after_id=None, before_id=None)
+    assert len(batches) == 1
+    await check_consistent(managers[0], batches[0])
+
+
+async def _ended_with_mixed_results(manager: BatchManager) -> tuple[Batch, dict[str, str]]:
+    """r0..r5: succeeded, errored (overloaded), errored (invalid), succeeded, expired, errored (overloaded)."""
+    body = options_body(6, metadata={"team": "t"}, fail_fast={"min_results": 100, "max_error_rate": 0.9})
+    batch = await manager.create("w", body, "b1", {"anthropic-version": "2026-10-21"})
+    jobs = {j.custom_id: j for j in await claim_all(manager)}
+    kinds = {"r0": "ok", "r1": "overloaded_error", "r2": "invalid_request_error", "r3": "ok", "r5": "overloaded_error"}
+    outcomes = []
+    for cid, kind in kinds.items():
+        job = jobs[cid]
+        if kind == "ok":
+            outcomes.append(done(job))
+        else:
+            outcomes.append(Outcome(job.id, job.batch, ERRORED, errored_line(cid, kind, "no"), error_type=kind))
+    await manager.complete("w1", outcomes, now_us())
+    [ended] = await manager.expire_due(now_us() + 25 * HOUR)  # r4 never ran
+    assert ended == batch.id
+    return await check_consistent(manager, batch), kinds
+
+
+async def test_retry_makes_a_linked_batch_of_the_failed_lines(manager: BatchManager) -> None:
+    parent, _ = await _ended_with_mixed_results(manager)
+    child, replayed = await manager.retry("w", parent.id)
+    assert not replayed
+    assert child.retry_of == parent.id and child.total == 4
+    # Same custom_ids, params, betas, headers and options as the parent's lines.
+    jobs = {j.custom_id: j for j in await claim_all(manager) if j.batch == child.seq}
+    assert sorted(jobs) == ["r1", "r2", "r4", "r5"]
+    assert all(msgspec.json.decode(j.params) == params_of(int(j.custom_id[1:])) for j in jobs.values())
+    assert child.betas == "b1" and json.loads(child.headers) == {"anthropic-version": "2026-10-21"}
+    assert json.loads(child.metadata) == {"team": "t"} and child.fail_fast_min_results == 100
+    parent_now = await manager.find(parent.id)
+    assert parent_now is not None and parent_now.retried_by == child.id
+    # Only some types, and errors of some types.
+    only, _ = await manager.retry("w", parent.id, result_types=["errored"], error_types=["overloaded_error"])
+    only_jobs = sorted(j.custom_id for j in await claim_all(manager) if j.batch == only.seq)
+    assert only_jobs == ["r1", "r5"]
+    expired, _ = await manager.retry("w", parent.id, result_types=["expired"])
+    assert expired.total == 1
+    with pytest.raises(Exception, match="nothing to retry"):
+        await manager.retry("w", parent.id, result_types=["canceled"])
+    with pytest.raises(Exception, match="result_types"):
+        await manager.retry("w", parent.id, result_types=["bogus"])
+    with pytest.raises(Exception, match="has not ended"):
+        await manager.retry("w", child.id)
+    with pytest.raises(Exception, match="not found"):
+        await manager.retry("elsewhere", parent.id)
+
+
+async def test_retry_with_a_key_is_made_once(manager: BatchManager) -> None:
+    parent, _ = await _ended_with_mixed_results(manager)
+    child, _ = await manager.retry("w", parent.id, idempotency_key="retry-1")
+    again, replayed = await manager.retry("w", parent.id, idempotency_key="retry-1")
+    assert replayed and again.id == child.id
+    with pytest.raises(Exception, match="different request"):
+        await manager.retry("w", parent.id, result_types=["expired"], idempotency_key="retry-1")
+
+
+async def test_fail_fast_cancels_where_results_are_written(open_another: ManagerFactory) -> None:
+    """The process that writes the results that trip the policy cancels the batch, as a hard cancel."""
+    api, worker = await open_another(), await open_another()
+    canceled: list[Batch] = []
+    worker.on_canceled.append(canceled.append)
+    policy = {"min_results": 4, "max_error_rate": 0.5}
+    batch = await api.create("w", options_body(10, fail_fast=policy), "")
+    calm = await api.create("w", options_body(10, prefix="c", fail_fast={"min_results": 4, "max_error_rate": 0.9}), "")
+    jobs = await claim_all(worker, limit=100)
+    mine = [j for j in jobs if j.batch == batch.seq]
+    theirs = [j for j in jobs if j.batch == calm.seq]
+    # 3 results (below min_results), all errored: nothing yet.
+    await worker.complete("w1", [done(j, ERRORED) for j in mine[:3]] + [done(j, ERRORED) for j in theirs[:3]], now_us())
+    assert (await check_consistent(api, batch)).status == IN_PROGRESS
+    # The fourth: 3 of 4 errored > 0.5: canceled. The other policy (0.9) is not tripped.
+    await worker.complete("w1", [done(mine[3]), done(theirs[3])], now_us())
+    tripped = await check_consistent(api, batch)
+    assert (tripped.status, tripped.cancel_reason, tripped.abort_running) == (CANCELING, "fail_fast", True)
+    assert [b.id for b in canceled] == [batch.id] and canceled[0].abort_running
+    assert api.render(tripped, "http://x")["cancel_reason"] == "fail_fast"
+    assert await api.aborting([batch.seq, calm.seq]) == [batch.seq]
+    assert (await check_consistent(api, calm)).status == IN_PROGRESS
+    # The requests still running come back (stopped: canceled) and the batch ends.
+    assert await worker.complete("w1", [done(j, CANCELED) for j in mine[4:]], now_us()) == [batch.id]
+    final = await check_consistent(api, batch)
+    assert (final.status, final.errored, final.succeeded, final.canceled) == (ENDED, 3, 1, 6)
+
+
+async def test_hard_cancel_marks_the_batch_for_every_process(open_another: ManagerFactory) -> None:
+    api, worker = await open_another(), await open_another()
+    hard = await make_batch(api, 4, prefix="h")
+    soft = await make_batch(api, 4, prefix="s")
+    await claim_all(worker, limit=100)  # all running
+    assert (await api.cancel("w", hard.id, abort_running=True)).abort_running
+    assert not (await api.cancel("w", soft.id)).abort_running
+    assert await worker.aborting([hard.seq, soft.seq]) == [hard.seq]
+    # A canceling batch is upgraded by a cancel that asks for it.
+    upgraded = await api.cancel("w", soft.id, abort_running=True)
+    assert upgraded.status == CANCELING and upgraded.abort_running
+    assert "cancel_reason" not in api.render(upgraded, "http://x")
+
+
+async def deliveries_of(manager: BatchManager) -> list[tuple[str, str, str]]:
+    rows, _ = await manager.outbox.list("w", limit=1000)
+    return sorted((d["batch_id"], d["event"], d["source"]) for d in rows)
+
+
+async def test_webhook_events_are_written_with_their_transitions(open_another: ManagerFactory) -> None:
+    manager = await open_another(
+        webhooks=[HOOK, {**HOOK, "url": "http://other.example/", "workspace": "elsewhere"},
+                  {**HOOK, "url": "http://ended-only.example/", "events": ["message_batch.ended"]}],
+        webhook_url_prefixes=["http://mine.example/"], webhook_url_secret_env="BATCH_SECRET", expiry_seconds=3600,
+    )  # fmt: skip
+    done_batch = await make_batch(manager, 2, prefix="d")
+    running = await make_batch(manager, 2, prefix="r")
+    jobs = await claim_all(manager)
+    idle = await make_batch(manager, 2, prefix="i")
+    own = await manager.create("w", options_body(1, prefix="o", webhook_url="http://mine.example/hook"), "")
+    await manager.complete("w1", [done(j) for j in jobs if j.batch == done_batch.seq], now_us())
+    await manager.cancel("w", idle.id)  # nothing running: canceling and ended at once
+    await manager.cancel("w", running.id)  # still running: canceling now, ended later
+    ended, canceling = "message_batch.ended", "message_batch.canceling"
+    assert await deliveries_of(manager) == sorted([
+        (done_batch.id, ended, "config"), (done_batch.id, ended, "config"),
+        (idle.id, canceling, "config"), (idle.id, ended, "config"), (idle.id, ended, "config"),
+        (running.id, canceling, "config"),
+    ])  # fmt: skip
+    await manager.complete("w1", [done(j) for j in jobs if j.batch == running.seq], now_us())
+    await manager.expire_due(now_us() + 2 * HOUR)  # `own` expires
+    found = await deliveries_of(manager)
+    assert found.count((running.id, ended, "config")) == 2
+    assert (own.id, ended, "batch") in found and found.count((own.id, ended, "config")) == 2
+    # Nothing is written twice, however often the transitions are looked at again.
+    assert await manager.announce_pending(now_us()) == 0
+    assert len(await deliveries_of(manager)) == len(found) == 11
+
+
+async def test_webhook_deliveries_are_leased_retried_and_given_up(open_another: ManagerFactory) -> None:
+    a = await open_another(webhooks=[HOOK], webhook_retry_for=60)
+    b = await open_another(webhooks=[HOOK], webhook_retry_for=60)
+    batch = await make_batch(a, 1)
+    await a.cancel("w", batch.id)  # canceling + ended: two deliveries
+    now = now_us()
+    claimed = await a.outbox.claim("a", 10, now, now + SECOND)
+    assert len(claimed) == 2 and {d.event for d in claimed} == {"message_batch.canceling", "message_batch.ended"}
+    assert await b.outbox.claim("b", 10, now, now + SECOND) == []  # held by a
+    first, second = sorted(claimed, key=lambda d: d.id)
+    await a.outbox.delivered("a", first, 204, b'{"x":1}', now)
+    # a's lease on the second lapses; b takes it over and a's late record counts for nothing.
+    [taken] = await b.outbox.claim("b", 10, now + 2 * SECOND, now + 3 * SECOND)
+    assert taken.id == second.id
+    assert not await a.outbox.failed("a", second, status=500, error="late", body=b"{}", next_at=now)
+    assert not await b.outbox.failed("b", taken, status=503, error="busy", body=b'{"y":2}', next_at=now + 5 * SECOND)
+    [again] = await b.outbox.claim("b", 10, now + 5 * SECOND, now + 6 * SECOND)
+    assert (again.attempts, again.payload) == (1, b'{"y":2}')  # the body is fixed at the first attempt
+    assert await b.outbox.failed("b", again, status=None, error="refused", body=None, next_at=now + 120 * SECOND)
+    rows, _ = await a.outbox.list("w", limit=10)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[f"whdel_{first.id}"]["status"] == "delivered"
+    gave_up = by_id[f"whdel_{second.id}"]
+    assert (gave_up["status"], gave_up["attempts"], gave_up["last_error"]) == ("failed", 2, "refused")
+    assert (await a.outbox.list("w", limit=10, state="failed"))[0] == [gave_up]
+    assert (await a.outbox.list("w", limit=10, batch_id="nope"))[0] == []
+    # Redeliver: due again at once, with a fresh retry window; not from another workspace.
+    with pytest.raises(Exception, match="not found"):
+        await a.outbox.redeliver("other", gave_up["id"], now_us())
+    assert (await a.outbox.redeliver("w", gave_up["id"], now_us()))["status"] == "pending"
+    [redo] = await a.outbox.claim("a", 10, now_us(), now_us() + SECOND)
+    assert redo.id == second.id
+
+
+def blocking_backend() -> tuple[MockBackend, list[str], list[str]]:
+    """A backend whose calls never finish on their own; it notes each call, and each cut."""
+    started: list[str] = []
+    cut: list[str] = []
+
+    async def answer(params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        text = params["messages"][0]["content"]
+        started.append(text)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cut.append(text)
+            raise
+        raise AssertionError("unreachable")
+
+    return MockBackend(answer), started, cut
+
+
+@pytest.mark.parametrize("wake_up", ["signal", "poll"])
+async def test_dispatcher_hard_cancel_cuts_running_requests(open_another: ManagerFactory, wake_up: str) -> None:
+    """The process running the requests may not be the one that cancels: the running calls are cut
+    (a callback in one process, NOTIFY across processes, else the abort loop's look at the store),
+    they end `canceled`, and nothing more of the batch is sent."""
+    worker = await open_another()
+    api = worker if worker.store.single_process else await open_another()
+    if wake_up == "poll":
+        if worker.store.single_process:
+            pytest.skip("one process per SQLite file: the callback always reaches the dispatcher")
+        real_run = api.store.run
+
+        async def without_notify(*steps: Step, durable: bool = False) -> list[list[Any]]:
+            return await real_run(*(s for s in steps if s.name != "notify"), durable=durable)
+
+        api.store.run = without_notify  # type: ignore[method-assign]
+    backend, started, cut = blocking_backend()
+    dispatcher = Dispatcher(worker, Router([], backend), owner="w1", concurrency=2, poll_interval=0.05)
+    worker.on_canceled.append(dispatcher.batch_canceled)
+    batch = await make_batch(api, 6)
+    await dispatcher.start()
+    try:
+        await asyncio.wait_for(dispatcher._until(lambda: len(started) == 2), 10)
+        await api.cancel("w", batch.id, abort_running=True)
+
+        async def ended() -> bool:
+            found = await api.find(batch.id)
+            return found is not None and found.status == ENDED
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await ended():
+            assert asyncio.get_running_loop().time() < deadline, "the hard cancel did not reach the dispatcher"
+            await asyncio.sleep(0.05)
+    finally:
+        await dispatcher.stop(grace=0)
+    assert sorted(cut) == sorted(started) and len(started) == 2  # both cut, none sent after
+    final = await check_consistent(api, batch)
+    assert (final.canceled, final.succeeded, final.errored) == (6, 0, 0)
+
+
 # -- the OpenAI Batch API's rules, on the same engine ----------------------------------------
 
 CHAT = "/v1/chat/completions"
@@ -1211,13 +1520,13 @@ async def test_list_filters_by_status_and_metadata(manager: BatchManager) -> Non
         for i in range(5)
     ]
     await manager.cancel("w", made[0].id)  # nothing ran: it ends at once
-    page, more = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata=("team", "nlp"))
+    page, more = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata={"team": "nlp"})
     assert [b.id for b in page] == [made[4].id, made[2].id, made[0].id] and not more
     page, _ = await manager.list_batches(
-        "w", limit=10, after_id=None, before_id=None, status=IN_PROGRESS, metadata=("team", "nlp")
+        "w", limit=10, after_id=None, before_id=None, status=IN_PROGRESS, metadata={"team": "nlp"}
     )
     assert [b.id for b in page] == [made[4].id, made[2].id]
     page, more = await manager.list_batches("w", limit=1, after_id=None, before_id=made[0].id, status=IN_PROGRESS)
     assert [b.id for b in page] == [made[1].id] and more
-    page, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata=("team", "x"))
+    page, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata={"team": "x"})
     assert page == []

@@ -52,7 +52,7 @@ async def srv(tmp_path: Path) -> AsyncIterator[MsgBatchServer]:
     [
         ("manager.get", "GET", f"{B}/msgbatch_0000000000000000000000Zz"),
         ("manager.list_batches", "GET", B),
-        ("manager.create", "POST", B),
+        ("manager.create_once", "POST", B),
         ("manager.get", "GET", f"{B}/msgbatch_0000000000000000000000Zz/stats"),  # the dashboard's route
         ("metrics.render", "GET", "/metrics"),
     ],

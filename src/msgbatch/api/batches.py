@@ -1,10 +1,13 @@
-"""The /v1/messages/batches endpoints. `?beta=true` is accepted everywhere and changes nothing."""
+"""The /v1/messages/batches endpoints. `?beta=true` is accepted everywhere and changes nothing.
+
+Beyond the hosted API (README: "Beyond the hosted API"): an `Idempotency-Key` header on create,
+`?metadata[KEY]=VALUE` on list, `?abort_running=` on cancel, `?partial=true` on results.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -18,11 +21,10 @@ from msgbatch.envelope import parse_betas
 from msgbatch.errors import InvalidRequestError, NotFoundError
 from msgbatch.ids import is_batch_id
 from msgbatch.manager import NOT_FOUND, BatchManager
-from msgbatch.models import RESULT_CODES, STATUS_NAMES
+from msgbatch.models import RESULT_CODES, STATUS_NAMES, Batch
 
 JSON = "application/json"
 _INTEGER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
-_NOT_IN_A_KEY = re.compile(r'["\x00-\x1f\x7f]')
 # Request headers that belong to every request of a batch: kept with it, forwarded to backends.
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-user-profile-id")
 
@@ -61,11 +63,47 @@ async def create(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
     headers = {name: value for name in FORWARDED_HEADERS if (value := request.headers.get(name))}
+    betas = parse_betas(request.headers.getlist("anthropic-beta"))
+    key = request.headers.get("idempotency-key")
     async with create_body(request, manager.settings, request.app.state.create_budget) as body:
-        batch = await manager.create(workspace, body, parse_betas(request.headers.getlist("anthropic-beta")), headers)
+        batch, replayed = await manager.create_once(workspace, body, betas, headers, idempotency_key=key)
         size = len(body)
-    request.app.state.metrics.batch_created(batch, size)
-    return _json(manager.render(batch, base_url(request)))
+    return created(request, manager, batch, replayed, size)
+
+
+def created(request: Request, manager: BatchManager, batch: Batch, replayed: bool, size: int) -> Response:
+    """A new batch's answer; one an Idempotency-Key gave back says so in a header."""
+    metrics = request.app.state.metrics
+    if replayed:
+        metrics.idempotent_replays.inc()
+    else:
+        metrics.batch_created(batch, size)
+    response = _json(manager.render(batch, base_url(request)))
+    if replayed:
+        response.headers["idempotent-replayed"] = "true"
+    return response
+
+
+def bool_param(request: Request, name: str, default: bool = False) -> bool:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise InvalidRequestError(f"{name}: Input should be a valid boolean, unable to interpret input")
+
+
+def metadata_filter(request: Request) -> dict[str, str] | None:
+    """`?metadata[team]=search&metadata[env]=prod` -> {"team": "search", "env": "prod"}."""
+    found: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            found[name[len("metadata[") : -1]] = value
+        elif name.startswith("metadata"):
+            raise InvalidRequestError(f"{name}: filter by metadata as metadata[KEY]=VALUE")
+    return found or None
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
@@ -78,23 +116,14 @@ def _int_param(request: Request, name: str, default: int) -> int:
     return int(value)
 
 
-def _list_filters(request: Request) -> dict[str, Any]:
-    """Not part of the hosted API, for the dashboard: `status=ended`, `metadata=KEY=VALUE`."""
-    filters: dict[str, Any] = {}
+def status_filter(request: Request) -> int | None:
+    """Not part of the hosted API, for the dashboard: `?status=ended` lists only ended batches."""
     status = request.query_params.get("status")
-    if status:
-        if status not in STATUS_NAMES:
-            raise InvalidRequestError(f"status: Input should be one of {', '.join(STATUS_NAMES)}")
-        filters["status"] = STATUS_NAMES.index(status)
-    metadata = request.query_params.get("metadata")
-    if metadata:
-        key, sep, value = metadata.partition("=")
-        if not sep or not key:
-            raise InvalidRequestError("metadata: expected KEY=VALUE")
-        if _NOT_IN_A_KEY.search(key) or "\x00" in value:
-            raise InvalidRequestError("metadata: the key must not hold quotes or control characters, nor either a NUL")
-        filters["metadata"] = (key, value)
-    return filters
+    if not status:
+        return None
+    if status not in STATUS_NAMES:
+        raise InvalidRequestError(f"status: Input should be one of {', '.join(STATUS_NAMES)}")
+    return STATUS_NAMES.index(status)
 
 
 async def list_batches(request: Request) -> Response:
@@ -112,7 +141,8 @@ async def list_batches(request: Request) -> Response:
         limit=_int_param(request, "limit", 20),
         after_id=after_id,
         before_id=before_id,
-        **_list_filters(request),
+        metadata=metadata_filter(request),
+        status=status_filter(request),
     )
     base = base_url(request)
     return _json(
@@ -135,7 +165,8 @@ async def retrieve(request: Request) -> Response:
 async def cancel(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
-    batch = await manager.cancel(workspace, batch_id_of(request))
+    abort_running = bool_param(request, "abort_running", manager.settings.abort_running_on_cancel)
+    batch = await manager.cancel(workspace, batch_id_of(request), abort_running=abort_running)
     return _json(manager.render(batch, base_url(request)))
 
 
@@ -161,6 +192,7 @@ async def results(request: Request) -> Response:
         batch_id_of(request),
         result_type=result_type,
         custom_id=request.query_params.get("custom_id") or None,
+        partial=bool_param(request, "partial"),
     )
 
     counted = request.app.state.metrics.results_bytes

@@ -43,6 +43,7 @@ _WHY = {
     401: "No API key, or an unknown one.",
     403: "`anthropic-workspace-id` names another workspace than the key's.",
     404: "No such batch in this key's workspace (or no results yet).",
+    409: "The Idempotency-Key was already used for a different request (or its batch was deleted).",
     408: "The client stopped sending its body (`body_timeout`).",
     413: "The body (decoded) is over the size limit.",
     415: "A `Content-Encoding` other than gzip, deflate or identity.",
@@ -52,6 +53,29 @@ _WHY = {
     503: "The database does not answer (an API call: retry after `retry-after` seconds).",
 }
 _BATCH_ID = {"type": "string", "pattern": "^msgbatch_[0-9A-Za-z]{24}$"}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+    "description": "Not in the hosted API: the same key with the same body within 24 h gives back the same "
+    "batch (per workspace); with another body, 409.",
+}
+METADATA = {
+    "type": "object",
+    "maxProperties": 16,
+    "propertyNames": {"minLength": 1, "maxLength": 64},
+    "additionalProperties": {"type": "string", "maxLength": 512},
+}
+FAIL_FAST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["min_results", "max_error_rate"],
+    "properties": {
+        "min_results": {"type": "integer", "minimum": 1},
+        "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
 _REQUEST_ID_HEADER = {
     "description": "This request's id (error bodies repeat it).",
     "required": True,
@@ -174,14 +198,17 @@ def message_batches() -> Group:
         "description": "May be sent with `Content-Encoding: gzip` or `deflate`; the size limit applies to "
         "the decoded body.",
     }
+    created = response("The batch (an Idempotency-Key's earlier batch says so in `idempotent-replayed`).",
+                        ref("MessageBatch"))  # fmt: skip
+    created["headers"]["idempotent-replayed"] = {"required": False, "schema": {"const": "true"}}
     paths = {
         "/v1/messages/batches": {
             "post": operation(
                 "createMessageBatch",
                 "Create a batch",
-                batch,
-                (400, 401, 403, 408, 413, 415, 429, 500, 503),
-                parameters=[beta],
+                created,
+                (400, 401, 403, 408, 409, 413, 415, 429, 500, 503),
+                parameters=[beta, IDEMPOTENCY_KEY],
                 body=create_body,
             ),
             "get": operation(
@@ -198,12 +225,17 @@ def message_batches() -> Group:
                         {"type": "string", "enum": ["", "in_progress", "canceling", "ended"]},
                         "Not in the hosted API: only batches of this status.",
                     ),
-                    query(
-                        "metadata",
-                        {"type": "string", "pattern": '^([^"=\\u0000-\\u001f\\u007f]+=[^\\u0000]*)?$'},
-                        "Not in the hosted API: `KEY=VALUE`, only batches whose metadata has it.",
-                    ),
                     beta,
+                    {
+                        "name": "metadata",
+                        "in": "query",
+                        "required": False,
+                        "style": "deepObject",
+                        "explode": True,
+                        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "description": "Not in the hosted API: `metadata[KEY]=VALUE`, only the batches whose "
+                        "metadata has every pair given.",
+                    },
                 ],
             ),
         },
@@ -218,7 +250,22 @@ def message_batches() -> Group:
             ),
         },
         "/v1/messages/batches/{batch_id}/cancel": {
-            "post": operation("cancelMessageBatch", "Cancel a batch", batch, with_id, parameters=[batch_id, beta])
+            "post": operation(
+                "cancelMessageBatch",
+                "Cancel a batch",
+                batch,
+                with_id,
+                parameters=[
+                    batch_id,
+                    beta,
+                    query(
+                        "abort_running",
+                        {"type": "boolean"},
+                        "Not in the hosted API: also stop the requests running now (they end `canceled`). "
+                        "Default: the server's `abort_running_on_cancel`.",
+                    ),
+                ],
+            )
         },
         "/v1/messages/batches/{batch_id}/results": {
             "get": operation(
@@ -238,6 +285,11 @@ def message_batches() -> Group:
                         "Not in the hosted API: only results of this type.",
                     ),
                     query("custom_id", {"type": "string"}, "Not in the hosted API: only this request's result."),
+                    query(
+                        "partial",
+                        {"type": "boolean"},
+                        "Not in the hosted API: the results written so far of a batch still running.",
+                    ),
                 ],
             )
         },
@@ -279,6 +331,18 @@ def message_batches() -> Group:
                         },
                     },
                 },
+                # Not in the hosted API (null: not given).
+                "metadata": {**nullable(METADATA), "description": "Up to 16 string pairs."},
+                "fail_fast": {
+                    **nullable(FAIL_FAST),
+                    "description": "Cancel (stopping running requests) once `min_results` results are in and "
+                    "more than `max_error_rate` of them errored.",
+                },
+                "webhook_url": {
+                    "type": ["string", "null"],
+                    "maxLength": 2048,
+                    "description": "Signed webhooks go here; it must be under a prefix the server allows.",
+                },
                 "priority": {
                     "enum": ["high", "normal", "low", None],
                     "description": "Not in the hosted API: the batch's priority within its workspace (default normal).",
@@ -299,8 +363,6 @@ def message_batches() -> Group:
                 "cancel_initiated_at",
                 "archived_at",
                 "results_url",
-                "priority",
-                "usage",
             ],
             "properties": {
                 "id": _BATCH_ID,
@@ -318,8 +380,16 @@ def message_batches() -> Group:
                 "cancel_initiated_at": nullable(time),
                 "archived_at": nullable(time),
                 "results_url": nullable({"type": "string", "format": "uri"}),
-                "priority": {"enum": ["high", "normal", "low"], "description": "Not in the hosted API."},
-                "usage": {**ref("Tokens"), "description": "Not in the hosted API: of the succeeded requests so far."},
+                # Not in the hosted API: the succeeded requests' tokens so far, once there are some.
+                "usage": ref("Tokens"),
+                # Not in the hosted API: present only on a batch that uses the feature.
+                "metadata": METADATA,
+                "fail_fast": FAIL_FAST,
+                "webhook_url": {"type": "string"},
+                "retry_of": _BATCH_ID,
+                "retried_by": _BATCH_ID,
+                "cancel_reason": {"enum": ["fail_fast"]},
+                "priority": {"enum": ["high", "low"], "description": "Present when not normal."},
             },
         },
         "MessageBatchList": {
@@ -556,6 +626,120 @@ def teams() -> Group:
             "properties": {
                 "data": {"type": "array", "items": {"type": "object"}},
                 "next": nullable({"type": "integer", "minimum": 0}),
+            },
+        },
+    }
+    return paths, schemas
+
+
+def batch_features() -> Group:
+    """Not in the hosted API: the retry of failed lines, and webhook deliveries."""
+    with_id = (400, 401, 403, 404, 500, 503)
+    retry_body = {
+        "required": False,
+        "content": {"application/json": {"schema": ref("RetryMessageBatchParams")}},
+        "description": "Which lines to run again; none: errored and expired ones.",
+    }
+    time = {"type": "string", "format": "date-time"}
+    delivery_id = {"type": "string", "pattern": "^whdel_[0-9]{1,18}$"}
+    paths = {
+        "/v1/messages/batches/{batch_id}/retry": {
+            "post": operation(
+                "retryMessageBatch",
+                "A new batch of an ended batch's failed lines (`retry_of` it)",
+                response("The new batch.", ref("MessageBatch")),
+                (400, 401, 403, 404, 408, 409, 413, 415, 429, 500, 503),
+                parameters=[
+                    {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    IDEMPOTENCY_KEY,
+                ],
+                body=retry_body,
+            )
+        },
+        "/v1/webhooks/deliveries": {
+            "get": operation(
+                "listWebhookDeliveries",
+                "The workspace's webhook deliveries, newest first",
+                response("A page of deliveries.", ref("WebhookDeliveryList")),
+                (400, 401, 403, 500, 503),
+                parameters=[
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}, "Page size."),
+                    query(
+                        "after_id", {"type": "string", "pattern": "^(whdel_[0-9]{1,18})?$"}, "The page after this one."
+                    ),
+                    query("batch_id", {"type": "string"}, "Only this batch's deliveries."),
+                    query("status", {"enum": ["pending", "delivered", "failed"]}, "Only those in this state."),
+                ],
+            )
+        },
+        "/v1/webhooks/deliveries/{delivery_id}/redeliver": {
+            "post": operation(
+                "redeliverWebhook",
+                "Send a delivery again now, with a fresh retry window",
+                response("The delivery, pending.", ref("WebhookDelivery")),
+                with_id,
+                parameters=[{"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            )
+        },
+    }
+    schemas: dict[str, Schema] = {
+        "RetryMessageBatchParams": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "result_types": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"enum": ["succeeded", "errored", "canceled", "expired"]},
+                },
+                "error_types": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            },
+        },
+        "WebhookDelivery": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": [
+                "id",
+                "type",
+                "batch_id",
+                "event",
+                "event_at",
+                "url",
+                "source",
+                "status",
+                "attempts",
+                "created_at",
+                "next_attempt_at",
+                "delivered_at",
+                "last_status_code",
+                "last_error",
+            ],
+            "properties": {
+                "id": delivery_id,
+                "type": {"const": "webhook_delivery"},
+                "batch_id": {"type": "string"},
+                "event": {"enum": ["message_batch.ended", "message_batch.canceling"]},
+                "event_at": nullable(time),
+                "url": {"type": "string"},
+                "source": {"enum": ["config", "batch"]},
+                "status": {"enum": ["pending", "delivered", "failed"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "created_at": time,
+                "next_attempt_at": nullable(time),
+                "delivered_at": nullable(time),
+                "last_status_code": {"type": ["integer", "null"]},
+                "last_error": {"type": ["string", "null"]},
+            },
+        },
+        "WebhookDeliveryList": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["data", "has_more", "first_id", "last_id"],
+            "properties": {
+                "data": {"type": "array", "items": ref("WebhookDelivery")},
+                "has_more": {"type": "boolean"},
+                "first_id": nullable({"type": "string"}),
+                "last_id": nullable({"type": "string"}),
             },
         },
     }
@@ -881,7 +1065,7 @@ def openai_batches() -> Group:
     return paths, schemas
 
 
-GROUPS: list[Callable[[], Group]] = [server_paths, message_batches, openai_batches, teams]
+GROUPS: list[Callable[[], Group]] = [server_paths, message_batches, batch_features, openai_batches, teams]
 
 
 def document() -> Schema:

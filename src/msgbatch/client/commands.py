@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar
 
@@ -29,6 +30,7 @@ from msgbatch.client.openai_submit import MAX_REQUESTS as OPENAI_MAX_REQUESTS
 from msgbatch.client.openai_submit import bodies as openai_bodies
 from msgbatch.client.openai_submit import is_openai_file
 from msgbatch.client.openai_submit import plan as openai_plan
+from msgbatch.client.options import ResultsFollower, create_options, metadata_option
 from msgbatch.client.progress import Display, QuietDisplay, counts_of, done_total, wait_for
 from msgbatch.client.submit import (
     MAX_BYTES,
@@ -140,7 +142,8 @@ def _create(client: BatchesClient, planned: Any, spool: IO[bytes]) -> dict[str, 
     if isinstance(client, OpenAIBatchesClient):
         uploaded = client.upload(functools.partial(chunks, spool), planned.size, "batch_input.jsonl")
         return client.create_batch(str(uploaded["id"]), planned.url)
-    return client.create(functools.partial(chunks, spool), planned.size)
+    key = f"msgbatch-cli-{uuid.uuid4()}"  # one per body: a resend cannot make a second batch
+    return client.create(functools.partial(chunks, spool), planned.size, idempotency_key=key)
 
 
 def _print_json(value: object) -> None:
@@ -226,6 +229,14 @@ def _download(client: BatchesClient, batches: list[dict[str, Any]], output: str)
 )
 @click.option("--dry-run", is_flag=True, help="Check the file and show how it would be split; send nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output on stderr.")
+@metadata_option("Metadata of every batch made (msgbatch; repeatable).")
+@click.option(
+    "--fail-fast",
+    metavar="MIN_RESULTS:MAX_ERROR_RATE",
+    help="msgbatch: cancel a batch (and stop its running requests) once MIN_RESULTS results are in and more "
+    "than MAX_ERROR_RATE of them errored, e.g. 100:0.5.",
+)
+@click.option("--webhook-url", metavar="URL", help="msgbatch: a signed webhook to this URL when each batch ends.")
 @json_option
 @connection_options
 def submit(
@@ -240,6 +251,9 @@ def submit(
     fail_on_errors: bool,
     dry_run: bool,
     quiet: bool,
+    metadata: dict[str, str],
+    fail_fast: str | None,
+    webhook_url: str | None,
     as_json: bool,
     base_url: str,
     api_key: str | None,
@@ -253,10 +267,12 @@ def submit(
     each), and its results are written in that format (the output then the error file's lines).
     '-' reads standard input. Every line is checked before anything is sent; a file larger than
     one batch allows (--max-requests, --max-bytes) becomes several batches. The file is streamed,
-    never loaded whole.
+    never loaded whole. Each create carries an Idempotency-Key of its own: sent again after a
+    timeout (to msgbatch, which honours it), it cannot make a second batch.
     """
     if output == "-" and as_json:
         raise click.UsageError("--output - and --json would both write to stdout; pick one")
+    options = create_options(metadata, fail_fast, webhook_url)
     from_stdin = file == "-"
     if not from_stdin and (problem := is_readable(file)):
         raise CLIError(problem, EXIT_USAGE)
@@ -269,10 +285,12 @@ def submit(
         with _errors():
             the_plan: Any
             if openai_format:
+                if options:
+                    raise CLIError("--metadata, --fail-fast and --webhook-url are for Message Batches", EXIT_USAGE)
                 max_requests, max_bytes = min(max_requests, OPENAI_MAX_REQUESTS), min(max_bytes, OPENAI_MAX_BYTES)
                 the_plan = openai_plan(path, max_requests=max_requests, max_bytes=max_bytes)
             else:
-                the_plan = plan(path, max_requests=max_requests, max_bytes=max_bytes)
+                the_plan = plan(path, max_requests=max_requests, max_bytes=max_bytes, options=options)
             n = len(the_plan.batches)
             say(
                 f"{file}: {the_plan.requests:,} requests -> {n} batch{'es' if n > 1 else ''} "
@@ -340,6 +358,13 @@ def submit(
 @click.option("--poll-interval", type=Duration(), default=2.0, show_default=True, help="Seconds between status checks.")
 @click.option("--timeout", type=Duration(), default=None, help="Stop waiting after this long (exit 4).")
 @click.option("--fail-on-errors", is_flag=True, help="Exit 3 if any request errored, expired or was canceled.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="msgbatch: print each result (JSONL, to stdout) as it lands, while the batch runs; progress and the "
+    "final counts go to stderr.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output on stderr.")
 @json_option
 @connection_options
@@ -348,6 +373,7 @@ def watch(
     poll_interval: float,
     timeout: float | None,
     fail_on_errors: bool,
+    follow: bool,
     quiet: bool,
     as_json: bool,
     base_url: str,
@@ -358,12 +384,23 @@ def watch(
     openai = all(batch_id.startswith("batch_") for batch_id in batch_ids)
     if not openai and any(batch_id.startswith("batch_") for batch_id in batch_ids):
         raise click.UsageError("watch Message Batches (msgbatch_...) or OpenAI batches (batch_...), not both at once")
+    if follow and as_json:
+        raise click.UsageError("--follow prints the results as JSONL; --json has nothing to add")
+    if follow and openai:
+        raise click.UsageError("--follow is for Message Batches (msgbatch_...)")
     with _errors(), _client(base_url, api_key, openai=openai) as client:
-        final = _wait(client, list(batch_ids), quiet=quiet, poll_interval=poll_interval, timeout=timeout)
+        if follow:
+            display = QuietDisplay() if quiet else Display(sys.stderr, live=False)
+            final = wait_for(
+                client, list(batch_ids), display=display, poll_interval=poll_interval, timeout=timeout,
+                on_update=ResultsFollower(client, sys.stdout.buffer),
+            )  # fmt: skip
+        else:
+            final = _wait(client, list(batch_ids), quiet=quiet, poll_interval=poll_interval, timeout=timeout)
     if as_json:
         _print_json(final if len(final) > 1 else final[0])
     else:
-        click.echo(batches_table(final))
+        click.echo(batches_table(final), err=follow)
     if fail_on_errors and (bad := _not_succeeded(final)):
         raise CLIError(f"{bad:,} request{'s' if bad > 1 else ''} did not succeed", EXIT_FAILED_REQUESTS)
 
@@ -376,6 +413,7 @@ def watch(
 @click.option("--only", type=click.Choice(RESULT_TYPES), help="Only results of this type.")
 @click.option("--custom-id", help="Only the result with this custom_id.")
 @click.option("--output", "-o", metavar="FILE", help="Write the results (JSONL) to FILE.")
+@click.option("--partial", is_flag=True, help="msgbatch: the results written so far of a batch still running.")
 @json_option
 @connection_options
 def results(
@@ -383,24 +421,25 @@ def results(
     only: str | None,
     custom_id: str | None,
     output: str | None,
+    partial: bool,
     as_json: bool,
     base_url: str,
     api_key: str | None,
 ) -> None:
-    """Show or save the results of an ended batch.
+    """Show or save the results of an ended batch (with --partial, of a running one so far).
 
     A table by default (custom_id, result type, a one-line summary); --json prints the results
     lines themselves (JSONL, as the API returns them), --output saves them to a file.
     """
     with _errors(), _client(base_url, api_key) as client:
         batch = client.retrieve(batch_id)
-        if batch.get("processing_status") != "ended":
+        if batch.get("processing_status") != "ended" and not partial:
             done, total = done_total(batch)
             raise CLIError(
                 f"{batch_id} has not ended yet ({batch.get('processing_status')}, {done:,}/{total:,} done); "
-                f"wait for it with: msgbatch watch {batch_id}"
+                f"wait for it with: msgbatch watch {batch_id}, or see what is done with --partial"
             )
-        lines = client.results(batch_id, result_type=only, custom_id=custom_id)
+        lines = client.results(batch_id, result_type=only, custom_id=custom_id, partial=partial)
         count = 0
         if output or as_json:
             with _open_output(output or "-") as out:
@@ -437,13 +476,14 @@ def batches() -> None:
 @batches.command("list", epilog=EXIT_CODES)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
 @click.option("--all", "all_", is_flag=True, help="Every batch of the workspace (pages through them; ignores --limit).")
+@metadata_option("Only the batches with this metadata (msgbatch; repeatable: all must match).")
 @json_option
 @connection_options
-def list_(limit: int, all_: bool, as_json: bool, base_url: str, api_key: str | None) -> None:
+def list_(limit: int, all_: bool, metadata: dict[str, str], as_json: bool, base_url: str, api_key: str | None) -> None:
     """List the workspace's batches, newest first."""
     with _errors(), _client(base_url, api_key) as client:
         if all_:
-            data = list(client.iter_batches(1000))
+            data = list(client.iter_batches(1000, metadata or None))
             page: dict[str, Any] = {
                 "data": data,
                 "has_more": False,
@@ -451,7 +491,7 @@ def list_(limit: int, all_: bool, as_json: bool, base_url: str, api_key: str | N
                 "last_id": data[-1]["id"] if data else None,
             }
         else:
-            page = client.list(limit)
+            page = client.list(limit, metadata=metadata or None)
     if as_json:
         _print_json(page)
         return
@@ -476,12 +516,18 @@ def get(batch_id: str, as_json: bool, base_url: str, api_key: str | None) -> Non
 
 @batches.command("cancel", epilog=EXIT_CODES)
 @click.argument("batch_id")
+@click.option(
+    "--abort-running/--let-running-finish",
+    default=None,
+    help="msgbatch: also stop the requests running now (their upstream calls are cut; they end canceled), "
+    "or let them finish as the hosted API does.  [default: the server's abort_running_on_cancel]",
+)
 @json_option
 @connection_options
-def cancel(batch_id: str, as_json: bool, base_url: str, api_key: str | None) -> None:
+def cancel(batch_id: str, abort_running: bool | None, as_json: bool, base_url: str, api_key: str | None) -> None:
     """Cancel a batch: requests not started yet will not run."""
     with _errors(), _client(base_url, api_key) as client:
-        batch = client.cancel(batch_id)
+        batch = client.cancel(batch_id, abort_running=abort_running)
     _print_json(batch) if as_json else click.echo(batch_details(batch))
 
 
@@ -548,5 +594,7 @@ def usage(
 
 def register(group: click.Group) -> None:
     """Add the client commands to the `msgbatch` command group."""
-    for command in (submit, batches, results, watch, usage):
+    from msgbatch.client.feature_commands import retry, webhooks
+
+    for command in (submit, batches, results, watch, retry, webhooks, usage):
         group.add_command(command)

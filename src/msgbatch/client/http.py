@@ -30,9 +30,11 @@ EXIT_TIMEOUT = 4  # --timeout passed before the batches ended
 EXIT_NOT_FOUND = 5  # `results --custom-id` matched nothing
 
 # Statuses after which the same call may succeed: the server said so (429, 529, 503) or had a
-# transient failure. A create is only retried when the server cannot have stored it.
+# transient failure. A create is only retried when the server cannot have stored it, or when it
+# carries an Idempotency-Key that the server honours (then a second send gives back the first batch).
 _RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _RETRY_CREATE_STATUSES = frozenset({429, 503, 529})
+_RETRY_KEYED_CREATE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 
 class ClientError(Exception):
@@ -89,6 +91,7 @@ class BatchesClient:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self._sleep = sleep
+        self._keys_honoured: bool | None = None  # whether the server honours Idempotency-Key (msgbatch)
         headers = {
             "x-api-key": api_key,
             "anthropic-version": API_VERSION,
@@ -126,10 +129,11 @@ class BatchesClient:
         retry_statuses: frozenset[int] = _RETRY_STATUSES,
         timeout: float | None = None,
         content_type: str = "application/json",
+        idempotency_key: str | None = None,
     ) -> httpx.Response:
         attempt = 0
         while True:
-            headers = {}
+            headers = {"idempotency-key": idempotency_key} if idempotency_key else {}
             if body is not None:
                 headers["content-type"] = content_type
                 if size is not None:
@@ -156,12 +160,12 @@ class BatchesClient:
                     f"{method} {path}: the server did not answer in time ({type(exc).__name__})"
                 )
                 retry_after = None
-                if body is not None:  # it may have been stored: never send a create twice
-                    raise error from None
+                if body is not None and not self._may_send_again(idempotency_key):
+                    raise error from None  # it may have been stored: never send a create twice
             except httpx.HTTPError as exc:
                 error = ClientError(f"{method} {path}: {type(exc).__name__}: {exc}")
                 retry_after = None
-                if body is not None:
+                if body is not None and not self._may_send_again(idempotency_key):
                     raise error from None
             else:
                 if response.status_code < 400:
@@ -176,6 +180,19 @@ class BatchesClient:
             attempt += 1
             self._sleep(retry_after if retry_after is not None else min(8.0, 0.5 * 2 ** (attempt - 1)))
 
+    def _may_send_again(self, idempotency_key: str | None) -> bool:
+        """A body that may have been stored can go again only with a key the server honours:
+        msgbatch does (it answers its webhook deliveries endpoint); others may ignore the key."""
+        if not idempotency_key or self.max_retries == 0:
+            return False
+        if self._keys_honoured is None:
+            try:
+                probe = self._http.get("/v1/webhooks/deliveries", params={"limit": "1"}, timeout=10.0)
+                self._keys_honoured = probe.status_code == 200
+            except httpx.HTTPError:
+                return False  # unknown: do not guess
+        return self._keys_honoured
+
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self._send(method, path, **kwargs)
         try:
@@ -188,30 +205,76 @@ class BatchesClient:
 
     # -- the API -----------------------------------------------------------------------------
 
-    def create(self, body: Callable[[], Iterator[bytes]], size: int) -> dict[str, Any]:
-        """POST a create body streamed from `body()` (called again if the call is retried)."""
+    def create(
+        self, body: Callable[[], Iterator[bytes]], size: int, *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """POST a create body streamed from `body()` (called again if the call is retried). With an
+        `idempotency_key`, a create that timed out or failed is sent again (msgbatch gives back the
+        batch the first one made, if it made one)."""
         return self._json(
             "POST",
             "/v1/messages/batches",
             body=body,
             size=size,
-            retry_statuses=_RETRY_CREATE_STATUSES,
+            retry_statuses=_RETRY_KEYED_CREATE_STATUSES if idempotency_key else _RETRY_CREATE_STATUSES,
             timeout=600.0,
+            idempotency_key=idempotency_key,
         )
+
+    def retry(
+        self,
+        batch_id: str,
+        *,
+        result_types: list[str] | None = None,
+        error_types: list[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """msgbatch only: a new batch of the failed lines of an ended batch."""
+        selection: dict[str, list[str]] = {}
+        if result_types:
+            selection["result_types"] = result_types
+        if error_types:
+            selection["error_types"] = error_types
+        raw = msgspec.json.encode(selection)
+        return self._json(
+            "POST",
+            f"/v1/messages/batches/{quote(batch_id, safe='')}/retry",
+            body=lambda: iter([raw]),
+            size=len(raw),
+            retry_statuses=_RETRY_KEYED_CREATE_STATUSES if idempotency_key else _RETRY_CREATE_STATUSES,
+            idempotency_key=idempotency_key,
+        )
+
+    def deliveries(
+        self, *, limit: int = 20, batch_id: str | None = None, status: str | None = None, after_id: str | None = None
+    ) -> dict[str, Any]:
+        """msgbatch only: the workspace's webhook deliveries, newest first."""
+        params = {"limit": str(limit)}
+        for name, value in (("batch_id", batch_id), ("status", status), ("after_id", after_id)):
+            if value:
+                params[name] = value
+        return self._json("GET", "/v1/webhooks/deliveries", params=params)
+
+    def redeliver(self, delivery_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/webhooks/deliveries/{quote(delivery_id, safe='')}/redeliver")
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/messages/batches/{quote(batch_id, safe='')}")
 
-    def list(self, limit: int = 20, after_id: str | None = None) -> dict[str, Any]:
+    def list(
+        self, limit: int = 20, after_id: str | None = None, metadata: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         params = {"limit": str(limit)}
         if after_id:
             params["after_id"] = after_id
+        for key, value in (metadata or {}).items():  # msgbatch only: ?metadata[KEY]=VALUE
+            params[f"metadata[{key}]"] = value
         return self._json("GET", "/v1/messages/batches", params=params)
 
-    def iter_batches(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+    def iter_batches(self, page_size: int = 100, metadata: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
         after: str | None = None
         while True:
-            page = self.list(page_size, after)
+            page = self.list(page_size, after, metadata)
             yield from page.get("data", [])
             if not page.get("has_more") or not page.get("last_id"):
                 return
@@ -224,25 +287,30 @@ class BatchesClient:
             params["group_by"] = ",".join(group_by)
         return self._json("GET", "/v1/usage", params=params)
 
-    def cancel(self, batch_id: str) -> dict[str, Any]:
-        return self._json("POST", f"/v1/messages/batches/{quote(batch_id, safe='')}/cancel")
+    def cancel(self, batch_id: str, *, abort_running: bool | None = None) -> dict[str, Any]:
+        """With `abort_running` (msgbatch only), the running requests are stopped too."""
+        params = {"abort_running": str(abort_running).lower()} if abort_running is not None else None
+        return self._json("POST", f"/v1/messages/batches/{quote(batch_id, safe='')}/cancel", params=params)
 
     def delete(self, batch_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/messages/batches/{quote(batch_id, safe='')}")
 
     def results(
-        self, batch_id: str, *, result_type: str | None = None, custom_id: str | None = None
+        self, batch_id: str, *, result_type: str | None = None, custom_id: str | None = None, partial: bool = False
     ) -> Iterator[bytes]:
         """The batch's results lines (without their newline), streamed.
 
         msgbatch filters on the server (`?type=&custom_id=`, not part of the hosted API); other
-        servers ignore those parameters, so every line is checked here too.
+        servers ignore those parameters, so every line is checked here too. With `partial`
+        (msgbatch only), the results written so far of a batch still running.
         """
         params = {}
         if result_type:
             params["type"] = result_type
         if custom_id:
             params["custom_id"] = custom_id
+        if partial:
+            params["partial"] = "true"
         response = self._send(
             "GET", f"/v1/messages/batches/{quote(batch_id, safe='')}/results", params=params, stream=True
         )

@@ -61,13 +61,17 @@ class OpenAIBatchesClient(BatchesClient):
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/batches/{quote(batch_id, safe='')}")
 
-    def cancel(self, batch_id: str) -> dict[str, Any]:
+    def cancel(self, batch_id: str, *, abort_running: bool | None = None) -> dict[str, Any]:
+        if abort_running:
+            raise ClientError("a hard cancel (--abort-running) is for Message Batches (msgbatch_...)")
         return self._json("POST", f"/v1/batches/{quote(batch_id, safe='')}/cancel")
 
     def results(
-        self, batch_id: str, *, result_type: str | None = None, custom_id: str | None = None
+        self, batch_id: str, *, result_type: str | None = None, custom_id: str | None = None, partial: bool = False
     ) -> Iterator[bytes]:
         """The lines of an ended batch's output file, then of its error file (without newlines)."""
+        if partial:
+            raise ClientError("partial results (--partial) are for Message Batches (msgbatch_...)")
         batch = self.retrieve(batch_id)
         for key in ("output_file_id", "error_file_id"):
             if batch.get(key):

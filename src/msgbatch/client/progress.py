@@ -196,14 +196,18 @@ def wait_for(
     timeout: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Poll every batch until all have ended; returns their final state, in the order given."""
+    """Poll every batch until all have ended; returns their final state, in the order given.
+    `on_update` sees each batch as it is fetched (`watch --follow` prints its new results)."""
     start = clock()
     tracked: list[Tracked] = []
     for batch_id in batch_ids:
         t = Tracked(client.retrieve(batch_id))
         t.observe(t.batch, clock())
         tracked.append(t)
+        if on_update is not None:
+            on_update(t.batch)
     failures = 0
     while True:
         display.update(tracked, clock())
@@ -221,6 +225,8 @@ def wait_for(
             try:
                 t.observe(client.retrieve(t.id), clock())
                 failures = 0
+                if on_update is not None:
+                    on_update(t.batch)
             except ClientError as exc:
                 # A long wait outlives a restart of the server or a network blip: keep going a while.
                 failures += 1

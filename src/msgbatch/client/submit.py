@@ -102,11 +102,17 @@ class PlannedBatch:
 @dataclass
 class Plan:
     path: str
+    # Members the create body carries after "requests" (msgbatch's options: `,"metadata":{...}`).
+    options: bytes = b""
     batches: list[PlannedBatch] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
         return sum(b.requests for b in self.batches)
+
+    @property
+    def close(self) -> bytes:
+        return b"]" + self.options + b"}"
 
 
 def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -115,13 +121,15 @@ def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             yield lineno, raw
 
 
-def plan(path: str, *, max_requests: int = MAX_REQUESTS, max_bytes: int = MAX_BYTES) -> Plan:
-    """Check every line and decide where each batch starts; raises InputError naming bad lines."""
+def plan(path: str, *, max_requests: int = MAX_REQUESTS, max_bytes: int = MAX_BYTES, options: bytes = b"") -> Plan:
+    """Check every line and decide where each batch starts; raises InputError naming bad lines.
+    `options` are more members of every create body (`,"metadata":{...}`)."""
     problems: list[tuple[int, str]] = []
     more = 0
     seen: dict[str, int] = {}
-    result = Plan(path)
-    current = PlannedBatch()
+    result = Plan(path, options)
+    empty = len(_OPEN) + len(result.close)
+    current = PlannedBatch(size=empty)
     with open(path, "rb") as source:
         for lineno, raw in _lines(source):
             try:
@@ -129,7 +137,7 @@ def plan(path: str, *, max_requests: int = MAX_REQUESTS, max_bytes: int = MAX_BY
                 first = seen.setdefault(custom_id, lineno)
                 if first != lineno:
                     raise LineError(f"duplicate custom_id {custom_id!r} (first on line {first})")
-                alone = len(_OPEN) + len(item) + len(_CLOSE)
+                alone = empty + len(item)
                 if alone > max_bytes:
                     raise LineError(f"this request alone is {alone:,} bytes, over the per-batch limit of {max_bytes:,}")
             except LineError as exc:
@@ -141,7 +149,7 @@ def plan(path: str, *, max_requests: int = MAX_REQUESTS, max_bytes: int = MAX_BY
             added = len(item) + (1 if current.requests else 0)
             if current.requests and (current.requests >= max_requests or current.size + added > max_bytes):
                 result.batches.append(current)
-                current = PlannedBatch()
+                current = PlannedBatch(size=empty)
                 added = len(item)
             if not current.requests:
                 current.first_line = lineno
@@ -177,7 +185,7 @@ def bodies(the_plan: Plan) -> Iterator[tuple[PlannedBatch, IO[bytes]]]:
             spool.write(item)
             count += 1
             if count == batch.requests:
-                spool.write(_CLOSE)
+                spool.write(the_plan.close)
                 if spool.tell() != batch.size:
                     raise InputError(the_plan.path, [(lineno, "the file changed while it was being submitted")])
                 spool.seek(0)

@@ -55,6 +55,8 @@ def progress_cell(batch: dict[str, Any]) -> str:
 
 
 def batches_table(batches: Sequence[dict[str, Any]]) -> str:
+    """One batch a row; a METADATA column when some batch has metadata (msgbatch)."""
+    tagged = any(b.get("metadata") for b in batches)
     rows = []
     for b in batches:
         c = counts_of(b)
@@ -68,10 +70,11 @@ def batches_table(batches: Sequence[dict[str, Any]]) -> str:
                 f"{c['canceled']:,}",
                 f"{c['expired']:,}",
                 when(b.get("created_at")),
+                *([",".join(f"{k}={v}" for k, v in (b.get("metadata") or {}).items())] if tagged else []),
             ]
         )
     return table(
-        ["ID", "STATUS", "DONE", "SUCCEEDED", "ERRORED", "CANCELED", "EXPIRED", "CREATED"],
+        ["ID", "STATUS", "DONE", "SUCCEEDED", "ERRORED", "CANCELED", "EXPIRED", "CREATED", *(["METADATA"] * tagged)],
         rows,
         right=(2, 3, 4, 5, 6),
     )
@@ -93,6 +96,15 @@ def batch_details(batch: dict[str, Any]) -> str:
         ("archived_at", when(batch.get("archived_at"))),
         ("results_url", str(batch.get("results_url") or "-")),
     ]
+    # msgbatch's options, where the batch uses them
+    if batch.get("metadata"):
+        rows.append(("metadata", ", ".join(f"{k}={v}" for k, v in batch["metadata"].items())))
+    if batch.get("fail_fast"):
+        policy = batch["fail_fast"]
+        rows.append(("fail_fast", f"{policy.get('min_results')} results, {policy.get('max_error_rate')} error rate"))
+    for key in ("cancel_reason", "retry_of", "retried_by", "webhook_url"):
+        if batch.get(key):
+            rows.append((key, str(batch[key])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

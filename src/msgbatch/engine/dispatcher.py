@@ -10,6 +10,8 @@ runner       one request at a time: check, route, call the backend, make its out
 flush loop   writes outcomes in groups (one transaction per few hundred), conditional on the lease
 renew loop   extends the leases of exactly the requests this process holds
 expiry loop  stops a request still running when its batch expires
+abort loop   stops the requests running for a batch canceled with abort_running (hard cancel,
+             fail-fast), should this process have missed the wake-up that says so
 stop(grace)  stops claiming, lets running requests finish within `grace`, hands back the rest
 run_burst()  runs until nothing is claimable, running or unwritten, then stops (tests, tools)
 """
@@ -81,6 +83,7 @@ class Dispatcher:
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._held: set[int] = set()  # every request leased to this process: queued, running, unwritten
         self._expiring: set[int] = set()
+        self._aborting: set[int] = set()  # running requests stopped by a hard cancel
         self._done: list[Outcome] = []
         self._canceled: set[int] = set()
         self._contexts: dict[int, CallContext] = {}
@@ -125,14 +128,27 @@ class Dispatcher:
 
     def batch_canceled(self, batch: Batch) -> None:
         self._canceled.add(batch.seq)
+        if batch.abort_running:
+            self.abort(batch.seq)
 
     def on_notice(self, payload: str) -> None:
-        """A wake-up from another process: `work`, or `cancel:SEQ`."""
+        """A wake-up from another process: `work`, `cancel:SEQ` or `abort:SEQ` (a hard cancel)."""
         kind, _, seq = payload.partition(":")
-        if kind == "cancel" and seq.isdigit():
+        if kind in ("cancel", "abort") and seq.isdigit():
             self._canceled.add(int(seq))
+            if kind == "abort":
+                self.abort(int(seq))
         else:
             self.wake()
+
+    def abort(self, seq: int) -> None:
+        """Stop this batch's running requests: their upstream calls are cut (the connection
+        closed), and they end `canceled`."""
+        self._canceled.add(seq)
+        for job_id, (job, task) in list(self._running.items()):
+            if job.batch == seq and job_id not in self._aborting and job_id not in self._expiring:
+                self._aborting.add(job_id)
+                task.cancel()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -144,6 +160,7 @@ class Dispatcher:
             ("flush", self._flush_loop),
             ("renew", self._renew_loop),
             ("expiry", self._expiry_loop),
+            ("abort", self._abort_loop),
         ):
             self.supervisor.start(name, loop)
         self._runners = [
@@ -162,7 +179,8 @@ class Dispatcher:
         if self._running:
             # The queue is empty now: the runners finish what they run, and take nothing new.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._until(lambda: not self._running), grace)
+                async with asyncio.timeout(grace):
+                    await self._until(lambda: not self._running)
         for task in self._runners:
             task.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
@@ -184,7 +202,8 @@ class Dispatcher:
         meanwhile), then stop. Tests use it instead of sleeping."""
         await self.start()
         try:
-            await asyncio.wait_for(self._until_drained(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._until_drained()
         finally:
             await self.stop(grace=0)
 
@@ -201,7 +220,8 @@ class Dispatcher:
             self.wake()
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._changed.wait()
 
     def _quiet(self) -> bool:
         return not (self._running or self._queue.qsize() or self._done)
@@ -213,7 +233,8 @@ class Dispatcher:
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Wait until nothing is claimed, queued or waiting to be written (tests, benchmarks)."""
-        await asyncio.wait_for(self._until(self._quiet), timeout)
+        async with asyncio.timeout(timeout):
+            await self._until(self._quiet)
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -230,7 +251,8 @@ class Dispatcher:
             if not wanted:
                 self._slot.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot.wait(), slots.dry_for())
+                    async with asyncio.timeout(slots.dry_for()):
+                        await self._slot.wait()
                 continue
             now = now_us()
             try:
@@ -263,12 +285,16 @@ class Dispatcher:
             try:
                 outcome = await self._run(job)
             except asyncio.CancelledError:
-                if self._stopping or job.id not in self._expiring:
+                if self._stopping or (job.id not in self._expiring and job.id not in self._aborting):
                     raise
-                # The expiry watcher stopped this request: its batch's time is up.
-                self._expiring.discard(job.id)
                 task.uncancel()
-                outcome = Outcome(job.id, job.batch, EXPIRED, expired_line(job.custom_id))
+                if job.id in self._expiring:
+                    # The expiry watcher stopped this request: its batch's time is up.
+                    outcome = Outcome(job.id, job.batch, EXPIRED, expired_line(job.custom_id))
+                else:  # a hard cancel stopped it
+                    outcome = Outcome(job.id, job.batch, CANCELED, canceled_line(job.custom_id))
+                self._expiring.discard(job.id)
+                self._aborting.discard(job.id)
             except Exception as exc:  # a bug must cost one request, not the runner
                 log.exception("dispatcher.run_failed request=%d", job.id)
                 outcome = self._errored(job, "api_error", str(exc))
@@ -348,7 +374,8 @@ class Dispatcher:
                 await self._flushed.wait()
             # Let completions gather for a moment: one transaction per group, not per result.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.flush_interval)
+                async with asyncio.timeout(self.flush_interval):
+                    await self._flush_now.wait()
             self._flush_now.clear()
             try:
                 await self._flush()
@@ -406,6 +433,21 @@ class Dispatcher:
                 if now >= job.expires_at and job_id not in self._expiring:
                     self._expiring.add(job_id)
                     task.cancel()
+
+    async def _abort_loop(self) -> None:
+        """Where processes share the store, a hard cancel reaches the others by a wake-up that a
+        lost connection can miss: look every second at the batches of the requests running here."""
+        if self.manager.store.single_process:
+            return  # the manager's callbacks reach this dispatcher directly
+        while True:
+            await asyncio.sleep(max(self.poll_interval, 1.0))
+            running = {job.batch for job_id, (job, _) in self._running.items() if job_id not in self._aborting}
+            try:
+                aborting = await self.manager.aborting(sorted(running))
+            except ServiceUnavailableError:
+                continue  # the database is away; the store said so once
+            for seq in aborting:
+                self.abort(seq)
 
     async def _renew_loop(self) -> None:
         interval = self.lease_us / 1_000_000 / 3

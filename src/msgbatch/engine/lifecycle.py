@@ -1,5 +1,6 @@
 """Periodic batch housekeeping: expiry, retention (archiving), reaping of lapsed leases, expired
-uploaded files, and the store's own upkeep.
+uploaded files, webhook events any transition left unwritten, expired idempotency keys, and the
+store's own upkeep.
 
 Each step is a conditional transition per batch (the manager's rules), so several processes may
 run it at once without transitioning anything twice.
@@ -35,6 +36,8 @@ class Lifecycle:
         reaped = await self.manager.reap(now)
         if reaped:
             log.info("leases.reaped count=%d", reaped)
+        await self.manager.announce_pending(now)
+        await self.manager.sweep(now)
         for file_id in await self.files.expire_due(now):
             log.info("file.expired id=%s", file_id)
         await self.manager.store.tidy()

@@ -2,7 +2,8 @@
 for `msgbatch serve` (with the HTTP API in front) and `msgbatch worker` (without) alike.
 
     start: open the store (migrations) → recover stale leases (`serve` with its dispatcher on a
-           single-process store) → start the dispatcher → start the lifecycle
+           single-process store) → start the dispatcher → start the lifecycle → start webhook
+           delivery
     stop:  the reverse; what started is stopped even when a later step failed
 """
 
@@ -15,6 +16,7 @@ from msgbatch.backends.router import Router
 from msgbatch.config import Settings
 from msgbatch.engine.dispatcher import Dispatcher
 from msgbatch.engine.lifecycle import Lifecycle
+from msgbatch.engine.webhook_delivery import WebhookDelivery
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 from msgbatch.store import Store, open_store
@@ -51,6 +53,8 @@ class Runtime:
         self.metrics.watch_store(lambda: reader.gauges(self.backend_of))
         # Expiry, retention and lease reaping are safe to run in every process at once.
         self.lifecycle = Lifecycle(self.manager, interval=settings.lifecycle_interval)
+        # Webhooks are delivered by every process, API-only servers included.
+        self.webhooks = WebhookDelivery(self.manager, settings, metrics=self.metrics)
         # A `worker` never takes leases over at start, even on SQLite: they may belong to a live
         # process. Leases that ran out are reaped by the lifecycle.
         self.recover = recover
@@ -74,6 +78,8 @@ class Runtime:
                 self._stack.append("dispatcher")
             self.lifecycle.start()
             self._stack.append("lifecycle")
+            self.webhooks.start()
+            self._stack.append("webhooks")
         except BaseException:
             await self.stop()
             raise
@@ -82,7 +88,9 @@ class Runtime:
         """Stop what started, in reverse; running requests get `grace` seconds to finish."""
         while self._stack:
             part = self._stack.pop()
-            if part == "lifecycle":
+            if part == "webhooks":
+                await self.webhooks.stop()
+            elif part == "lifecycle":
                 await self.lifecycle.stop()
             elif part == "dispatcher" and self.dispatcher is not None:
                 await self.dispatcher.stop(self.settings.grace_seconds if grace is None else grace)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from msgbatch.models import NORMAL, Batch
+from msgbatch.models import Batch
 
 Row = tuple[Any, ...]
 
@@ -78,7 +78,11 @@ class Store(Protocol):
         ...
 
 
-# The batch columns every batch query selects, in this order (`priority` last).
+# The batch columns every batch query selects first, in this order (`priority` last; a dialect's
+# own come after).
+BATCH_COLUMNS = 31
+
+
 def batch_from_row(row: Sequence[Any]) -> Batch:
     return Batch(
         seq=row[0],
@@ -104,6 +108,12 @@ def batch_from_row(row: Sequence[Any]) -> Batch:
         output_tokens=row[20],
         cache_read_input_tokens=row[21],
         cache_creation_input_tokens=row[22],
-        # The last column of every batch query (after another dialect's own columns, if any).
-        priority=row[-1] if len(row) > 23 else NORMAL,
+        retry_of=row[23],
+        retried_by=row[24],
+        cancel_reason=row[25],
+        abort_running=bool(row[26]),
+        fail_fast_min_results=row[27],
+        fail_fast_max_error_rate=row[28],
+        webhook_url=row[29],
+        priority=row[30],
     )

@@ -32,6 +32,7 @@
     listRows: [],
     pages: [0], // positions of the result pages seen so far; the last is the page shown
     resultsNext: null,
+    metadata: "", // the list's metadata filter, as typed: "team=search, run=7"
   };
 
   // -- small helpers -------------------------------------------------------------------------
@@ -285,10 +286,14 @@
     return h("div", { class: "progress" }, bar, label);
   }
 
-  async function cancelBatch(id) {
-    if (!confirm(`Cancel batch ${id}? Requests not started yet will not run.`)) return;
+  async function cancelBatch(id, abortRunning = false) {
+    const what = abortRunning
+      ? `Cancel batch ${id} and stop its running requests? None of its requests will run any more.`
+      : `Cancel batch ${id}? Requests not started yet will not run.`;
+    if (!confirm(what)) return;
     try {
-      const batch = await api(`${batchPath(id)}/cancel`, { method: "POST" });
+      const query = abortRunning ? "?abort_running=true" : "";
+      const batch = await api(`${batchPath(id)}/cancel${query}`, { method: "POST" });
       notice(`Cancel requested for ${id}: now ${(batch.processing_status || batch.status).replace("_", " ")}.`);
       refreshNow();
     } catch (err) {
@@ -308,6 +313,24 @@
       reportError(err);
     }
   }
+
+  async function retryBatch(id) {
+    if (!confirm(`Run the errored and expired requests of ${id} again, as a new batch?`)) return;
+    try {
+      const child = await api(`/v1/messages/batches/${encodeURIComponent(id)}/retry`, { method: "POST" });
+      notice(`Created ${child.id}, a retry of ${id}.`);
+      location.hash = `#/batch/${child.id}`;
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  function metadataTags(b) {
+    const pairs = b.openai ? [] : Object.entries(b.metadata || {});
+    if (!pairs.length) return null;
+    return h("span", { class: "tags" }, ...pairs.map(([k, v]) => h("span", { class: "tag", text: `${k}=${v}` })));
+  }
+
 
   function refreshNow() {
     state.lastList = "";
@@ -344,23 +367,30 @@
       .map(([b]) => b);
   }
 
+  // "team=search, run=7" -> [["team", "search"], ["run", "7"]]
+  function metadataPairs() {
+    const pairs = [];
+    for (const part of state.metadata.split(",")) {
+      const [key, ...rest] = part.split("=");
+      if (key.trim() && rest.length) pairs.push([key.trim(), rest.join("=").trim()]);
+    }
+    return pairs;
+  }
+
   function listQuery() {
     const query = new URLSearchParams({ limit: String(PAGE) });
     const status = $("#filter-status").value;
-    const metadata = $("#filter-metadata").value.trim();
     if (status) query.set("status", status);
-    if (metadata) query.set("metadata", metadata.includes("=") ? metadata : `${metadata}=`);
+    for (const [key, value] of metadataPairs()) query.set(`metadata[${key}]`, value);
     return query;
   }
 
   // The OpenAI Batch API's list has no such filters: its batches are filtered here.
   function matchesFilters(b) {
     const status = $("#filter-status").value;
-    const metadata = $("#filter-metadata").value.trim();
     if (status && b.processing_status !== status) return false;
-    if (!metadata) return true;
-    const [key, ...rest] = metadata.split("=");
-    return ((b.openai && b.openai.metadata) || {})[key] === rest.join("=");
+    const metadata = (b.openai && b.openai.metadata) || {};
+    return metadataPairs().every(([key, value]) => metadata[key] === value);
   }
 
   function batchRow(b) {
@@ -381,6 +411,7 @@
         h("a", { href: `#/batch/${b.id}`, class: "mono", text: b.id }),
         " ",
         h("span", { class: "pill kind", text: b.kind || "Messages" }),
+        metadataTags(b),
       ),
       h("td", { class: "status" }, statusPill(b.processing_status)),
       h("td", { class: "wide" }, progressBar(c, b.processing_status)),
@@ -460,6 +491,7 @@
   }
 
   function listFiltersChanged() {
+    state.metadata = $("#metadata-query").value;
     state.older = [];
     state.lastList = "";
     refreshList().catch(reportError);
@@ -477,7 +509,7 @@
   function renderTimeline(b) {
     const events = [
       ["Created", b.created_at],
-      ["Cancel initiated", b.cancel_initiated_at],
+      [b.cancel_reason === "fail_fast" ? "Canceled by its fail-fast policy" : "Cancel initiated", b.cancel_initiated_at],
       ["Ended", b.ended_at],
       [
         !b.ended_at ? "Expires" : Date.parse(b.ended_at) >= Date.parse(b.expires_at) ? "Expired" : "Expiry (ended before)",
@@ -667,11 +699,33 @@
     );
     $("#cancel").hidden = b.processing_status === "ended";
     $("#cancel").disabled = b.processing_status === "canceling";
+    $("#abort").hidden = b.processing_status === "ended" || !!b.openai;
+    $("#retry").hidden = b.processing_status !== "ended" || !(c.errored + c.expired) || !!b.archived_at || !!b.openai;
+    renderOptions(b);
     $("#delete").hidden = b.processing_status !== "ended" || !!b.openai;
     $("#batch-kind").textContent = b.kind || "Messages";
     $("#download").hidden = !b.results_url || !!b.archived_at;
     renderTimeline(b);
     renderRate(b);
+  }
+
+  // What msgbatch's features add to a batch: metadata, fail-fast, links between retries, webhook.
+  function renderOptions(b) {
+    const link = (id) => h("a", { href: `#/batch/${id}`, class: "mono", text: id });
+    const rows = [];
+    if (metadataTags(b)) rows.push(["Metadata", metadataTags(b)]);
+    if (b.fail_fast) {
+      const f = b.fail_fast;
+      rows.push(["Fail fast", `after ${fmt(f.min_results)} results, above ${(100 * f.max_error_rate).toFixed(0)}% errored`]);
+    }
+    if (b.cancel_reason) rows.push(["Cancel reason", b.cancel_reason]);
+    if (b.retry_of) rows.push(["Retry of", link(b.retry_of)]);
+    if (b.retried_by) rows.push(["Retried by", link(b.retried_by)]);
+    if (b.webhook_url) rows.push(["Webhook", b.webhook_url]);
+    $("#options").replaceChildren(
+      ...rows.flatMap(([label, value]) => [h("dt", { text: label }), h("dd", { dataset: { option: label } }, value)]),
+    );
+    $("#options").hidden = rows.length === 0;
   }
 
   async function refreshDetail(id) {
@@ -695,10 +749,18 @@
       }
       return false; // nothing changes any more: stop polling
     }
-    $("#results-note").textContent = "Results are available once the batch has ended.";
-    $("#results tbody").replaceChildren();
-    $("#results-prev").disabled = $("#results-next").disabled = true;
-    $("#results-page").textContent = "";
+    if (b.openai) {
+      $("#results-note").textContent = "Results are available once the batch has ended.";
+      $("#results tbody").replaceChildren();
+      $("#results-prev").disabled = $("#results-next").disabled = true;
+      $("#results-page").textContent = "";
+      return true;
+    }
+    const { done } = totals(b.request_counts);
+    if (done !== state.partialDone) {
+      state.partialDone = done; // reload the page shown (results written so far) only when more are in
+      await loadResults(state.resultsPage || 0);
+    }
     return true;
   }
 
@@ -750,7 +812,9 @@
     const b = state.batch;
     const note = $("#results-note");
     const tbody = $("#results tbody");
-    if (!b || b.processing_status !== "ended") return;
+    if (!b) return;
+    const running = b.processing_status !== "ended";
+    if (running && b.openai) return;
     if (b.archived_at) {
       note.textContent = "This batch is archived: its results are no longer kept.";
       tbody.replaceChildren();
@@ -763,7 +827,7 @@
     const customId = $("#filter-custom-id").value.trim();
     if (type) query.set("type", type);
     if (customId) query.set("custom_id", customId);
-    note.textContent = "Loading…";
+    if (!running) note.textContent = "Loading…";
     const token = {};
     state.resultsToken = token;
     let page;
@@ -796,11 +860,13 @@
         ),
       ),
     );
-    const what = [type || "all results", customId ? `custom_id ${customId}` : ""].filter(Boolean).join(", ");
+    const what = [type || "all results", customId ? `custom_id ${customId}` : "", running ? "so far: still running" : ""]
+      .filter(Boolean)
+      .join(", ");
     const first = pageIndex * RESULTS_PAGE + 1;
     note.textContent = page.data.length === 0 ? `No results match (${what}).` : `Showing ${what}.`;
     $("#results-page").textContent = page.data.length
-      ? `${fmt(first)}–${fmt(first + page.data.length - 1)}${page.next === null ? ` of ${fmt(first + page.data.length - 1)}` : ""}`
+      ? `${fmt(first)}–${fmt(first + page.data.length - 1)}${page.next === null && !running ? ` of ${fmt(first + page.data.length - 1)}` : ""}`
       : "";
     $("#results-prev").disabled = pageIndex === 0;
     $("#results-next").disabled = page.next === null;
@@ -917,6 +983,7 @@
         state.route = id;
         state.samples = [];
         state.resultsLoadedFor = null;
+        state.partialDone = null;
         state.batch = null;
         $("#batch-id").textContent = id;
         $("#results tbody").replaceChildren();
@@ -942,6 +1009,8 @@
     $("#signout").addEventListener("click", () => signOut("Key forgotten."));
     $("#older").addEventListener("click", loadOlder);
     $("#cancel").addEventListener("click", () => state.batch && cancelBatch(state.batch.id));
+    $("#abort").addEventListener("click", () => state.batch && cancelBatch(state.batch.id, true));
+    $("#retry").addEventListener("click", () => state.batch && retryBatch(state.batch.id));
     $("#delete").addEventListener("click", () => state.batch && deleteBatch(state.batch.id));
     $("#download").addEventListener("click", download);
     // Filters apply as they change: no button to press.
@@ -954,12 +1023,13 @@
     $("#filter-custom-id").addEventListener("input", debounce(reloadResults, 250));
     $("#results-prev").addEventListener("click", () => loadResults(state.resultsPage - 1).catch(reportError));
     $("#results-next").addEventListener("click", () => loadResults(state.resultsPage + 1).catch(reportError));
-    $("#list-filter").addEventListener("submit", (event) => {
+    // The list's filters apply as they change (and on Enter or the button).
+    $("#metadata-filter").addEventListener("submit", (event) => {
       event.preventDefault();
       listFiltersChanged();
     });
     $("#filter-status").addEventListener("change", listFiltersChanged);
-    $("#filter-metadata").addEventListener("input", debounce(listFiltersChanged, 300));
+    $("#metadata-query").addEventListener("input", debounce(listFiltersChanged, 300));
     for (const th of document.querySelectorAll("#batches th[data-sort]")) {
       th.tabIndex = 0;
       th.addEventListener("click", () => sortBy(th.dataset.sort));

@@ -142,6 +142,59 @@ CREATE TABLE msgbatch.file_chunks (
 ALTER TABLE msgbatch.file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 
 -- name: migrate_5
+-- batch features: retries, hard cancel, fail-fast, per-batch webhooks; idempotency keys; the webhook outbox
+ALTER TABLE msgbatch.batches
+    ADD COLUMN retry_of text,
+    ADD COLUMN retried_by text,
+    ADD COLUMN cancel_reason text,
+    ADD COLUMN abort_running smallint NOT NULL DEFAULT 0,
+    ADD COLUMN fail_fast_min_results integer,
+    ADD COLUMN fail_fast_max_error_rate double precision,
+    ADD COLUMN webhook_url text,
+    -- The status whose webhook events are in the outbox: a transition moves `status` past it, and
+    -- the same transaction writes the events and catches it up (announce_events).
+    ADD COLUMN announced smallint NOT NULL DEFAULT 0;
+UPDATE msgbatch.batches SET announced = status;  -- nothing for the past
+CREATE INDEX batches_unannounced ON msgbatch.batches (seq) WHERE status > announced;
+-- Idempotency-Key of a create (or retry) call: per workspace, kept 24 h.
+CREATE TABLE msgbatch.idempotency_keys (
+    workspace text NOT NULL,
+    key text NOT NULL,
+    fingerprint text NOT NULL,
+    batch_id text NOT NULL,
+    created_at bigint NOT NULL,
+    PRIMARY KEY (workspace, key)
+);
+CREATE INDEX idempotency_keys_by_age ON msgbatch.idempotency_keys (created_at);
+-- The webhook outbox: one row per event and receiver. state 0: to deliver from `next_at` on (a
+-- process delivering it holds it as `owner` and has pushed `next_at` out by a lease), 1:
+-- delivered, 2: given up. `payload` is the body, fixed at the first attempt.
+CREATE TABLE msgbatch.webhook_deliveries (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    batch_id text NOT NULL,
+    workspace text NOT NULL,
+    event text NOT NULL,
+    event_at bigint NOT NULL,
+    url text NOT NULL,
+    secret_env text NOT NULL,
+    checked smallint NOT NULL,
+    state smallint NOT NULL DEFAULT 0,
+    attempts integer NOT NULL DEFAULT 0,
+    next_at bigint NOT NULL,
+    give_up_at bigint NOT NULL,
+    owner text,
+    payload bytea,
+    created_at bigint NOT NULL,
+    delivered_at bigint,
+    last_status integer,
+    last_error text
+);
+CREATE INDEX webhook_deliveries_due ON msgbatch.webhook_deliveries (next_at) WHERE state = 0;
+CREATE INDEX webhook_deliveries_by_workspace ON msgbatch.webhook_deliveries (workspace, id);
+CREATE INDEX webhook_deliveries_by_batch ON msgbatch.webhook_deliveries (batch_id);
+CREATE INDEX webhook_deliveries_done ON msgbatch.webhook_deliveries (created_at) WHERE state > 0;
+
+-- name: migrate_6
 -- many teams: batch priority; each request's model; outcomes per batch, model, backend and error type; usage per workspace, model and hour; throughput per batch
 -- priority: 0 high, 1 normal, 2 low
 ALTER TABLE msgbatch.batches ADD COLUMN priority smallint NOT NULL DEFAULT 1;
@@ -224,14 +277,18 @@ FROM generate_series(%(first)s::int8, %(stop)s::int8 - 1) AS g;
 -- name: get_batch
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM msgbatch.batches WHERE id = %(id)s;
 
 -- name: list_batches
 -- A workspace's batches between `lower` and `upper` (one API's id prefix), newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s
 ORDER BY id DESC LIMIT %(limit)s;
 
@@ -239,7 +296,9 @@ ORDER BY id DESC LIMIT %(limit)s;
 -- A workspace's batches newer than `lower`, oldest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s ORDER BY id LIMIT %(limit)s;
 
 -- name: mark_canceling
@@ -572,8 +631,9 @@ WHERE id = %(id)s;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
-       output_bytes, error_bytes, priority
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
 FROM msgbatch.batches WHERE id = %(id)s;
 
 -- name: list_openai_batches
@@ -581,8 +641,9 @@ FROM msgbatch.batches WHERE id = %(id)s;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
-       output_bytes, error_bytes, priority
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
 FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s
 ORDER BY id DESC LIMIT %(limit)s;
 
@@ -592,8 +653,9 @@ ORDER BY id DESC LIMIT %(limit)s;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
-       output_bytes, error_bytes, priority
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
 FROM msgbatch.batches
 WHERE workspace = %(workspace)s AND endpoint <> '' AND status = 2 AND archived_at IS NULL
   AND (ended_at, id) < (%(at)s, %(batch_id)s)
@@ -604,8 +666,9 @@ ORDER BY ended_at DESC, id DESC LIMIT %(limit)s;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
-       output_bytes, error_bytes, priority
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
 FROM msgbatch.batches
 WHERE workspace = %(workspace)s AND endpoint <> '' AND status = 2 AND archived_at IS NULL
   AND (ended_at, id) > (%(at)s, %(batch_id)s)
@@ -674,6 +737,175 @@ SELECT id FROM gone;
 
 -- name: expired_files
 SELECT id FROM msgbatch.files WHERE expires_at <= %(now)s ORDER BY expires_at LIMIT 100;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Batch features beyond the hosted API: options, retries, hard cancel, fail-fast, idempotency
+-- keys, metadata filters, the webhook outbox
+
+-- name: set_batch_options
+-- In the create transaction of a batch that uses an option.
+UPDATE msgbatch.batches
+SET retry_of = %(retry_of)s::text, fail_fast_min_results = %(fail_fast_min_results)s::int4,
+    fail_fast_max_error_rate = %(fail_fast_max_error_rate)s::float8, webhook_url = %(webhook_url)s::text
+WHERE id = %(id)s;
+
+-- name: copy_requests
+-- A retry batch's requests: those of `ids` (another batch's), in that order, from id `first` on.
+INSERT INTO msgbatch.requests (id, custom_id, params)
+SELECT %(first)s::int8 + o.n - 1, r.custom_id, r.params
+FROM unnest(%(ids)s::int8[]) WITH ORDINALITY AS o(id, n)
+CROSS JOIN LATERAL (SELECT custom_id, params FROM msgbatch.requests WHERE id = o.id) AS r;
+
+-- name: set_retried_by
+UPDATE msgbatch.batches SET retried_by = %(child)s WHERE seq = %(seq)s;
+
+-- name: mark_abort_running
+-- A cancel that also stops the requests running now (a canceling batch may be upgraded to it).
+UPDATE msgbatch.batches SET abort_running = 1
+WHERE seq = %(seq)s AND status = 1 AND abort_running = 0 RETURNING seq;
+
+-- name: aborting_batches
+-- Of the batches listed, those whose running requests are to be stopped.
+SELECT seq FROM msgbatch.batches WHERE seq = ANY(%(seqs)s::int8[]) AND status = 1 AND abort_running = 1;
+
+-- name: fail_fast
+-- Of the batches listed (locked, their new results counted), those in progress whose fail-fast
+-- policy trips — at least `min_results` results, more than `max_error_rate` of them errored,
+-- requests still to run — are canceled as a hard cancel, saying why.
+UPDATE msgbatch.batches
+SET status = 1, cancel_initiated_at = %(now)s, cancel_reason = 'fail_fast', abort_running = 1
+WHERE seq = ANY(%(seqs)s::int8[]) AND status = 0 AND processing > 0
+  AND fail_fast_min_results IS NOT NULL AND succeeded + errored >= fail_fast_min_results
+  AND errored > fail_fast_max_error_rate * (succeeded + errored)
+RETURNING seq, id;
+
+-- name: find_idempotency_key
+SELECT fingerprint, batch_id FROM msgbatch.idempotency_keys
+WHERE workspace = %(workspace)s AND key = %(key)s AND created_at >= %(cutoff)s;
+
+-- name: claim_idempotency_key
+-- First in the create transaction: a second create with the same key waits here for the first to
+-- commit, then fails on the primary key and rolls back whole. An expired key makes room first.
+DELETE FROM msgbatch.idempotency_keys WHERE workspace = %(workspace)s AND key = %(key)s AND created_at < %(cutoff)s;
+INSERT INTO msgbatch.idempotency_keys (workspace, key, fingerprint, batch_id, created_at)
+VALUES (%(workspace)s, %(key)s, %(fingerprint)s, %(batch_id)s, %(now)s);
+
+-- name: forget_idempotency_keys
+DELETE FROM msgbatch.idempotency_keys WHERE created_at < %(cutoff)s;
+
+-- name: list_batches_matching
+-- A workspace's batches between `lower` and `upper` (one API's id prefix) whose metadata holds
+-- every pair of `metadata` (a JSON object) and, when `status` is set, of that status, newest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
+FROM msgbatch.batches
+WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s AND metadata::jsonb @> %(metadata)s::jsonb
+  AND (%(status)s::int2 IS NULL OR status = %(status)s::int2)
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: list_batches_matching_before
+-- A workspace's batches newer than `lower` whose metadata holds every pair of `metadata`, oldest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
+FROM msgbatch.batches
+WHERE workspace = %(workspace)s AND id > %(lower)s AND metadata::jsonb @> %(metadata)s::jsonb
+  AND (%(status)s::int2 IS NULL OR status = %(status)s::int2)
+ORDER BY id LIMIT %(limit)s;
+
+-- name: announce_events
+-- Batches whose status moved past `announced`: their webhook events go to the outbox, one row per
+-- event and receiver — each configured webhook (`urls`, `secret_envs`, `workspaces` ('' for all)
+-- and `events` (comma-separated, '' for all), side by side) and the batch's own webhook_url
+-- (signed with `batch_secret_env`, its address checked at delivery) — and `announced` catches up.
+-- A batch canceled while idle ends at once: both of its events. Rows other transactions hold are
+-- skipped, not waited for: those transactions announce their own batches (the lifecycle catches
+-- any that a path missed); the batches this transaction changed are its own to lock.
+WITH due AS (
+    SELECT seq, id, workspace, status, announced, cancel_initiated_at, ended_at, webhook_url, endpoint
+    FROM msgbatch.batches WHERE status > announced
+    ORDER BY seq
+    FOR NO KEY UPDATE SKIP LOCKED
+), events AS (
+    SELECT d.id, d.workspace, d.webhook_url, e.name AS event,
+           CASE e.status WHEN 1 THEN d.cancel_initiated_at ELSE d.ended_at END AS event_at
+    FROM due AS d
+    JOIN (VALUES (1, 'message_batch.canceling'), (2, 'message_batch.ended')) AS e(status, name)
+      ON e.status > d.announced AND e.status <= d.status AND (e.status = 2 OR d.cancel_initiated_at IS NOT NULL)
+    WHERE d.endpoint = ''  -- Message Batches: the OpenAI dialect's have no webhooks
+), targets AS (
+    SELECT * FROM unnest(%(urls)s::text[], %(secret_envs)s::text[], %(workspaces)s::text[], %(events)s::text[])
+        AS t(url, secret_env, workspace, events)
+), written AS (
+    INSERT INTO msgbatch.webhook_deliveries
+        (batch_id, workspace, event, event_at, url, secret_env, checked, next_at, give_up_at, created_at)
+    SELECT ev.id, ev.workspace, ev.event, ev.event_at, t.url, t.secret_env, 0, %(now)s, %(give_up_at)s, %(now)s
+    FROM events AS ev JOIN targets AS t
+      ON (t.workspace = '' OR t.workspace = ev.workspace)
+     AND (t.events = '' OR position(',' || ev.event || ',' IN ',' || t.events || ',') > 0)
+    UNION ALL
+    SELECT ev.id, ev.workspace, ev.event, ev.event_at, ev.webhook_url, %(batch_secret_env)s, 1, %(now)s,
+           %(give_up_at)s, %(now)s
+    FROM events AS ev WHERE ev.webhook_url IS NOT NULL
+)
+UPDATE msgbatch.batches AS b SET announced = b.status FROM due WHERE b.seq = due.seq
+RETURNING b.id;
+
+-- name: claim_webhook_deliveries
+-- Deliveries due now, held by `owner`: `next_at` moves to the end of the lease, so that one whose
+-- process died is due again then. Rows others are claiming are skipped.
+UPDATE msgbatch.webhook_deliveries SET owner = %(owner)s, next_at = %(until)s
+WHERE id = ANY(ARRAY(
+    SELECT id FROM msgbatch.webhook_deliveries WHERE state = 0 AND next_at <= %(now)s
+    ORDER BY next_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING id, batch_id, workspace, event, event_at, url, secret_env, checked, attempts, payload, give_up_at;
+
+-- name: webhook_delivered
+UPDATE msgbatch.webhook_deliveries
+SET state = 1, delivered_at = %(now)s, attempts = attempts + 1, last_status = %(status)s::int4, last_error = NULL,
+    payload = coalesce(payload, %(payload)s::bytea), owner = NULL
+WHERE id = %(id)s AND owner = %(owner)s AND state = 0;
+
+-- name: webhook_failed
+-- An attempt failed: try again from `next_at`, unless that is past `give_up_at` or it is `final`.
+UPDATE msgbatch.webhook_deliveries
+SET attempts = attempts + 1, last_status = %(status)s::int4, last_error = %(error)s::text,
+    payload = coalesce(payload, %(payload)s::bytea), owner = NULL, next_at = %(next_at)s,
+    state = CASE WHEN %(final)s::boolean OR %(next_at)s::int8 > give_up_at THEN 2 ELSE 0 END
+WHERE id = %(id)s AND owner = %(owner)s AND state = 0
+RETURNING state;
+
+-- name: list_webhook_deliveries
+-- A workspace's deliveries older than `before`, newest first; `batch_id` and `state` filter when set.
+SELECT id, batch_id, event, event_at, url, checked, state, attempts, next_at, give_up_at, created_at, delivered_at,
+       last_status, last_error
+FROM msgbatch.webhook_deliveries
+WHERE workspace = %(workspace)s AND id < %(before)s
+  AND (%(batch_id)s::text IS NULL OR batch_id = %(batch_id)s::text)
+  AND (%(state)s::int2 IS NULL OR state = %(state)s::int2)
+ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: get_webhook_delivery
+SELECT id, batch_id, event, event_at, url, checked, state, attempts, next_at, give_up_at, created_at, delivered_at,
+       last_status, last_error
+FROM msgbatch.webhook_deliveries WHERE id = %(id)s AND workspace = %(workspace)s;
+
+-- name: redeliver_webhook
+-- Due now again, with a fresh retry window (whatever its state).
+UPDATE msgbatch.webhook_deliveries SET state = 0, next_at = %(now)s, give_up_at = %(give_up_at)s, owner = NULL
+WHERE id = %(id)s AND workspace = %(workspace)s
+RETURNING id;
+
+-- name: forget_webhook_deliveries
+DELETE FROM msgbatch.webhook_deliveries WHERE state > 0 AND created_at < %(cutoff)s;
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -763,25 +995,3 @@ WHERE b.status < 2;
 
 -- name: batches_by_status
 SELECT status, count(*) FROM msgbatch.batches GROUP BY status;
-
--- name: list_batches_where
--- A workspace's batches between `lower` and `upper`, newest first, of one status and/or with one
--- metadata key set to a value (each filter unset when NULL).
-SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
-FROM msgbatch.batches
-WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s AND (%(status)s::int2 IS NULL OR status = %(status)s::int2)
-  AND (%(meta_key)s::text IS NULL OR metadata::jsonb ->> %(meta_key)s::text = %(meta_value)s::text)
-ORDER BY id DESC LIMIT %(limit)s;
-
--- name: list_batches_where_before
--- A workspace's batches between `lower` and `upper`, oldest first, with the filters of
--- list_batches_where.
-SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
-FROM msgbatch.batches
-WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s AND (%(status)s::int2 IS NULL OR status = %(status)s::int2)
-  AND (%(meta_key)s::text IS NULL OR metadata::jsonb ->> %(meta_key)s::text = %(meta_value)s::text)
-ORDER BY id LIMIT %(limit)s;

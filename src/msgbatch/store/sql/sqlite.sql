@@ -148,6 +148,58 @@ CREATE TABLE file_chunks (
 );
 
 -- name: migrate_5
+-- batch features: retries, hard cancel, fail-fast, per-batch webhooks; idempotency keys; the webhook outbox
+ALTER TABLE batches ADD COLUMN retry_of TEXT;
+ALTER TABLE batches ADD COLUMN retried_by TEXT;
+ALTER TABLE batches ADD COLUMN cancel_reason TEXT;
+ALTER TABLE batches ADD COLUMN abort_running INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN fail_fast_min_results INTEGER;
+ALTER TABLE batches ADD COLUMN fail_fast_max_error_rate REAL;
+ALTER TABLE batches ADD COLUMN webhook_url TEXT;
+-- The status whose webhook events are in the outbox: a transition moves `status` past it, and the
+-- same transaction writes the events and catches it up (announce_events). Nothing for the past.
+ALTER TABLE batches ADD COLUMN announced INTEGER NOT NULL DEFAULT 0;
+UPDATE batches SET announced = status;
+CREATE INDEX batches_unannounced ON batches (seq) WHERE status > announced;
+-- Idempotency-Key of a create (or retry) call: per workspace, kept 24 h.
+CREATE TABLE idempotency_keys (
+    workspace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (workspace, key)
+);
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+-- The webhook outbox: one row per event and receiver. state 0: to deliver from `next_at` on (a
+-- process delivering it holds it as `owner` and has pushed `next_at` out by a lease), 1:
+-- delivered, 2: given up. `payload` is the body, fixed at the first attempt.
+CREATE TABLE webhook_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    event TEXT NOT NULL,
+    event_at INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    secret_env TEXT NOT NULL,
+    checked INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    give_up_at INTEGER NOT NULL,
+    owner TEXT,
+    payload BLOB,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER,
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_at) WHERE state = 0;
+CREATE INDEX webhook_deliveries_by_workspace ON webhook_deliveries (workspace, id);
+CREATE INDEX webhook_deliveries_by_batch ON webhook_deliveries (batch_id);
+CREATE INDEX webhook_deliveries_done ON webhook_deliveries (created_at) WHERE state > 0;
+
+-- name: migrate_6
 -- many teams: batch priority; each request's model; outcomes per batch, model, backend and error type; usage per workspace, model and hour; throughput per batch
 -- 0 high, 1 normal, 2 low
 ALTER TABLE batches ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
@@ -230,21 +282,27 @@ SELECT id, (SELECT seq FROM batches WHERE id = :batch_id) FROM requests WHERE id
 -- inline
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM batches WHERE id = :id;
 
 -- name: list_batches
 -- A workspace's batches between `lower` and `upper` (one API's id prefix), newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER BY id DESC LIMIT :limit;
 
 -- name: list_batches_before
 -- A workspace's batches newer than `lower`, oldest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM batches WHERE workspace = :workspace AND id > :lower ORDER BY id LIMIT :limit;
 
 -- name: mark_canceling
@@ -480,8 +538,9 @@ WHERE id = :id;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
-       output_bytes, error_bytes, priority
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
 FROM batches WHERE id = :id;
 
 -- name: list_openai_batches
@@ -489,8 +548,9 @@ FROM batches WHERE id = :id;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
-       output_bytes, error_bytes, priority
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
 FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER BY id DESC LIMIT :limit;
 
 -- name: list_openai_outputs
@@ -499,8 +559,9 @@ FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER 
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
-       output_bytes, error_bytes, priority
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
 FROM batches
 WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL
   AND (ended_at < :at OR (ended_at = :at AND id < :batch_id))
@@ -511,8 +572,9 @@ ORDER BY ended_at DESC, id DESC LIMIT :limit;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
-       output_bytes, error_bytes, priority
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       output_bytes, error_bytes
 FROM batches
 WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL
   AND (ended_at > :at OR (ended_at = :at AND id > :batch_id))
@@ -574,6 +636,161 @@ DELETE FROM files WHERE id = :id RETURNING id;
 
 -- name: expired_files
 SELECT id FROM files WHERE expires_at <= :now ORDER BY expires_at LIMIT 100;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Batch features beyond the hosted API: options, retries, hard cancel, fail-fast, idempotency
+-- keys, metadata filters, the webhook outbox
+
+-- name: set_batch_options
+-- In the create transaction of a batch that uses an option.
+UPDATE batches
+SET retry_of = :retry_of, fail_fast_min_results = :fail_fast_min_results,
+    fail_fast_max_error_rate = :fail_fast_max_error_rate, webhook_url = :webhook_url
+WHERE id = :id;
+
+-- name: copy_requests
+-- A retry batch's requests: those of `ids` (another batch's), in that order, from id `first` on.
+INSERT INTO requests (id, custom_id, params)
+SELECT :first + j.key, r.custom_id, r.params FROM json_each(:ids) AS j JOIN requests AS r ON r.id = j.value;
+
+-- name: set_retried_by
+UPDATE batches SET retried_by = :child WHERE seq = :seq;
+
+-- name: mark_abort_running
+-- A cancel that also stops the requests running now (a canceling batch may be upgraded to it).
+UPDATE batches SET abort_running = 1 WHERE seq = :seq AND status = 1 AND abort_running = 0 RETURNING seq;
+
+-- name: aborting_batches
+-- Of the batches listed, those whose running requests are to be stopped.
+SELECT seq FROM batches WHERE seq IN (SELECT value FROM json_each(:seqs)) AND status = 1 AND abort_running = 1;
+
+-- name: fail_fast
+-- Of the batches listed (locked, their new results counted), those in progress whose fail-fast
+-- policy trips — at least `min_results` results, more than `max_error_rate` of them errored,
+-- requests still to run — are canceled as a hard cancel, saying why.
+UPDATE batches SET status = 1, cancel_initiated_at = :now, cancel_reason = 'fail_fast', abort_running = 1
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND status = 0 AND processing > 0
+  AND fail_fast_min_results IS NOT NULL AND succeeded + errored >= fail_fast_min_results
+  AND errored > fail_fast_max_error_rate * (succeeded + errored)
+RETURNING seq, id;
+
+-- name: find_idempotency_key
+SELECT fingerprint, batch_id FROM idempotency_keys WHERE workspace = :workspace AND key = :key AND created_at >= :cutoff;
+
+-- name: claim_idempotency_key
+-- In the create transaction: a second create with the same key fails on the primary key and rolls
+-- back whole. An expired key makes room first.
+DELETE FROM idempotency_keys WHERE workspace = :workspace AND key = :key AND created_at < :cutoff;
+INSERT INTO idempotency_keys (workspace, key, fingerprint, batch_id, created_at)
+VALUES (:workspace, :key, :fingerprint, :batch_id, :now);
+
+-- name: forget_idempotency_keys
+DELETE FROM idempotency_keys WHERE created_at < :cutoff;
+
+-- name: list_batches_matching
+-- A workspace's batches between `lower` and `upper` (one API's id prefix) whose metadata holds
+-- every pair of `metadata` (a JSON object) and, when `status` is set, of that status, newest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
+FROM batches AS b
+WHERE workspace = :workspace AND id > :lower AND id < :upper AND (:status IS NULL OR status = :status)
+  AND NOT EXISTS (
+      SELECT 1 FROM json_each(:metadata) AS f
+      WHERE NOT EXISTS (SELECT 1 FROM json_each(b.metadata) AS m WHERE m.key = f.key AND m.value = f.value)
+  )
+ORDER BY id DESC LIMIT :limit;
+
+-- name: list_batches_matching_before
+-- A workspace's batches newer than `lower` whose metadata holds every pair of `metadata`, oldest first.
+SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
+       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
+       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
+FROM batches AS b
+WHERE workspace = :workspace AND id > :lower AND (:status IS NULL OR status = :status)
+  AND NOT EXISTS (
+      SELECT 1 FROM json_each(:metadata) AS f
+      WHERE NOT EXISTS (SELECT 1 FROM json_each(b.metadata) AS m WHERE m.key = f.key AND m.value = f.value)
+  )
+ORDER BY id LIMIT :limit;
+
+-- name: announce_events
+-- Batches whose status moved past `announced` (in this transaction): their webhook events go to
+-- the outbox, one row per event and receiver — each configured webhook (`urls`, `secret_envs`,
+-- `workspaces` ('' for all) and `events` (comma-separated, '' for all), side by side) and the
+-- batch's own webhook_url (signed with `batch_secret_env`, its address checked at delivery) —
+-- and `announced` catches up. A batch canceled while idle ends at once: both of its events.
+WITH events (status, name) AS (VALUES (1, 'message_batch.canceling'), (2, 'message_batch.ended')),
+targets (url, secret_env, workspace, events) AS (
+    SELECT u.value, s.value, w.value, v.value
+    FROM json_each(:urls) AS u
+    JOIN json_each(:secret_envs) AS s ON s.key = u.key
+    JOIN json_each(:workspaces) AS w ON w.key = u.key
+    JOIN json_each(:events) AS v ON v.key = u.key
+),
+due (id, workspace, webhook_url, event, event_at) AS (
+    SELECT b.id, b.workspace, b.webhook_url, e.name, CASE e.status WHEN 1 THEN b.cancel_initiated_at ELSE b.ended_at END
+    FROM batches AS b
+    JOIN events AS e ON e.status > b.announced AND e.status <= b.status AND (e.status = 2 OR b.cancel_initiated_at IS NOT NULL)
+    WHERE b.status > b.announced AND b.endpoint = ''  -- Message Batches: the OpenAI dialect's have no webhooks
+)
+INSERT INTO webhook_deliveries (batch_id, workspace, event, event_at, url, secret_env, checked, next_at, give_up_at, created_at)
+SELECT d.id, d.workspace, d.event, d.event_at, t.url, t.secret_env, 0, :now, :give_up_at, :now
+FROM due AS d JOIN targets AS t
+  ON (t.workspace = '' OR t.workspace = d.workspace) AND (t.events = '' OR instr(',' || t.events || ',', ',' || d.event || ',') > 0)
+UNION ALL
+SELECT d.id, d.workspace, d.event, d.event_at, d.webhook_url, :batch_secret_env, 1, :now, :give_up_at, :now
+FROM due AS d WHERE d.webhook_url IS NOT NULL;
+UPDATE batches SET announced = status WHERE status > announced RETURNING id;
+
+-- name: claim_webhook_deliveries
+-- Deliveries due now, held by `owner`: `next_at` moves to the end of the lease, so that one whose
+-- process died is due again then.
+UPDATE webhook_deliveries SET owner = :owner, next_at = :until
+WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 0 AND next_at <= :now ORDER BY next_at LIMIT :limit)
+RETURNING id, batch_id, workspace, event, event_at, url, secret_env, checked, attempts, payload, give_up_at;
+
+-- name: webhook_delivered
+UPDATE webhook_deliveries
+SET state = 1, delivered_at = :now, attempts = attempts + 1, last_status = :status, last_error = NULL,
+    payload = coalesce(payload, :payload), owner = NULL
+WHERE id = :id AND owner = :owner AND state = 0;
+
+-- name: webhook_failed
+-- An attempt failed: try again from `next_at`, unless that is past `give_up_at` or it is `final`.
+UPDATE webhook_deliveries
+SET attempts = attempts + 1, last_status = :status, last_error = :error, payload = coalesce(payload, :payload),
+    owner = NULL, next_at = :next_at, state = CASE WHEN :final OR :next_at > give_up_at THEN 2 ELSE 0 END
+WHERE id = :id AND owner = :owner AND state = 0
+RETURNING state;
+
+-- name: list_webhook_deliveries
+-- A workspace's deliveries older than `before`, newest first; `batch_id` and `state` filter when set.
+SELECT id, batch_id, event, event_at, url, checked, state, attempts, next_at, give_up_at, created_at, delivered_at,
+       last_status, last_error
+FROM webhook_deliveries
+WHERE workspace = :workspace AND id < :before AND (:batch_id IS NULL OR batch_id = :batch_id)
+  AND (:state IS NULL OR state = :state)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: get_webhook_delivery
+SELECT id, batch_id, event, event_at, url, checked, state, attempts, next_at, give_up_at, created_at, delivered_at,
+       last_status, last_error
+FROM webhook_deliveries WHERE id = :id AND workspace = :workspace;
+
+-- name: redeliver_webhook
+-- Due now again, with a fresh retry window (whatever its state).
+UPDATE webhook_deliveries SET state = 0, next_at = :now, give_up_at = :give_up_at, owner = NULL
+WHERE id = :id AND workspace = :workspace
+RETURNING id;
+
+-- name: forget_webhook_deliveries
+DELETE FROM webhook_deliveries WHERE state > 0 AND created_at < :cutoff;
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -649,25 +866,3 @@ WHERE b.status < 2;
 
 -- name: batches_by_status
 SELECT status, count(*) FROM batches GROUP BY status;
-
--- name: list_batches_where
--- A workspace's batches between `lower` and `upper`, newest first, of one status and/or with one
--- metadata key set to a value (each filter unset when NULL).
-SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
-FROM batches
-WHERE workspace = :workspace AND id > :lower AND id < :upper AND (:status IS NULL OR status = :status)
-  AND (:meta_key IS NULL OR json_extract(metadata, '$."' || replace(:meta_key, '"', '') || '"') = :meta_value)
-ORDER BY id DESC LIMIT :limit;
-
--- name: list_batches_where_before
--- A workspace's batches between `lower` and `upper`, oldest first, with the filters of
--- list_batches_where.
-SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
-       total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
-       metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, priority
-FROM batches
-WHERE workspace = :workspace AND id > :lower AND id < :upper AND (:status IS NULL OR status = :status)
-  AND (:meta_key IS NULL OR json_extract(metadata, '$."' || replace(:meta_key, '"', '') || '"') = :meta_value)
-ORDER BY id LIMIT :limit;
