@@ -53,6 +53,8 @@ _WHY = {
     503: "The database does not answer (an API call: retry after `retry-after` seconds).",
 }
 _BATCH_ID = {"type": "string", "pattern": "^msgbatch_[0-9A-Za-z]{24}$"}
+# A boolean query flag as the server reads it: true/false in any case, 1/0, or empty (the default).
+FLAG = {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)?$"}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -260,7 +262,7 @@ def message_batches() -> Group:
                     beta,
                     query(
                         "abort_running",
-                        {"type": "boolean"},
+                        FLAG,
                         "Not in the hosted API: also stop the requests running now (they end `canceled`). "
                         "Default: the server's `abort_running_on_cancel`.",
                     ),
@@ -287,7 +289,7 @@ def message_batches() -> Group:
                     query("custom_id", {"type": "string"}, "Not in the hosted API: only this request's result."),
                     query(
                         "partial",
-                        {"type": "boolean"},
+                        FLAG,
                         "Not in the hosted API: the results written so far of a batch still running.",
                     ),
                 ],
@@ -543,7 +545,11 @@ def teams() -> Group:
                 (400, 401, 403, 404, 500, 503),
                 parameters=[
                     {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    query("after", {"type": "integer", "minimum": 0}, "The position in the batch to start from."),
+                    query(
+                        "after",
+                        {"type": "integer", "minimum": 0, "maximum": 1 << 40},
+                        "The position in the batch to start from.",
+                    ),
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size (100)."),
                     query("type", {"type": "string", "enum": ["succeeded", "errored", "canceled", "expired"]}, ""),
                     query("custom_id", {"type": "string"}, "Only this request's result."),
