@@ -427,7 +427,9 @@ WHERE id = :id AND owner = :owner AND state = 1;
 -- `seqs`, when set, limits it to those batches.
 -- Returns how many.
 INSERT INTO temp.ending (id, batch, model)
-SELECT j.id, j.batch, j.model FROM batches AS b JOIN jobs AS j ON j.batch = b.seq AND j.state = 0
+-- CROSS JOIN keeps the batches being canceled (few, indexed) as the outer loop: SQLite would
+-- otherwise scan every waiting job of every batch, at each completion.
+SELECT j.id, j.batch, j.model FROM batches AS b CROSS JOIN jobs AS j ON j.batch = b.seq AND j.state = 0
 WHERE b.status = 1 AND (:seqs IS NULL OR b.seq IN (SELECT value FROM json_each(:seqs)));
 INSERT INTO results (id, type, line)
 SELECT e.id, 2, CAST('{"custom_id":' || json_quote(r.custom_id) || ',"result":{"type":"canceled"}}' AS BLOB)
