@@ -3,6 +3,7 @@
     "metadata":    {"team": "search"}                              up to 16 string pairs
     "fail_fast":   {"min_results": 100, "max_error_rate": 0.5}      cancel (hard) when too many fail
     "webhook_url": "https://hooks.example.com/batches"              under an allowed prefix
+    "priority":    "high"                                          within its workspace (msgbatch.fairness)
 
 A batch that uses none of them is stored, and shown, exactly as the hosted API's would be.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from msgbatch.config import Settings
 from msgbatch.errors import InvalidRequestError
+from msgbatch.models import NORMAL, PRIORITY_CODES
 from msgbatch.webhooks import check_webhook_url
 
 MAX_METADATA_PAIRS = 16
@@ -36,6 +38,7 @@ class BatchOptions:
     fail_fast: FailFast | None = None
     webhook_url: str | None = None
     retry_of: str | None = None
+    priority: int = NORMAL  # stored with the batch row itself
 
     @property
     def stored_apart(self) -> bool:
@@ -86,12 +89,24 @@ def check_fail_fast(value: object) -> FailFast:
     return FailFast(count, float(rate))
 
 
+def check_priority(value: object) -> int:
+    if not isinstance(value, str) or value not in PRIORITY_CODES:
+        raise InvalidRequestError("priority: Input should be 'high', 'normal' or 'low'")
+    return PRIORITY_CODES[value]
+
+
 def options_of(
-    settings: Settings, *, metadata: Any = None, fail_fast: Any = None, webhook_url: Any = None
+    settings: Settings,
+    *,
+    metadata: Any = None,
+    fail_fast: Any = None,
+    webhook_url: Any = None,
+    priority: Any = None,
 ) -> BatchOptions:
     """A create body's options, checked (None: not given)."""
     return BatchOptions(
         metadata=check_metadata(metadata) if metadata is not None else None,
         fail_fast=check_fail_fast(fail_fast) if fail_fast is not None else None,
         webhook_url=check_webhook_url(webhook_url, settings) if webhook_url is not None else None,
+        priority=check_priority(priority) if priority is not None else NORMAL,
     )

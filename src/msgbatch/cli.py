@@ -227,6 +227,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     help="On SIGTERM/SIGINT, how long running requests may take to finish before they are handed back.  [default: 10s]",
 )
 @_retention_option
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve GET /metrics, /health and /ready on this port (MSGBATCH_METRICS_PORT).  [default: none]",
+)
+@click.option("--metrics-host", default=None, help="Address of the --metrics-port server.  [default: 127.0.0.1]")
 @_log_level_option
 @_upstream_option
 @_strict_batch_params_option
@@ -238,6 +245,8 @@ def worker(
     lease: float | None,
     grace: float | None,
     retention: float | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
     log_level: str,
     upstream: str | None,
     strict_batch_params: bool | None,
@@ -249,7 +258,8 @@ def worker(
     while they run; on SIGTERM or SIGINT a worker stops claiming, lets running requests finish
     within --grace and hands the rest back. A worker that dies loses nothing: its leases run out
     and other workers take the requests over. Expiry, retention and lease reaping run in every
-    process. Flags also read MSGBATCH_* environment variables (MSGBATCH_DATABASE, MSGBATCH_LEASE, ...).
+    process. With --metrics-port, Prometheus scrapes it at /metrics. Flags also read MSGBATCH_*
+    environment variables (MSGBATCH_DATABASE, MSGBATCH_LEASE, ...).
     """
     from msgbatch.engine.worker import Worker
 
@@ -264,6 +274,8 @@ def worker(
         grace=grace,
         retention=retention,
         strict_batch_params=strict_batch_params,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     logging.getLogger("msgbatch").info(
         "msgbatch %s worker database=%s concurrency=%d", __version__, _shown(settings.database), settings.concurrency

@@ -3,8 +3,8 @@
 `Settings` below is the whole schema: each field is a key of the config file (its `name=` when
 that differs from the attribute), decoded by msgspec into its type, with the field's default. A
 field of a plain type (str, int, float, bool, `Seconds`, or a list of them) is also read from
-`MSGBATCH_<KEY>` (a list: comma-separated). Tables (`[[backends]]`, `[[routes]]`, `[workspaces]`)
-come from the file only; `[workspaces]` also has `MSGBATCH_API_KEYS`.
+`MSGBATCH_<KEY>` (a list: comma-separated). Tables (`[[backends]]`, `[[routes]]`, `[workspaces]`,
+`[limits.*]`, `[prices.*]`) come from the file only; `[workspaces]` also has `MSGBATCH_API_KEYS`.
 
 Adding a setting is one line in `Settings`, for example `strict_batch_params: bool = False`: the
 file key `strict_batch_params`, the env var `MSGBATCH_STRICT_BATCH_PARAMS` and
@@ -22,6 +22,7 @@ Every error names where the value came from and its key, and never shows an API 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import math
 import os
 import re
@@ -149,6 +150,48 @@ class RouteConfig(_Table, frozen=True):
     backend: NonEmpty
 
 
+class LimitConfig(_Table, frozen=True):
+    """`[limits.default]` and `[limits.<workspace>]`: a workspace's quotas and its fair share.
+
+    A key left out of `[limits.<workspace>]` takes its value from `[limits.default]`; one left
+    out of both is no limit (weight: 1)."""
+
+    max_queued_requests: Positive | None = None  # requests created and not finished yet
+    max_batches_in_progress: Positive | None = None  # batches in progress or canceling
+    max_in_flight_per_backend: Positive | None = None  # requests running at once on one backend, per worker
+    weight: Annotated[float, Meta(gt=0)] | None = None  # share of each backend, against other workspaces
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """One workspace's limits, `[limits.default]` applied: what the manager and dispatcher use."""
+
+    max_queued_requests: int | None = None
+    max_batches_in_progress: int | None = None
+    max_in_flight_per_backend: int | None = None
+    weight: float = 1.0
+
+
+class PriceConfig(_Table, frozen=True):
+    """`[prices."<model pattern>"]`: what a million tokens of each kind cost (USD, or any one currency)."""
+
+    input: Annotated[float, Meta(ge=0)] = 0.0
+    output: Annotated[float, Meta(ge=0)] = 0.0
+    cache_read: Annotated[float, Meta(ge=0)] = 0.0
+    cache_creation: Annotated[float, Meta(ge=0)] = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int, cache_read: int, cache_creation: int) -> float:
+        total = (
+            input_tokens * self.input
+            + output_tokens * self.output
+            + cache_read * self.cache_read
+            + cache_creation * self.cache_creation
+        )
+        return total / 1_000_000
+
+
+DEFAULT_LIMITS = "default"
+
+
 WEBHOOK_EVENTS = ("message_batch.ended", "message_batch.canceling")
 
 
@@ -212,6 +255,9 @@ class Settings(_Table, frozen=True):
     grace_seconds: Seconds = field(default=Seconds(10), name="grace")
     poll_interval: Seconds = Seconds(0.5)
     lifecycle_interval: Seconds = Seconds(1)
+    # `msgbatch worker`: serve /metrics, /health and /ready on this port (none by default).
+    metrics_port: Port | None = None
+    metrics_host: str = "127.0.0.1"
     # PostgreSQL: how long a call may wait for a connection before it answers 503.
     database_timeout: Seconds = Seconds(3)
     # Backends (backends/config.py builds the Router from these).
@@ -221,6 +267,10 @@ class Settings(_Table, frozen=True):
     default_backend: str | None = None
     backends: list[BackendConfig] = []
     routes: list[RouteConfig] = []
+    # Quotas and fair shares per workspace: `[limits.default]`, `[limits.<workspace>]`.
+    limits: dict[str, LimitConfig] = {}
+    # Model pattern (shell-style, first match wins) -> price per million tokens: turns usage into cost.
+    prices: dict[str, PriceConfig] = {}
     # Batch features beyond the hosted API (README: "Beyond the hosted API").
     abort_running_on_cancel: bool = False  # a cancel also stops running requests, unless ?abort_running=false
     webhooks: list[WebhookConfig] = []
@@ -259,6 +309,26 @@ class Settings(_Table, frozen=True):
         if self.webhook_url_prefixes and not self.webhook_url_secret_env:
             problem = "required with webhook_url_prefixes: the env var holding the secret that signs those webhooks"
             raise ConfigError(problem, key="webhook_url_secret_env")
+
+    def limits_for(self, workspace: str) -> Limits:
+        """The workspace's limits: its own table's keys, else `[limits.default]`'s."""
+        own = self.limits.get(workspace)
+        default = self.limits.get(DEFAULT_LIMITS)
+        values: dict[str, Any] = {}
+        for name in ("max_queued_requests", "max_batches_in_progress", "max_in_flight_per_backend", "weight"):
+            value = getattr(own, name, None) if own is not None else None
+            if value is None and default is not None:
+                value = getattr(default, name)
+            if value is not None:
+                values[name] = value
+        return Limits(**values)
+
+    def price_for(self, model: str) -> PriceConfig | None:
+        """The price of a model: the first `[prices]` pattern it matches."""
+        for pattern, price in self.prices.items():
+            if fnmatch.fnmatchcase(model, pattern):
+                return price
+        return None
 
     @property
     def api_keys(self) -> dict[str, str]:
@@ -349,8 +419,23 @@ def _from_env(env: Mapping[str, str]) -> Iterator[tuple[str, str, object]]:
 
 
 def _prepare(key: str, value: object, env: Mapping[str, str], source: str) -> object:
-    """A file's or a flag's value as msgspec takes it (only `[workspaces]` needs this)."""
-    return _workspaces_from_table(value, env, source) if key == "workspaces" else value
+    """A file's or a flag's value as msgspec takes it (`[workspaces]` needs this); the tables of a
+    table (`[limits.<workspace>]`, `[prices.<model>]`) are checked one by one, so that an error
+    names the one at fault (msgspec does not say which key of a dict it was checking)."""
+    if key == "workspaces":
+        return _workspaces_from_table(value, env, source)
+    kind = _TABLES_OF_TABLES.get(key)
+    if kind is not None and isinstance(value, dict):
+        for name, table in value.items():
+            try:
+                msgspec.convert(table, kind, dec_hook=_decode)
+            except msgspec.ValidationError as exc:
+                inner, problem = _explain(exc, kind, table)
+                raise ConfigError(problem, key=".".join(filter(None, (key, name, inner))), source=source) from None
+    return value
+
+
+_TABLES_OF_TABLES: dict[str, type] = {"limits": LimitConfig, "prices": PriceConfig}
 
 
 def _workspaces_from_table(table: object, env: Mapping[str, str], source: str) -> object:

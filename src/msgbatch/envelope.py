@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import gc
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -31,9 +32,17 @@ class CreateBody(msgspec.Struct, gc=False):
     metadata: Any = None
     fail_fast: Any = None
     webhook_url: Any = None
+    priority: Any = None  # the batch's priority within its workspace (high, normal or low)
+
+
+class _Model(msgspec.Struct, gc=False):
+    """The one field of a request's params read at create: what routes it to a backend."""
+
+    model: object = None
 
 
 _decoder = msgspec.json.Decoder(CreateBody)
+_model_decoder = msgspec.json.Decoder(_Model)
 _UTF8_SLICE = 1 << 20
 # A `\uD800`-`\uDBFF` escape not followed by a low one, or a `\uDC00`-`\uDFFF` not preceded by a
 # high one: an odd run of backslashes before the `u` makes it an escape rather than literal text.
@@ -113,6 +122,45 @@ def _check_utf8(body: bytes | bytearray | memoryview) -> None:
 def parse_create_body(body: bytes | bytearray | memoryview, max_requests: int) -> list[_Request]:
     """Check the envelope of a create call; params stay as the raw bytes they came as."""
     return parse_create(body, max_requests).requests
+
+
+class Models(msgspec.Struct):
+    """The models a batch's requests name: `names[k]` is model key k ('' for params without a
+    string `model`), `totals[k]` how many requests name it, and `runs` the (start, stop, key)
+    index ranges of consecutive requests with the same key."""
+
+    names: list[str]
+    totals: list[int]
+    runs: list[tuple[int, int, int]]
+
+
+def models_of(requests: Sequence[Any]) -> Models:
+    """Read each request's `model` out of its raw params (`request.params`: bytes or a buffer;
+    about 0.3 µs a request: 30 ms for 100,000, against a second for the whole create). An OpenAI
+    batch's request bodies name their `model` the same way."""
+    keys: dict[str, int] = {}
+    totals: list[int] = []
+    runs: list[tuple[int, int, int]] = []
+    decode = _model_decoder.decode
+    start, current = 0, -1
+    for index, request in enumerate(requests):
+        try:
+            model = decode(request.params).model
+        except msgspec.DecodeError:  # invalid JSON was refused before; a ValidationError is neither
+            model = None
+        name = model if isinstance(model, str) else ""
+        key = keys.get(name)
+        if key is None:
+            key = keys[name] = len(keys)
+            totals.append(0)
+        totals[key] += 1
+        if key != current:
+            if current >= 0:
+                runs.append((start, index, current))
+            start, current = index, key
+    if current >= 0:
+        runs.append((start, len(requests), current))
+    return Models(list(keys), totals, runs)
 
 
 def parse_create(body: bytes | bytearray | memoryview, max_requests: int) -> CreateBody:

@@ -15,8 +15,11 @@ transition, in which transaction, is decided here and nowhere else:
 - **expiry**: a batch past `expires_at` ends; every unfinished request becomes `expired`.
 - **retention**: an ended batch older than the retention keeps its row and loses its requests
   and results (`archived_at`).
-- **fairness**: a claim spreads over every batch that has work, starting after the batch served
-  last, so a small batch is never stuck behind a big one.
+- **quotas**: a create that would take its workspace past `max_queued_requests` or
+  `max_batches_in_progress` is refused (429) by a check in the transaction that inserts it.
+- **fairness**: a claim fills each backend's free slots by the rule of `msgbatch.fairness`
+  (workspaces by weight, then batches by priority and equally, starting after the batch served
+  last), so a small batch is never stuck behind a big one, nor a team behind another's.
 - **paging**: lists page by id (ids sort by creation); results stream in keyset pages.
 - **dialects**: a batch's id prefix says which API it belongs to (`msgbatch_` the Message Batches
   API, `batch_` the OpenAI Batch API, whose own rules are in `msgbatch.openai_batches`); each API
@@ -53,22 +56,28 @@ import msgspec
 
 from msgbatch.batch_options import BatchOptions, FailFast, check_metadata, options_of
 from msgbatch.clock import now_us, rfc3339
-from msgbatch.config import Settings
-from msgbatch.envelope import parse_create
-from msgbatch.errors import ConflictError, InvalidRequestError, NotFoundError
+from msgbatch.config import Limits, Settings
+from msgbatch.envelope import Models, models_of, parse_create
+from msgbatch.errors import ConflictError, InvalidRequestError, NotFoundError, RateLimitError
+from msgbatch.fairness import SHARED as SHARED_POOL
+from msgbatch.fairness import Lane, Slots, forget_idle, interleaved, plan, record_grant
 from msgbatch.ids import MESSAGE_BATCH_PREFIX, new_batch_id
 from msgbatch.models import (
+    CANCELED,
     CANCELING,
     ENDED,
     ERRORED,
+    EXPIRED,
     IN_PROGRESS,
+    NORMAL,
+    PRIORITY_NAMES,
     RESULT_CODES,
     STATUS_NAMES,
     Batch,
     Job,
     Outcome,
 )
-from msgbatch.store.base import Row, Step, Store, batch_from_row
+from msgbatch.store.base import Refused, Row, Step, Store, batch_from_row
 from msgbatch.webhooks import WebhookOutbox, announce_step
 
 log = logging.getLogger("msgbatch.batches")
@@ -95,6 +104,18 @@ def _settle(seqs: Sequence[int] | None, now: int) -> list[Step]:
 
 def _ids(rows: list[Row]) -> list[str]:
     return [row[0] for row in rows]
+
+
+def _count(rows: list[Row]) -> int:
+    """What settle_canceling returns: how many it canceled (one row, or one per batch)."""
+    return sum(int(row[-1] or 0) for row in rows)
+
+
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+_QUOTAS = {
+    "max_queued_requests": "{value:,} requests not yet finished; it has {now:,}, and this batch adds {total:,}",
+    "max_batches_in_progress": "{value:,} batches in progress; it has {now:,}",
+}
 
 
 def _new_requests(requests: Sequence[Any]) -> Callable[[int], Step]:
@@ -174,7 +195,11 @@ class BatchManager:
         self.on_created: list[Callable[[Batch], None]] = []
         self.on_canceled: list[Callable[[Batch], None]] = []
         self.on_announced: list[Callable[[], None]] = []  # webhook events were written
+        # Requests the store finished in bulk (canceled waiting, expired): (result type, how many).
+        self.on_finished_in_bulk: list[Callable[[int, int], None]] = []
         self._last_served = 0  # fairness: the seq of the batch a claim served last
+        self._models: dict[int, list[tuple[int, str]]] = {}  # seq -> its (model key, model): immutable
+        self._limits_of: dict[str, Limits] = {}  # workspace -> its limits (the settings never change)
         self.outbox = WebhookOutbox(store, settings)
         self._next_sweep = 0.0
 
@@ -215,11 +240,13 @@ class BatchManager:
             metadata=call.metadata if call.metadata is not None else metadata,
             fail_fast=call.fail_fast,
             webhook_url=call.webhook_url,
+            priority=call.priority,
         )
         requests = call.requests
         return await self._insert(
-            workspace, len(requests), betas, headers, options, _new_requests(requests), size=len(body), key=key
-        )
+            workspace, len(requests), betas, headers, options, _new_requests(requests), models_of(requests),
+            size=len(body), key=key,
+        )  # fmt: skip
 
     async def create_batch(
         self,
@@ -237,8 +264,8 @@ class BatchManager:
         (another dialect's own columns), run after the batch row is inserted."""
         options = BatchOptions(metadata=metadata or None)
         batch, _ = await self._insert(
-            workspace, len(requests), betas, headers, options, _new_requests(requests), size=size,
-            batch_id=batch_id, also=also,
+            workspace, len(requests), betas, headers, options, _new_requests(requests), models_of(requests),
+            size=size, batch_id=batch_id, also=also,
         )  # fmt: skip
         return batch
 
@@ -250,6 +277,7 @@ class BatchManager:
         headers: dict[str, str] | str | None,
         options: BatchOptions,
         requests: Callable[[int], Step],
+        models: Models,
         *,
         size: int = 0,
         key: _Key | None = None,
@@ -260,7 +288,9 @@ class BatchManager:
         """Store a new batch: its row, its requests (`requests(first id)`: new ones, or a retry's
         copies), its queue, in one durable transaction, with its idempotency key, its options and
         its parent's link when it has them. `headers` come as a dict, or already encoded (a
-        retry: the parent's). `also`: another dialect's steps, after the batch row."""
+        retry: the parent's). `also`: another dialect's steps, after the batch row. The
+        workspace's quotas are checked in that transaction (429, nothing stored); `models` are
+        its requests' models, by which they are routed and claimed."""
         now = now_us()
         if not isinstance(headers, str):
             headers = msgspec.json.encode(headers or {}).decode()
@@ -284,8 +314,9 @@ class BatchManager:
             fail_fast_min_results=fail_fast.min_results if fail_fast else None,
             fail_fast_max_error_rate=fail_fast.max_error_rate if fail_fast else None,
             webhook_url=options.webhook_url,
+            priority=options.priority,
         )
-        steps = []
+        steps = self._quota_checks(workspace, total)
         if key is not None:  # first: a concurrent create with the same key stops here
             steps.append(
                 Step(
@@ -314,11 +345,13 @@ class BatchManager:
                     "betas": betas,
                     "headers": batch.headers,
                     "metadata": batch.metadata,
+                    "priority": batch.priority,
                 },
             ),
             *also,
             requests(first),
             Step("insert_jobs", {"batch_id": batch.id, "first": first, "stop": first + total}),
+            *self._model_steps(batch.id, first, models),
         ]
         if options.stored_apart:
             steps.append(
@@ -338,6 +371,8 @@ class BatchManager:
         steps.append(Step("notify", {"payload": "work"}))
         try:
             found = await self.store.run(*steps, durable=True)
+        except Refused as refused:
+            raise self._over_quota(workspace, total, refused.rows) from None
         except Exception:
             if key is None:
                 raise
@@ -379,6 +414,50 @@ class BatchManager:
             raise ConflictError(f"Idempotency-Key {key.key!r} created batch {batch_id}, which has since been deleted.")
         log.info("batch.replayed id=%s workspace=%s", batch.id, key.workspace)
         return batch
+
+    def _quota_checks(self, workspace: str, total: int) -> list[Step]:
+        limits = self._limits(workspace)
+        if limits.max_queued_requests is None and limits.max_batches_in_progress is None:
+            return []
+        quotas = {
+            "workspace": workspace,
+            "total": total,
+            "max_queued_requests": limits.max_queued_requests,
+            "max_batches_in_progress": limits.max_batches_in_progress,
+        }
+        return [Step("lock_workspace", {"workspace": workspace}), Step("check_quotas", quotas)]
+
+    @staticmethod
+    def _over_quota(workspace: str, total: int, rows: list[Row]) -> RateLimitError:
+        """The answer to a create that check_quotas refused: nothing was stored."""
+        exceeded = [
+            f"{quota}: workspace {workspace} may have at most "
+            + _QUOTAS[quota].format(value=int(value), now=int(now), total=total)
+            for quota, value, now in rows
+        ]
+        log.info("batch.refused workspace=%s quotas=%s", workspace, ",".join(row[0] for row in rows))
+        return RateLimitError(
+            "; ".join(exceeded) + ".",
+            # The SDKs retry a 429 at once by default; a quota frees up as batches finish.
+            headers={"x-should-retry": "false"},
+        )
+
+    @staticmethod
+    def _model_steps(batch_id: str, first: int, models: Models) -> list[Step]:
+        """Each request's model, by key: the batch's models, and (with several) the jobs' keys."""
+        keyed = [(key, name, models.totals[key]) for key, name in enumerate(models.names)]
+        steps = [Step("insert_batch_models", {"batch_id": batch_id}, rows=keyed)]
+        runs = [(first + start, first + stop, key) for start, stop, key in models.runs if key]
+        if runs:
+            steps.append(Step("set_job_models", rows=runs))
+        return steps
+
+    async def _models_like(self, parent: Batch, total: int) -> Models:
+        """A retry's requests' models: its parent's one model; when the parent's requests named
+        several, unknown (their requests are claimed outside any backend's own limit)."""
+        names = [model for _, _, model, _ in await self.store.read("models_of_batches", {"seqs": [parent.seq]})]
+        name = names[0] if len(names) == 1 else ""
+        return Models([name], [total], [(0, total, 0)])
 
     # -- retry -------------------------------------------------------------------------------
 
@@ -431,10 +510,12 @@ class BatchManager:
             fail_fast=fail_fast,
             webhook_url=parent.webhook_url,
             retry_of=parent.id,
+            priority=parent.priority,
         )
         return await self._insert(
             workspace, len(ids), parent.betas, parent.headers, options,
-            lambda first: Step("copy_requests", {"ids": ids, "first": first}), key=key, parent=parent,
+            lambda first: Step("copy_requests", {"ids": ids, "first": first}),
+            await self._models_like(parent, len(ids)), key=key, parent=parent,
         )  # fmt: skip
 
     async def _lines_to_retry(self, batch: Batch, codes: set[int], error_types: Sequence[str] | None) -> list[int]:
@@ -478,17 +559,19 @@ class BatchManager:
         before_id: str | None,
         prefix: str = MESSAGE_BATCH_PREFIX,
         metadata: dict[str, str] | None = None,
+        status: int | None = None,
     ) -> tuple[list[Batch], bool]:
         """Newest first; the bool says whether more lie beyond in the direction asked. With
-        `metadata`, only the batches whose metadata holds every one of those pairs."""
+        `metadata`, only the batches whose metadata holds every one of those pairs; with
+        `status`, only those of that status."""
         if after_id is not None and before_id is not None:
             raise InvalidRequestError("Cannot specify both `before_id` and `after_id`.")
         if not 1 <= limit <= 1000:
             raise InvalidRequestError(
                 "limit: Input should be greater than or equal to 1 and less than or equal to 1000"
             )
-        matching = "_matching" if metadata else ""
-        filters = {"metadata": msgspec.json.encode(metadata).decode()} if metadata else {}
+        matching = "_matching" if metadata or status is not None else ""
+        filters = {"metadata": msgspec.json.encode(metadata or {}).decode(), "status": status} if matching else {}
         if before_id is not None:
             rows = await self.store.read(
                 f"list_batches{matching}_before",
@@ -525,6 +608,35 @@ class BatchManager:
         if custom_id is not None:
             return self._result_of(batch, custom_id, result_type)
         return self._result_pages(batch, result_type)
+
+    async def result_page(
+        self,
+        workspace: str,
+        batch_id: str,
+        *,
+        after: int,
+        limit: int,
+        result_type: int | None = None,
+        custom_id: str | None = None,
+    ) -> tuple[list[bytes], int | None]:
+        """Up to `limit` results lines written so far, from the request at position `after` in the
+        batch on; and the position to ask for next (None: no more yet)."""
+        batch = await self.get(workspace, batch_id)
+        if batch.archived_at is not None:
+            raise NotFoundError(NO_RESULTS)
+        if custom_id is not None:
+            return [line async for page in self._result_of(batch, custom_id, result_type) for line in page], None
+        rows = await self.store.read(
+            "results_page",
+            {
+                "cursor": batch.first_request + max(0, after),
+                "stop": batch.stop_request,
+                "type": result_type,
+                "limit": limit + 1,
+            },
+        )
+        more = rows[limit][0] - batch.first_request if len(rows) > limit else None
+        return [row[1] for row in rows[:limit]], more
 
     async def _result_of(self, batch: Batch, custom_id: str, result_type: int | None) -> AsyncIterator[list[bytes]]:
         rows = await self.store.read(
@@ -570,6 +682,7 @@ class BatchManager:
                 announce_step(self.settings, now),
                 Step("notify", {"payload": signal}),
             )
+            self._finished_in_bulk(CANCELED, _count(found[len(steps)]))
             batch = await self.get(workspace, batch_id, prefix=prefix)
             log.info(
                 "batch.canceling id=%s canceled=%d still_running=%d abort_running=%s",
@@ -601,41 +714,103 @@ class BatchManager:
         batch = await self.get(workspace, batch_id)
         if batch.status != ENDED:
             raise InvalidRequestError("In progress batches cannot be deleted. Consider canceling the batch instead.")
-        await self.store.run(Step("delete_batch", {"seq": batch.seq}))
+        await self.store.run(Step("delete_batch", {"seq": batch.seq}), Step("forget_batch", {"seq": batch.seq}))
+        self._models.pop(batch.seq, None)
         log.info("batch.deleted id=%s", batch.id)
         return batch
 
     # -- the queue: what the dispatcher calls ------------------------------------------------
 
-    async def claim(self, owner: str, limit: int, now: int, until: int) -> list[Job]:
-        """Lease up to `limit` claimable requests, spread fairly over the batches that have some."""
-        active = await self.store.read("active_batches")
-        if not active or limit < 1:
+    async def claim(self, owner: str, slots: int | Slots, now: int, until: int) -> list[Job]:
+        """Lease claimable requests: `slots` free per pool (an int: that many, with no backend
+        limits), shared by the rule of `msgbatch.fairness`."""
+        if isinstance(slots, int):
+            slots = Slots({SHARED_POOL: slots})
+        free = {pool: n for pool, n in slots.free.items() if n > 0}
+        if not free:
             return []
+        active = await self.store.read("active_batches")
+        if not active:
+            return []
+        models = await self._models_of([row[0] for row in active])
+        info = {row[0]: row for row in active}
         # Start after the batch served last, so every batch gets its turn however many there are.
         pivot = next((i for i, b in enumerate(active) if b[0] > self._last_served), 0)
-        order = active[pivot:] + active[:pivot]
-        info = {b[0]: b for b in active}
+        lanes = [
+            Lane(row[0], row[7], row[8], key, slots.pool_of(model))
+            for row in active[pivot:] + active[:pivot]
+            for key, model in models[row[0]]
+        ]
+        names = {seq: dict(keyed) for seq, keyed in models.items()}
+        for pool in free:
+            forget_idle(slots.served, pool, {lane.workspace for lane in lanes if lane.pool == pool})
+        held = slots.held.copy()
         jobs: list[Job] = []
-        remaining = limit
-        while remaining > 0 and order:
-            # An equal share each, the first ones in the rotation taking the remainder.
-            base, extra = divmod(remaining, len(order))
-            plan = [(b[0], b[1], b[1] + b[2], base + (i < extra)) for i, b in enumerate(order)]
-            asked = [p for p in plan if p[3] > 0]
-            (rows,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=asked))
-            taken: dict[int, int] = {}
-            for rid, seq, attempts, custom_id, params in rows:
-                _, _, _, betas, headers, expires_at, endpoint = info[seq]
-                jobs.append(Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, endpoint))
-                taken[seq] = taken.get(seq, 0) + 1
-            remaining -= len(rows)
-            if rows:
-                self._last_served = [p[0] for p in asked if p[0] in taken][-1]
-            # A batch that filled its share may have more, and one not asked this time has its turn
-            # next; the others are drained for now. Each round claims something or drops batches.
-            order = [info[p[0]] for p in plan if p[3] == 0 or taken.get(p[0], 0) >= p[3]]
-        return jobs
+        while lanes:
+            takes = plan(free, lanes, held, self._weight, self._room, slots.served)
+            if not takes:
+                break
+            asked = list(takes.items())
+            rows = [
+                (lane.seq, info[lane.seq][1], info[lane.seq][1] + info[lane.seq][2], lane.model_key, n)
+                for lane, n in asked
+            ]
+            (found,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=rows))
+            taken: dict[tuple[int, int], int] = {}
+            for rid, seq, attempts, custom_id, params, key in found:
+                _, _, _, betas, headers, expires_at, endpoint, workspace, _ = info[seq]
+                model = names[seq].get(key, "")
+                jobs.append(
+                    Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, endpoint, workspace, model)
+                )
+                taken[seq, key] = taken.get((seq, key), 0) + 1
+            drained = set()
+            for lane, n in asked:
+                got = taken.get((lane.seq, lane.model_key), 0)
+                free[lane.pool] -= got
+                held.add(lane.pool, lane.workspace, lane.seq, got)
+                if got:
+                    record_grant(slots.served, lane.pool, lane.workspace, got, self._weight(lane.workspace))
+                if got < n:
+                    drained.add(lane)
+                if got:
+                    self._last_served = lane.seq
+            # A lane that filled its share may have more; one that did not is drained for now.
+            lanes = [lane for lane in lanes if lane not in drained and free.get(lane.pool, 0) > 0]
+        return interleaved(jobs, self._weight)
+
+    async def _models_of(self, seqs: list[int]) -> dict[int, list[tuple[int, str]]]:
+        """Each batch's (model key, model): read once per batch (they never change)."""
+        missing = [seq for seq in seqs if seq not in self._models]
+        if missing:
+            found: dict[int, list[tuple[int, str]]] = {seq: [] for seq in missing}
+            for seq, key, model, _ in await self.store.read("models_of_batches", {"seqs": missing}):
+                found[seq].append((key, model))
+            for seq, keyed in found.items():
+                # A batch made before models were recorded: its jobs all have key 0.
+                self._models[seq] = keyed or [(0, "")]
+        if len(self._models) > 4 * len(seqs) + 100:
+            self._models = {seq: self._models[seq] for seq in seqs}
+        return {seq: self._models[seq] for seq in seqs}
+
+    def _limits(self, workspace: str) -> Limits:
+        limits = self._limits_of.get(workspace)
+        if limits is None:
+            if len(self._limits_of) > 10_000:
+                self._limits_of.clear()
+            limits = self._limits_of[workspace] = self.settings.limits_for(workspace)
+        return limits
+
+    def _weight(self, workspace: str) -> float:
+        return self._limits(workspace).weight
+
+    def _room(self, workspace: str) -> int | None:
+        return self._limits(workspace).max_in_flight_per_backend
+
+    def _finished_in_bulk(self, result: int, count: int) -> None:
+        if count:
+            for callback in self.on_finished_in_bulk:
+                callback(result, count)
 
     async def complete(self, owner: str, outcomes: Sequence[Outcome], now: int) -> list[str]:
         """Record the outcomes of requests still leased to `owner`; the ids of the batches that
@@ -643,11 +818,17 @@ class BatchManager:
         if not outcomes:
             return []
         seqs = sorted({o.batch for o in outcomes})
-        finished = [(o.job, o.result, o.line, *o.tokens) for o in outcomes if o.result is not None]
+        finished = [
+            (o.job, o.result, o.line, *o.tokens, o.backend, o.error_type or "")
+            for o in outcomes
+            if o.result is not None
+        ]
         retries = [(o.job, o.not_before) for o in outcomes if o.result is None]
         steps = [Step("lock_batches", {"seqs": seqs})]
         if finished:
-            steps.append(Step("finish_jobs", {"owner": owner}, rows=finished))
+            # Usage is counted by the hour, throughput by the second (unix seconds).
+            when = {"owner": owner, "hour": now // 3_600_000_000 * 3600, "second": now // 1_000_000}
+            steps.append(Step("finish_jobs", when, rows=finished))
             # Fail-fast is judged here, on the counts just written, by whichever process wrote them.
             steps += [Step("fail_fast", {"seqs": seqs, "now": now}), Step("settle_canceling", {"seqs": seqs})]
         if retries:
@@ -657,6 +838,8 @@ class BatchManager:
         steps += [Step("end_idle_batches", {"seqs": seqs, "now": now}), announce_step(self.settings, now)]
         found = await self.store.run(*steps)
         at = {step.name: i for i, step in enumerate(steps)}
+        settled = [found[i] for i, step in enumerate(steps) if step.name == "settle_canceling"]
+        self._finished_in_bulk(CANCELED, sum(_count(rows) for rows in settled))
         ended = _ids(found[at["end_idle_batches"]])
         if retries:
             ended += _ids(found[at["end_idle_canceling"]])
@@ -686,11 +869,12 @@ class BatchManager:
         if not job_ids:
             return 0
         now = now_us()
-        released, *_, announced = await self.store.run(
+        released, settled, *_, announced = await self.store.run(
             Step("release_jobs", {"owner": owner, "ids": sorted(job_ids)}),
             *_settle(None, now),
             announce_step(self.settings, now),
         )
+        self._finished_in_bulk(CANCELED, _count(settled))
         self._announced(announced)
         await self._announce_work(released)
         return len(released)
@@ -699,9 +883,10 @@ class BatchManager:
         """Requests whose lease ran out (their worker died) go back to the queue; with
         `every_lease`, every leased request does."""
         cutoff = _FOREVER if every_lease else now
-        reaped, *_, announced = await self.store.run(
+        reaped, settled, *_, announced = await self.store.run(
             Step("reap_leases", {"now": cutoff}), *_settle(None, now), announce_step(self.settings, now)
         )
+        self._finished_in_bulk(CANCELED, _count(settled))
         self._announced(announced)
         await self._announce_work(reaped)
         return len(reaped)
@@ -750,6 +935,7 @@ class BatchManager:
                 Step("expire_batch", {"seq": seq, "now": now}), announce_step(self.settings, now)
             )
             ended += _ids(rows)
+            self._finished_in_bulk(EXPIRED, sum(int(row[1]) for row in rows))
             self._announced(announced)
         return ended
 
@@ -805,4 +991,14 @@ class BatchManager:
             shown["retried_by"] = batch.retried_by
         if batch.cancel_reason is not None:
             shown["cancel_reason"] = batch.cancel_reason
+        if batch.priority != NORMAL:
+            shown["priority"] = PRIORITY_NAMES[batch.priority]
+        tokens = (
+            batch.input_tokens,
+            batch.output_tokens,
+            batch.cache_read_input_tokens,
+            batch.cache_creation_input_tokens,
+        )
+        if any(tokens):  # its succeeded requests' tokens so far, once there are some
+            shown["usage"] = dict(zip(TOKEN_FIELDS, tokens, strict=True))
         return shown

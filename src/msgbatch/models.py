@@ -10,6 +10,11 @@ STATUS_NAMES = ("in_progress", "canceling", "ended")
 
 NO_TOKENS = (0, 0, 0, 0)
 
+# a batch's priority within its workspace, as stored: claims serve the lowest number first
+HIGH, NORMAL, LOW = 0, 1, 2
+PRIORITY_NAMES = ("high", "normal", "low")
+PRIORITY_CODES = {name: code for code, name in enumerate(PRIORITY_NAMES)}
+
 # result types, as stored
 SUCCEEDED, ERRORED, CANCELED, EXPIRED = 0, 1, 2, 3
 RESULT_NAMES = ("succeeded", "errored", "canceled", "expired")
@@ -49,6 +54,7 @@ class Batch(msgspec.Struct, kw_only=True):
     fail_fast_min_results: int | None = None
     fail_fast_max_error_rate: float | None = None
     webhook_url: str | None = None
+    priority: int = NORMAL
 
     @property
     def stop_request(self) -> int:
@@ -80,6 +86,8 @@ class Job(msgspec.Struct, gc=False):
     attempts: int
     # What kind of request it is: "" a Messages request, else the OpenAI endpoint of its batch.
     endpoint: str = ""
+    workspace: str = ""
+    model: str = ""  # the params' `model` as read at create ('' if none): what routes it
 
 
 class Outcome(msgspec.Struct, gc=False):
@@ -98,3 +106,4 @@ class Outcome(msgspec.Struct, gc=False):
     error_type: str | None = None
     # A succeeded Message's usage: input, output, cache read and cache creation tokens.
     tokens: tuple[int, int, int, int] = NO_TOKENS
+    backend: str = ""  # the backend that ran it ('' if it never reached one)

@@ -418,3 +418,19 @@ def test_progress_lines_and_live_bars() -> None:
     first, second = live.getvalue().split("\n", 1)
     assert first == "\x1b[2Kmsgbatch_b  [############------------]  4/8 (50.0%)  4 succeeded, 0 errored"
     assert second.startswith("\x1b[1F\x1b[2Kmsgbatch_b")  # redrawn in place
+
+
+def test_usage_shows_the_workspaces_tokens(quick_cli: CLI, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "usage.jsonl", [params(f"Usage {i}") for i in range(6)])
+    submitted = quick_cli.json("submit", str(source), "--wait", "--poll-interval", "0.1", "--quiet")
+    (batch,) = submitted["batches"]
+    answer = quick_cli.json("usage", "--group-by", "model")
+    assert answer["workspace"] == "team" and answer["group_by"] == ["model"]
+    row = next(r for r in answer["data"] if r["model"] == params("x")["model"])
+    assert row["succeeded"] >= 6 and answer["total"]["input_tokens"] >= batch["usage"]["input_tokens"] > 0
+    shown = quick_cli("usage", "--group-by", "model", "--group-by", "day")
+    assert shown.returncode == 0, shown.stderr
+    header, *lines = shown.stdout.splitlines()
+    assert header.split()[:3] == ["MODEL", "START", "SUCCEEDED"] and lines[-1].startswith("total")
+    bad = quick_cli("usage", "--since", "yesterday-ish")
+    assert bad.returncode == 1 and "since: expected an RFC 3339 time" in bad.stderr

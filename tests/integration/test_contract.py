@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from msgbatch.backends.simulate import SimulatorBackend, simulate
 from msgbatch.clock import now_us
 from msgbatch.engine.dispatcher import Dispatcher
 from msgbatch.engine.lifecycle import Lifecycle
-from msgbatch.errors import NotFoundError, OverloadedError
+from msgbatch.errors import InvalidRequestError, NotFoundError, OverloadedError, RateLimitError
+from msgbatch.fairness import SHARED, Holdings, Slots
 from msgbatch.files import FileManager, StoredFile
 from msgbatch.ids import new_batch_id
 from msgbatch.manager import BatchManager
@@ -37,7 +39,11 @@ from msgbatch.models import (
     CANCELING,
     ENDED,
     ERRORED,
+    EXPIRED,
+    HIGH,
     IN_PROGRESS,
+    LOW,
+    NORMAL,
     RESULT_CODES,
     RESULT_NAMES,
     SUCCEEDED,
@@ -49,6 +55,7 @@ from msgbatch.openai_batches import OpenAIBatch, OpenAIBatches
 from msgbatch.results import canceled_line, errored_line, expired_line, openai_errored_line, openai_succeeded_line
 from msgbatch.store import open_store
 from msgbatch.store.base import Step
+from msgbatch.usage import TOKEN_KINDS, UsageReader
 
 HOUR = 3600 * 1_000_000
 SECOND = 1_000_000
@@ -1235,3 +1242,291 @@ async def test_dispatcher_runs_openai_batches_on_their_endpoints(manager: BatchM
     done_chats = await openai.get("w", chats.batch.id)
     assert done_chats.status == "completed" and done_chats.batch.output_tokens > 0
     assert (await check_consistent(manager, messages)).succeeded == 2
+
+
+# -- many teams: fair shares, quotas, usage ------------------------------------------------
+
+
+def per_workspace(jobs: list[Job]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for job in jobs:
+        found[job.workspace] = found.get(job.workspace, 0) + 1
+    return found
+
+
+async def test_claim_shares_a_pool_by_workspace_weight(open_another: ManagerFactory) -> None:
+    manager = await open_another(limits={"a": {"weight": 3}, "b": {"weight": 1}})
+    await make_batch(manager, 100, prefix="a", workspace="a")
+    await make_batch(manager, 100, prefix="b", workspace="b")
+    await make_batch(manager, 100, prefix="b2", workspace="b")
+    jobs = await manager.claim("w1", Slots({SHARED: 40}), now_us(), now_us() + HOUR)
+    assert per_workspace(jobs) == {"a": 30, "b": 10}
+    # Decided against what the claimer holds: with 30 and 10 held, 8 more split 6:2.
+    held = Holdings()
+    for job in jobs:
+        held.add(SHARED, job.workspace, job.batch)
+    more = await manager.claim("w1", Slots({SHARED: 8}, held=held), now_us(), now_us() + HOUR)
+    assert per_workspace(more) == {"a": 6, "b": 2}
+    # A workspace holding less than its share gets the slots until it catches up.
+    held = Holdings()
+    held.add(SHARED, "a", 1, 30)
+    more = await manager.claim("w1", Slots({SHARED: 12}, held=held), now_us(), now_us() + HOUR)
+    assert per_workspace(more) == {"a": 1, "b": 11}
+    # Within workspace b, its two batches share equally.
+    assert len({j.batch for j in more if j.workspace == "b"}) == 2
+
+
+async def test_claim_serves_priority_first_within_a_workspace(manager: BatchManager) -> None:
+    def body(prefix: str, n: int, priority: str | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "requests": [{"custom_id": f"{prefix}{i}", "params": params_of(i)} for i in range(n)]
+        }
+        if priority:
+            payload["priority"] = priority
+        return msgspec.json.encode(payload)
+
+    low = await manager.create("w", body("low", 10, "low"), "")
+    normal = await manager.create("w", body("normal", 10), "")
+    high = await manager.create("w", body("high", 10, "high"), "")
+    other = await manager.create("x", body("other", 30, "low"), "")
+    assert (low.priority, normal.priority, high.priority) == (LOW, NORMAL, HIGH)
+    assert manager.render(high, "http://x")["priority"] == "high"
+    jobs = await manager.claim("w1", 30, now_us(), now_us() + HOUR)
+    taken = {seq: sum(j.batch == seq for j in jobs) for seq in (low.seq, normal.seq, high.seq, other.seq)}
+    # Workspaces share equally; within w, high first, then normal; another workspace's low is its own business.
+    assert taken == {high.seq: 10, normal.seq: 5, low.seq: 0, other.seq: 15}
+    with pytest.raises(InvalidRequestError, match="priority: Input should be 'high', 'normal' or 'low'"):
+        await manager.create("w", body("bad", 1, "urgent"), "")
+
+
+async def test_claim_asks_each_backend_pool_for_what_it_can_start(manager: BatchManager) -> None:
+    requests = [
+        {"custom_id": f"r{i}", "params": {**params_of(i), "model": "fast-model" if i % 3 else "slow-model"}}
+        for i in range(60)
+    ]
+    batch = await manager.create("w", msgspec.json.encode({"requests": requests}), "")
+
+    def pool_of(model: str) -> str:
+        return {"fast-model": "fast", "slow-model": "slow"}.get(model, SHARED)
+
+    jobs = await manager.claim("w1", Slots({"fast": 7, "slow": 2}, pool_of), now_us(), now_us() + HOUR)
+    assert sorted(j.model for j in jobs) == ["fast-model"] * 7 + ["slow-model"] * 2
+    # Only the backend with free slots gets work; the other's requests stay in the store.
+    jobs = await manager.claim("w1", Slots({"slow": 100}, pool_of), now_us(), now_us() + HOUR)
+    assert {j.model for j in jobs} == {"slow-model"} and len(jobs) == 20 - 2
+    assert all(j.batch == batch.seq and j.workspace == "w" for j in jobs)
+    rest = await manager.claim("w1", Slots({"fast": 100, "slow": 100}, pool_of), now_us(), now_us() + HOUR)
+    assert {j.model for j in rest} == {"fast-model"} and len(rest) == 40 - 7
+
+
+async def test_claim_caps_a_workspace_per_backend(open_another: ManagerFactory) -> None:
+    manager = await open_another(limits={"default": {"max_in_flight_per_backend": 4}, "big": {"weight": 10}})
+    await make_batch(manager, 50, prefix="big", workspace="big")
+    await make_batch(manager, 50, prefix="small", workspace="small")
+    held = Holdings()
+    held.add(SHARED, "big", 1, 3)
+    jobs = await manager.claim("w1", Slots({SHARED: 20}, held=held), now_us(), now_us() + HOUR)
+    # The weight asks for more, the cap (from [limits.default]) allows one more; what is left of
+    # the 20 goes nowhere: `small` is capped at 4 too.
+    assert per_workspace(jobs) == {"big": 1, "small": 4}
+
+
+async def test_quotas_refuse_a_create_and_store_nothing(open_another: ManagerFactory) -> None:
+    manager = await open_another(limits={"default": {"max_queued_requests": 10, "max_batches_in_progress": 2}})
+    first = await make_batch(manager, 6, prefix="a")
+    with pytest.raises(RateLimitError) as refused:
+        await make_batch(manager, 5, prefix="b")
+    assert refused.value.status == 429 and refused.value.headers == {"x-should-retry": "false"}
+    assert refused.value.message == (
+        "max_queued_requests: workspace w may have at most 10 requests not yet finished; "
+        "it has 6, and this batch adds 5."
+    )
+    listed, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=None)
+    assert [b.id for b in listed] == [first.id]
+    assert len(await claim_all(manager, "w0", lease=1)) == 6  # no request of the refused batch is queued
+    await make_batch(manager, 3, prefix="c")
+    with pytest.raises(RateLimitError) as refused:
+        await make_batch(manager, 1, prefix="d")  # 10 queued would do; a third batch would not
+    assert (
+        refused.value.message
+        == "max_batches_in_progress: workspace w may have at most 2 batches in progress; it has 2."
+    )
+    with pytest.raises(RateLimitError) as refused:
+        await make_batch(manager, 2, prefix="d")
+    assert refused.value.message.startswith("max_queued_requests: workspace w may have at most 10 requests")
+    assert refused.value.message.endswith(
+        "; max_batches_in_progress: workspace w may have at most 2 batches in progress; it has 2."
+    )
+    await make_batch(manager, 1, prefix="e", workspace="other-team")  # each workspace has its own
+    # Finished work no longer counts.
+    jobs = [j for j in await claim_all(manager, "w1") if j.batch == first.seq]
+    await manager.reap(now_us() + 2 * SECOND)
+    jobs = [j for j in await claim_all(manager, "w2") if j.batch == first.seq]
+    await manager.complete("w2", [done(j) for j in jobs], now_us())
+    await make_batch(manager, 6, prefix="f")
+
+
+async def test_concurrent_creates_cannot_both_pass_a_quota(open_another: ManagerFactory) -> None:
+    quota = {"limits": {"default": {"max_queued_requests": 10}}}
+    managers = [await open_another(**quota) for _ in range(4)]
+    outcomes = await asyncio.gather(
+        *(make_batch(m, 6, prefix=f"p{i}_") for i, m in enumerate(managers)), return_exceptions=True
+    )
+    assert sum(isinstance(o, Batch) for o in outcomes) == 1
+    assert all(isinstance(o, RateLimitError) for o in outcomes if not isinstance(o, Batch))
+    listed, _ = await managers[0].list_batches("w", limit=10, after_id=None, before_id=None)
+    assert len(listed) == 1
+
+
+async def test_usage_and_outcomes_add_up_to_the_results(manager: BatchManager) -> None:
+    """Per batch, per model and per workspace, the counted tokens are the sum over the results lines."""
+    requests = [
+        {"custom_id": f"r{i}", "params": {**params_of(i), "model": ("model-a", "model-b")[i % 2]}} for i in range(40)
+    ]
+    requests.append({"custom_id": "bad", "params": {"model": "model-a"}})  # no max_tokens: errored, no backend
+    failing = {**params_of(0), "model": "model-b", "messages": [{"role": "user", "content": "simulate error=x"}]}
+    requests.append({"custom_id": "fails", "params": failing})  # errored by the backend
+    batch = await manager.create("w", msgspec.json.encode({"requests": requests}), "")
+    other = await make_batch(manager, 3, prefix="o", workspace="elsewhere")
+    router = Router([], MockBackend(lambda params, context: _simulated(params), name="sim"))
+    await Dispatcher(manager, router, owner="burst", poll_interval=0.05).run_burst(timeout=30)
+    final = await check_consistent(manager, batch)
+    lines = await results_of(manager, final)
+    expected: dict[str, list[int]] = {}
+    for item in lines:
+        if item["result"]["type"] == "succeeded":
+            message = item["result"]["message"]
+            usage = message["usage"]
+            counts = expected.setdefault(message["model"], [0, 0, 0, 0])
+            for i, kind in enumerate(TOKEN_KINDS):
+                counts[i] += usage.get(kind) or 0
+    assert set(expected) == {"model-a", "model-b"}
+    summed = [sum(c[i] for c in expected.values()) for i in range(4)]
+    assert manager.render(final, "http://x")["usage"] == dict(zip(TOKEN_KINDS, summed, strict=True))
+    reader = UsageReader(manager.store, manager.settings)
+    now = now_us() // SECOND
+    usage = await reader.usage("w", now - 3600, now + 1, ["model"])
+    assert {row["model"]: [row[k] for k in TOKEN_KINDS] for row in usage["data"]} == expected
+    assert {row["model"]: (row["succeeded"], row["errored"]) for row in usage["data"]} == {
+        "model-a": (20, 1),
+        "model-b": (20, 1),
+    }
+    assert [row[k] for row in [usage["total"]] for k in TOKEN_KINDS] == summed
+    elsewhere = await reader.usage("elsewhere", now - 3600, now + 1, [])
+    assert elsewhere["total"]["succeeded"] == 3 and await check_consistent(manager, other)
+    breakdown = await reader.breakdown(final)
+    rows = {(r["model"], r["backend"]): r for r in breakdown["requests"]}
+    assert rows[("model-a", "sim")]["succeeded"] == 20 and rows[("model-b", "sim")]["succeeded"] == 20
+    assert rows[("model-b", "sim")]["errored"] == 1  # the overloaded one reached the backend
+    assert rows[("model-a", None)]["errored"] == 1  # the invalid one did not
+    for kind in ("processing", "succeeded", "errored", "canceled", "expired"):
+        assert sum(r[kind] for r in breakdown["requests"]) == getattr(final, kind)
+    assert breakdown["errors"] == [
+        {"type": "invalid_request_error", "count": 1},
+        {"type": "overloaded_error", "count": 1},
+    ]
+    throughput = await reader.throughput(final)
+    assert sum(n for _, n in throughput["points"]) == final.total
+
+
+def _simulated(params: dict[str, Any]) -> dict[str, Any]:
+    text = params["messages"][-1]["content"]
+    if "simulate error=" in text:
+        raise OverloadedError("overloaded", retryable=False)
+    message = simulate(params)[0]
+    return {**message, "model": params["model"]}
+
+
+async def test_outcomes_count_requests_finished_in_bulk(open_another: ManagerFactory) -> None:
+    manager = await open_another(expiry_seconds=0.2)
+    bulk: list[tuple[int, int]] = []
+    manager.on_finished_in_bulk.append(lambda result, n: bulk.append((result, n)))
+    canceled = await make_batch(manager, 5, prefix="c")
+    running = await claim_all(manager, "w1")
+    await manager.cancel("w", canceled.id)
+    assert bulk == []  # all five were running: nothing waited
+    await manager.complete("w1", [done(j) for j in running[:2]], now_us())
+    await manager.release("w1", [j.id for j in running[2:]])
+    assert bulk == [(CANCELED, 3)]
+    expiring = await make_batch(manager, 4, prefix="x")
+    await asyncio.sleep(0.25)
+    assert await manager.expire_due(now_us()) == [expiring.id]
+    assert bulk == [(CANCELED, 3), (EXPIRED, 4)]
+    reader = UsageReader(manager.store, manager.settings)
+    for batch, kind, n in ((canceled, "canceled", 3), (expiring, "expired", 4)):
+        final = await check_consistent(manager, batch)
+        rows = (await reader.breakdown(final))["requests"]
+        assert getattr(final, kind) == n
+        for count in ("processing", "succeeded", "errored", "canceled", "expired"):
+            assert sum(r[count] for r in rows) == getattr(final, count)
+
+
+def _refilled(dispatcher: Dispatcher, finished: list[str], before: int) -> bool:
+    """One more finished, and its slot claimed again (held: claimed and not finished)."""
+    return len(finished) > before and sum(dispatcher._slots.by_pool.values()) == 5
+
+
+def texts_body(prefix: str, n: int) -> bytes:
+    requests = [
+        {"custom_id": f"{prefix}{i}", "params": {**params_of(i), "messages": [{"role": "user", "content": prefix}]}}
+        for i in range(n)
+    ]
+    return msgspec.json.encode({"requests": requests})
+
+
+async def test_dispatcher_claims_per_backend_no_more_than_it_can_start(open_another: ManagerFactory) -> None:
+    """A backend running 4 at once is held 4 + 1 requests: the rest stays in the store, shared 3:1
+    by weight as slots free, and a batch of a third workspace created meanwhile gets the next slot."""
+    manager = await open_another(limits={"a": {"weight": 3}, "b": {"weight": 1}})
+    finished: list[str] = []
+    gate = asyncio.Semaphore(0)
+
+    async def answer(params: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        await gate.acquire()
+        finished.append(params["messages"][0]["content"])
+        return simulate(params)[0]
+
+    backend = MockBackend(answer, name="small", max_concurrency=4)
+    await manager.create("a", texts_body("a", 60), "")
+    await manager.create("b", texts_body("b", 60), "")
+    dispatcher = Dispatcher(manager, Router([], backend), owner="d1", poll_interval=0.05)
+
+    async def step(n: int) -> None:
+        for _ in range(n):
+            before = len(finished)
+            gate.release()
+            await asyncio.wait_for(dispatcher._until(partial(_refilled, dispatcher, finished, before)), 10)
+
+    await dispatcher.start()
+    try:
+        await asyncio.wait_for(dispatcher._until(lambda: sum(dispatcher._slots.by_pool.values()) == 5), 10)
+        _, waiting, _ = await manager.queue_summary(now_us())
+        assert waiting == 115  # claimed: the 4 slots and one ahead; the rest waits in the store
+        await step(40)
+        assert 27 <= finished.count("a") <= 33, finished  # 3:1 of 40
+        await manager.create("c", texts_body("c", 1), "")
+        await step(6)
+        # The newcomer took the first slot that freed: it ran behind the five held, not the queue.
+        assert "c" in finished[40:46], finished[40:]
+    finally:
+        for _ in range(200):
+            gate.release()
+        await dispatcher.stop(grace=5)
+
+
+async def test_list_filters_by_status_and_metadata(manager: BatchManager) -> None:
+    made = [
+        await manager.create("w", create_body(2, f"b{i}_"), "", metadata={"team": ("nlp", "vision")[i % 2]})
+        for i in range(5)
+    ]
+    await manager.cancel("w", made[0].id)  # nothing ran: it ends at once
+    page, more = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata={"team": "nlp"})
+    assert [b.id for b in page] == [made[4].id, made[2].id, made[0].id] and not more
+    page, _ = await manager.list_batches(
+        "w", limit=10, after_id=None, before_id=None, status=IN_PROGRESS, metadata={"team": "nlp"}
+    )
+    assert [b.id for b in page] == [made[4].id, made[2].id]
+    page, more = await manager.list_batches("w", limit=1, after_id=None, before_id=made[0].id, status=IN_PROGRESS)
+    assert [b.id for b in page] == [made[1].id] and more
+    page, _ = await manager.list_batches("w", limit=10, after_id=None, before_id=None, metadata={"team": "x"})
+    assert page == []

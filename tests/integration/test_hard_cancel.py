@@ -61,8 +61,9 @@ async def test_a_setting_makes_every_cancel_a_hard_one(tmp_path: Path) -> None:
             soft = await sdk.messages.batches.create(requests=[simple_request(f"s{i}", f"s{i}") for i in range(4)])
             await wait_until(lambda: fake.in_flight == 2, what="two more running")
             still = await sdk.messages.batches.cancel(soft.id, extra_query={"abort_running": "false"})
-            # Two run upstream, two wait for a slot (dropped when one frees): none is cut.
-            assert still.processing_status == "canceling" and still.request_counts.processing == 4
+            # Two run upstream and one claimed ahead waits for a slot (dropped when one frees); the
+            # fourth was still in the store and is canceled at once. None is cut.
+            assert still.processing_status == "canceling" and still.request_counts.processing == 3
             assert fake.in_flight == 2 and fake.cut == 2
     assert ended.request_counts.canceled == 4
 

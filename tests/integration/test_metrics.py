@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import TEST_KEY, async_client_for, make_settings, raw_client, running_server, simple_request, wait_ended
 from msgbatch.api.app import MsgBatchServer
@@ -19,76 +19,31 @@ from msgbatch.backends.retry import RetryPolicy
 from msgbatch.backends.router import Router
 from msgbatch.backends.simulate import simulate
 from msgbatch.errors import MsgbatchError, error_for_type
-from msgbatch.metrics import Counter, Gauge, Histogram
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"')
+Samples = list[tuple[str, dict[str, str], float]]
 
 
-def parse_metrics(text: str) -> tuple[dict[str, str], list[tuple[str, dict[str, str], float]]]:
-    """A strict enough reader of the text exposition format: TYPE per family, then samples."""
+def parse_metrics(text: str) -> tuple[dict[str, str], Samples]:
+    """The exposition read by Prometheus's own parser: each family's type, and every sample."""
     types: dict[str, str] = {}
-    samples = []
-    assert text.endswith("\n")
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert name not in types, f"duplicate TYPE for {name}"
-            types[name] = kind
-        elif line.startswith("# HELP ") or not line:
-            continue
-        else:
-            m = _SAMPLE.match(line)
-            assert m, f"bad sample line: {line!r}"
-            labels = dict(_LABEL.findall(m.group(3) or ""))
-            value = float(m.group(4))
-            name = m.group(1)
-            family = re.sub(r"_(bucket|sum|count)$", "", name) if name not in types else name
-            assert family in types, f"sample before its TYPE: {line!r}"
-            samples.append((name, labels, value))
+    samples: Samples = []
+    for family in text_string_to_metric_families(text):
+        assert family.name not in types, f"duplicate family {family.name}"
+        types[family.name] = family.type
+        samples += [(sample.name, sample.labels, sample.value) for sample in family.samples]
     return types, samples
 
 
-def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items()))
 
 
-async def scrape(srv: MsgBatchServer) -> tuple[dict[str, str], list[tuple[str, dict[str, str], float]]]:
+async def scrape(srv: MsgBatchServer) -> tuple[dict[str, str], Samples]:
     async with raw_client(srv) as http:
         response = await http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     return parse_metrics(response.text)
-
-
-# -- the exposition format -----------------------------------------------------------------------
-
-
-def test_exposition_format_of_each_kind() -> None:
-    c = Counter("t_total", "A counter.", ("kind",))
-    c.inc('a"b\\c\nd')
-    c.inc("plain", amount=2.5)
-    assert list(c.lines()) == [
-        "# HELP t_total A counter.",
-        "# TYPE t_total counter",
-        't_total{kind="a\\"b\\\\c\\nd"} 1',
-        't_total{kind="plain"} 2.5',
-    ]
-    assert list(Counter("bare_total", "No labels.").lines())[-1] == "bare_total 0"
-
-    g = Gauge("t_gauge", "A gauge.", source=lambda: 7)
-    assert list(g.lines())[-1] == "t_gauge 7"
-
-    h = Histogram("t_seconds", "A histogram.", ("backend",), buckets=(0.1, 1.0))
-    for value in (0.05, 0.1, 0.5, 3.0):
-        h.observe(value, "x")
-    assert list(h.lines())[2:] == [
-        't_seconds_bucket{backend="x",le="0.1"} 2',
-        't_seconds_bucket{backend="x",le="1"} 3',
-        't_seconds_bucket{backend="x",le="+Inf"} 4',
-        't_seconds_sum{backend="x"} 3.65',
-        't_seconds_count{backend="x"} 4',
-    ]
 
 
 # -- counters add up -----------------------------------------------------------------------------
@@ -110,7 +65,7 @@ async def test_metrics_add_up_to_the_batch_counts(server: MsgBatchServer) -> Non
     assert (counts.succeeded, counts.errored) == (40, 11)
 
     types, samples = await scrape(server)
-    assert types["msgbatch_requests_total"] == "counter"
+    assert types["msgbatch_requests"] == "counter"
     assert types["msgbatch_backend_request_duration_seconds"] == "histogram"
     assert types["msgbatch_requests_in_flight"] == "gauge"
     assert total(samples, "msgbatch_requests_total", result="succeeded") == counts.succeeded

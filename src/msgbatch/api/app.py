@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from msgbatch.api import batches, dashboard, extensions, openai, openapi
+from msgbatch.api import batches, dashboard, extensions, openai, openapi, usage
 from msgbatch.api.body import CreateBudget
 from msgbatch.api.exceptions import error_response, handle_exception
 from msgbatch.api.forwarded import ProxyPolicy
@@ -45,6 +45,7 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     server: MsgBatchServer = request.app.state.server
+    await server.metrics.refresh()
     return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -67,7 +68,7 @@ class MsgBatchServer:
         self.metrics = self.runtime.metrics
         self.dispatcher = self.runtime.dispatcher
         self.lifecycle = self.runtime.lifecycle
-        routes: list[BaseRoute] = [*batches.routes, *extensions.routes, *openai.routes]
+        routes: list[BaseRoute] = [*batches.routes, *extensions.routes, *openai.routes, *usage.routes]
         routes += [Route("/health", health), Route("/ready", ready)]
         routes += [Route("/metrics", metrics), *openapi.routes, *dashboard.routes, *(extra_routes or [])]
         self.app = Starlette(

@@ -21,7 +21,7 @@ from msgbatch.envelope import parse_betas
 from msgbatch.errors import InvalidRequestError, NotFoundError
 from msgbatch.ids import is_batch_id
 from msgbatch.manager import NOT_FOUND, BatchManager
-from msgbatch.models import RESULT_CODES, Batch
+from msgbatch.models import RESULT_CODES, STATUS_NAMES, Batch
 
 JSON = "application/json"
 _INTEGER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
@@ -116,6 +116,16 @@ def _int_param(request: Request, name: str, default: int) -> int:
     return int(value)
 
 
+def status_filter(request: Request) -> int | None:
+    """Not part of the hosted API, for the dashboard: `?status=ended` lists only ended batches."""
+    status = request.query_params.get("status")
+    if not status:
+        return None
+    if status not in STATUS_NAMES:
+        raise InvalidRequestError(f"status: Input should be one of {', '.join(STATUS_NAMES)}")
+    return STATUS_NAMES.index(status)
+
+
 async def list_batches(request: Request) -> Response:
     manager = _manager(request)
     workspace = workspace_of(request, manager.settings)
@@ -132,6 +142,7 @@ async def list_batches(request: Request) -> Response:
         after_id=after_id,
         before_id=before_id,
         metadata=metadata_filter(request),
+        status=status_filter(request),
     )
     base = base_url(request)
     return _json(

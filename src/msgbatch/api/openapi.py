@@ -47,11 +47,14 @@ _WHY = {
     408: "The client stopped sending its body (`body_timeout`).",
     413: "The body (decoded) is over the size limit.",
     415: "A `Content-Encoding` other than gzip, deflate or identity.",
-    429: "Too many large creates at once; retry after `retry-after` seconds.",
+    429: "Too many large creates at once (retry after `retry-after` seconds), or a workspace quota "
+    "(`[limits]`) would be exceeded.",
     500: "An unexpected failure (a bug: it is logged).",
     503: "The database does not answer (an API call: retry after `retry-after` seconds).",
 }
 _BATCH_ID = {"type": "string", "pattern": "^msgbatch_[0-9A-Za-z]{24}$"}
+# A boolean query flag as the server reads it: true/false in any case, 1/0, or empty (the default).
+FLAG = {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)?$"}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -219,6 +222,11 @@ def message_batches() -> Group:
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}, "Page size."),
                     query("after_id", cursor, "The page just older than this batch (not with before_id)."),
                     query("before_id", cursor, "The page just newer than this batch (not with after_id)."),
+                    query(
+                        "status",
+                        {"type": "string", "enum": ["", "in_progress", "canceling", "ended"]},
+                        "Not in the hosted API: only batches of this status.",
+                    ),
                     beta,
                     {
                         "name": "metadata",
@@ -254,7 +262,7 @@ def message_batches() -> Group:
                     beta,
                     query(
                         "abort_running",
-                        {"type": "boolean"},
+                        FLAG,
                         "Not in the hosted API: also stop the requests running now (they end `canceled`). "
                         "Default: the server's `abort_running_on_cancel`.",
                     ),
@@ -281,7 +289,7 @@ def message_batches() -> Group:
                     query("custom_id", {"type": "string"}, "Not in the hosted API: only this request's result."),
                     query(
                         "partial",
-                        {"type": "boolean"},
+                        FLAG,
                         "Not in the hosted API: the results written so far of a batch still running.",
                     ),
                 ],
@@ -337,6 +345,10 @@ def message_batches() -> Group:
                     "maxLength": 2048,
                     "description": "Signed webhooks go here; it must be under a prefix the server allows.",
                 },
+                "priority": {
+                    "enum": ["high", "normal", "low", None],
+                    "description": "Not in the hosted API: the batch's priority within its workspace (default normal).",
+                },
             },
         },
         "MessageBatch": {
@@ -370,6 +382,8 @@ def message_batches() -> Group:
                 "cancel_initiated_at": nullable(time),
                 "archived_at": nullable(time),
                 "results_url": nullable({"type": "string", "format": "uri"}),
+                # Not in the hosted API: the succeeded requests' tokens so far, once there are some.
+                "usage": ref("Tokens"),
                 # Not in the hosted API: present only on a batch that uses the feature.
                 "metadata": METADATA,
                 "fail_fast": FAIL_FAST,
@@ -377,6 +391,7 @@ def message_batches() -> Group:
                 "retry_of": _BATCH_ID,
                 "retried_by": _BATCH_ID,
                 "cancel_reason": {"enum": ["fail_fast"]},
+                "priority": {"enum": ["high", "low"], "description": "Present when not normal."},
             },
         },
         "MessageBatchList": {
@@ -399,7 +414,20 @@ def message_batches() -> Group:
         "MessageBatchStats": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["id", "type", "since", "first_call_at", "last_call_at", "backends"],
+            "required": [
+                "id",
+                "type",
+                "since",
+                "first_call_at",
+                "last_call_at",
+                "backends",
+                "requests",
+                "errors",
+                "tokens",
+                "usage",
+                "cost",
+                "throughput",
+            ],
             "properties": {
                 "id": {"type": "string"},
                 "type": {"const": "message_batch_stats"},
@@ -422,6 +450,188 @@ def message_batches() -> Group:
                         },
                     },
                 },
+                "requests": {
+                    "type": "array",
+                    "description": "By model and backend (null: none yet, or none ever): they add up to the "
+                    "batch's request_counts.",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["model", "backend", "processing", "succeeded", "errored", "canceled", "expired"],
+                        "properties": {
+                            "model": {"type": "string"},
+                            "backend": nullable({"type": "string"}),
+                            **{k: count for k in ("processing", "succeeded", "errored", "canceled", "expired")},
+                        },
+                    },
+                },
+                "errors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["type", "count"],
+                        "properties": {"type": {"type": "string"}, "count": count},
+                    },
+                },
+                "tokens": {"type": "array", "items": ref("UsageEntry")},
+                "usage": ref("Tokens"),
+                "cost": nullable({"type": "number"}),
+                "throughput": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["step_seconds", "start", "points"],
+                    "properties": {
+                        "step_seconds": {"type": "integer", "minimum": 1},
+                        "start": {"type": "integer"},
+                        "points": {
+                            "type": "array",
+                            "description": "[unix seconds, requests written in that step]",
+                            "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                        },
+                    },
+                },
+            },
+        },
+    }
+    return paths, schemas
+
+
+def teams() -> Group:
+    """msgbatch's own endpoints for many teams: usage, the workspace, pages of results."""
+    common = (400, 401, 403, 500, 503)
+    time = {"type": "string", "format": "date-time"}
+    count = {"type": "integer", "minimum": 0}
+    moment = {
+        "anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "string", "format": "date"},
+            {"type": "string", "pattern": "^[0-9]{1,15}$"},
+            {"const": ""},
+        ],
+        "description": "RFC 3339, a date, or unix seconds; outside 1970 to 9999, the nearer end; empty: the default.",
+    }
+    paths = {
+        "/v1/usage": {
+            "get": operation(
+                "usage",
+                "Not in the hosted API: the workspace's token usage over a time range",
+                response("Usage per group and in total.", ref("Usage")),
+                common,
+                parameters=[
+                    query("since", moment, "From this time (default: 30 days before `until`)."),
+                    query("until", moment, "Up to this time (default: now)."),
+                    query(
+                        "group_by",
+                        {"type": "string", "pattern": "^((model|hour|day)(,(model|hour|day))*)?$"},
+                        "Any of `model`, `hour`, `day`, comma-separated (with both, `hour`).",
+                    ),
+                ],
+            )
+        },
+        "/v1/workspace": {
+            "get": operation(
+                "workspace",
+                "Not in the hosted API: the key's workspace: quotas, open work, usage of the last day",
+                response("The workspace.", ref("Workspace")),
+                common,
+            )
+        },
+        "/v1/messages/batches/{batch_id}/results/page": {
+            "get": operation(
+                "messageBatchResultsPage",
+                "Not in the hosted API: a page of the results written so far",
+                response("Results lines and where the next page starts.", ref("ResultsPage")),
+                (400, 401, 403, 404, 500, 503),
+                parameters=[
+                    {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    query(
+                        "after",
+                        {"type": "integer", "minimum": 0, "maximum": 1 << 40},
+                        "The position in the batch to start from.",
+                    ),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size (100)."),
+                    query("type", {"type": "string", "enum": ["succeeded", "errored", "canceled", "expired"]}, ""),
+                    query("custom_id", {"type": "string"}, "Only this request's result."),
+                ],
+            )
+        },
+    }
+    tokens = {
+        k: count for k in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    }
+    entry = {"succeeded": count, "errored": count, **tokens, "cost": nullable({"type": "number"})}
+    schemas: dict[str, Schema] = {
+        "Tokens": {"type": "object", "additionalProperties": False, "required": list(tokens), "properties": tokens},
+        "UsageEntry": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": list(entry),
+            "properties": {**entry, "model": {"type": "string"}, "start": time},
+        },
+        "Usage": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "workspace", "since", "until", "group_by", "data", "total"],
+            "properties": {
+                "type": {"const": "usage"},
+                "workspace": {"type": "string"},
+                "since": time,
+                "until": time,
+                "group_by": {"type": "array", "items": {"enum": ["model", "hour", "day"]}},
+                "data": {"type": "array", "items": ref("UsageEntry")},
+                "total": ref("UsageEntry"),
+            },
+        },
+        "Workspace": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "workspace", "limits", "batches_in_progress", "queued_requests", "work", "usage_24h"],
+            "properties": {
+                "type": {"const": "workspace"},
+                "workspace": {"type": "string"},
+                "limits": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "max_queued_requests",
+                        "max_batches_in_progress",
+                        "max_in_flight_per_backend",
+                        "weight",
+                    ],
+                    "properties": {
+                        "max_queued_requests": nullable(count),
+                        "max_batches_in_progress": nullable(count),
+                        "max_in_flight_per_backend": nullable(count),
+                        "weight": {"type": "number"},
+                    },
+                },
+                "batches_in_progress": count,
+                "queued_requests": count,
+                "work": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["model", "backend", "running", "waiting"],
+                        "properties": {
+                            "model": {"type": "string"},
+                            "backend": nullable({"type": "string"}),
+                            "running": count,
+                            "waiting": count,
+                        },
+                    },
+                },
+                "usage_24h": ref("Usage"),
+            },
+        },
+        "ResultsPage": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["data", "next"],
+            "properties": {
+                "data": {"type": "array", "items": {"type": "object"}},
+                "next": nullable({"type": "integer", "minimum": 0}),
             },
         },
     }
@@ -861,7 +1071,7 @@ def openai_batches() -> Group:
     return paths, schemas
 
 
-GROUPS: list[Callable[[], Group]] = [server_paths, message_batches, batch_features, openai_batches]
+GROUPS: list[Callable[[], Group]] = [server_paths, message_batches, batch_features, openai_batches, teams]
 
 
 def document() -> Schema:

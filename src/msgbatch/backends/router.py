@@ -45,11 +45,10 @@ class Router:
         return sum(backend.max_concurrency or 0 for backend in self.backends)
 
     def dispatch_concurrency(self, configured: int) -> int:
-        """How many requests a dispatcher should hold: at least `configured`, and twice what the
-        backends can run, so that a freed backend slot is refilled at once from requests already
-        claimed (waiting in the backend's limiter) rather than after a round trip to the store.
-        (The dispatcher claims more once a quarter of its slots are free: with twice the
-        capacity, that happens while half of it is still waiting.)"""
+        """How many requests a dispatcher may hold at once (its runners): at least `configured`,
+        and twice what the backends can run, more than enough for each backend's limit and the
+        quarter more it claims ahead so that a freed slot is refilled at once (engine/slots.py
+        holds each backend to that; `configured` bounds the backends without a limit)."""
         return max(configured, 2 * self.capacity)
 
     async def aclose(self) -> None:

@@ -1,4 +1,4 @@
-"""The client commands of `msgbatch`: submit, batches list|get|cancel|delete, results, watch."""
+"""The client commands of `msgbatch`: submit, batches list|get|cancel|delete, results, watch, usage."""
 
 from __future__ import annotations
 
@@ -542,9 +542,59 @@ def delete(batch_id: str, as_json: bool, base_url: str, api_key: str | None) -> 
     _print_json(answer) if as_json else click.echo(f"deleted {answer.get('id', batch_id)}")
 
 
+# -- usage ---------------------------------------------------------------------------------------
+
+_USAGE_COLUMNS = (
+    ("succeeded", "SUCCEEDED"),
+    ("errored", "ERRORED"),
+    ("input_tokens", "INPUT"),
+    ("output_tokens", "OUTPUT"),
+    ("cache_read_input_tokens", "CACHE READ"),
+    ("cache_creation_input_tokens", "CACHE WRITE"),
+)
+
+
+def _usage_cells(row: dict[str, Any]) -> list[str]:
+    cost = row.get("cost")
+    return [f"{row.get(key, 0):,}" for key, _ in _USAGE_COLUMNS] + ["-" if cost is None else f"{cost:,.4f}"]
+
+
+@click.command(epilog=EXIT_CODES)
+@click.option(
+    "--since", help="From this time: RFC 3339 (2026-11-01T00:00:00Z), a date, or unix seconds.  [30 days ago]"
+)
+@click.option("--until", help="Up to this time (same forms).  [now]")
+@click.option(
+    "--group-by",
+    "group_by",
+    multiple=True,
+    type=click.Choice(["model", "hour", "day"]),
+    help="Split by model, and/or per hour or day (repeatable).",
+)
+@json_option
+@connection_options
+def usage(
+    since: str | None, until: str | None, group_by: tuple[str, ...], as_json: bool, base_url: str, api_key: str | None
+) -> None:
+    """Token usage of the key's workspace (msgbatch servers only): requests succeeded and errored,
+    input, output and cache tokens, and their cost where the server has a price for the model."""
+    with _errors(), _client(base_url, api_key) as client:
+        answer = client.usage(since, until, group_by)
+    if as_json:
+        _print_json(answer)
+        return
+    keys = [name for name in ("model", "start") if any(name in row for row in answer.get("data", []))]
+    headers = [key.upper() for key in keys] + [title for _, title in _USAGE_COLUMNS] + ["COST"]
+    rows = [[str(row.get(key, "")) for key in keys] + _usage_cells(row) for row in answer.get("data", [])]
+    total = _usage_cells(answer.get("total", {}))
+    rows.append(["total", *[""] * (len(keys) - 1), *total] if keys else total)
+    click.echo(f"workspace {answer.get('workspace')}: {answer.get('since')} to {answer.get('until')}", err=True)
+    click.echo(table(headers, rows, right=tuple(range(len(keys), len(headers)))))
+
+
 def register(group: click.Group) -> None:
     """Add the client commands to the `msgbatch` command group."""
     from msgbatch.client.feature_commands import retry, webhooks
 
-    for command in (submit, batches, results, watch, retry, webhooks):
+    for command in (submit, batches, results, watch, retry, webhooks, usage):
         group.add_command(command)

@@ -9,7 +9,7 @@ CLI's exit status.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -279,6 +279,13 @@ class BatchesClient:
             if not page.get("has_more") or not page.get("last_id"):
                 return
             after = page["last_id"]
+
+    def usage(self, since: str | None, until: str | None, group_by: Sequence[str]) -> dict[str, Any]:
+        """msgbatch's own `GET /v1/usage`: the workspace's token usage over a time range."""
+        params = {name: value for name, value in (("since", since), ("until", until)) if value}
+        if group_by:
+            params["group_by"] = ",".join(group_by)
+        return self._json("GET", "/v1/usage", params=params)
 
     def cancel(self, batch_id: str, *, abort_running: bool | None = None) -> dict[str, Any]:
         """With `abort_running` (msgbatch only), the running requests are stopped too."""

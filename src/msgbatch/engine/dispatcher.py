@@ -2,7 +2,8 @@
 
 start()      listen for wake-ups; start the side loops (claim, flush, renew, expiry) under a
              supervisor, and `concurrency` runners that take claimed requests from a queue
-claim loop   leases requests (fairly across batches: the manager's rule) while slots are free
+claim loop   leases requests while a backend has free slots (engine/slots.py), shared fairly across
+             workspaces and batches by the manager's rule (msgbatch/fairness.py)
 runner       one request at a time: check, route, call the backend, make its outcome (what a
              request is -- Messages params or an OpenAI endpoint's body -- is its endpoint's:
              msgbatch/endpoints.py)
@@ -33,8 +34,10 @@ from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.config import Settings
 from msgbatch.endpoints import ENDPOINTS
+from msgbatch.engine.slots import BackendSlots
 from msgbatch.engine.supervisor import Supervisor
 from msgbatch.errors import MsgbatchError, ServiceUnavailableError
+from msgbatch.fairness import Slots
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 from msgbatch.models import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Batch, Job, Outcome
@@ -75,6 +78,7 @@ class Dispatcher:
         self.metrics = metrics or Metrics()
         self.supervisor = Supervisor(self.owner)
 
+        self._slots = BackendSlots(router, concurrency)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._held: set[int] = set()  # every request leased to this process: queued, running, unwritten
@@ -120,6 +124,7 @@ class Dispatcher:
 
     def wake(self, _batch: Batch | None = None) -> None:
         self._wake.set()
+        self._slot.set()
 
     def batch_canceled(self, batch: Batch) -> None:
         self._canceled.add(batch.seq)
@@ -134,7 +139,7 @@ class Dispatcher:
             if kind == "abort":
                 self.abort(int(seq))
         else:
-            self._wake.set()
+            self.wake()
 
     def abort(self, seq: int) -> None:
         """Stop this batch's running requests: their upstream calls are cut (the connection
@@ -189,6 +194,7 @@ class Dispatcher:
         with contextlib.suppress(Exception):
             await self.manager.release(self.owner, handed_back)
         self._held.difference_update(handed_back)
+        self._slots.clear()
         log.info("dispatcher.stopped owner=%s released=%d unfinished=%d", self.owner, len(unstarted), len(abandoned))
 
     async def run_burst(self, timeout: float = 60.0) -> None:
@@ -211,7 +217,7 @@ class Dispatcher:
                 continue
             if not claimable and next_due is not None:
                 await asyncio.sleep(min(max(0.0, (next_due - now_us()) / 1e6), self.poll_interval))
-            self._wake.set()
+            self.wake()
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
@@ -233,20 +239,26 @@ class Dispatcher:
     # -- claiming ----------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        low_water = max(1, self.concurrency // 4)
+        slots = self._slots
         while not self._stopping:
+            if self._wake.is_set():
+                self._wake.clear()
+                slots.wet()
             # Outcomes the store has not taken yet count against the slots beyond one flush's
             # worth: when writes stall, stop leasing more work than can be recorded.
             unwritten = max(0, len(self._done) - self.flush_max)
-            free = self.concurrency - len(self._running) - self._queue.qsize() - unwritten
-            if free < low_water and not (free > 0 and self._queue.empty()):
+            wanted = slots.wanted(busy=unwritten, queue_empty=self._queue.empty(), most=self.claim_max)
+            if not wanted:
                 self._slot.clear()
-                await self._slot.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(slots.dry_for()):
+                        await self._slot.wait()
                 continue
-            self._wake.clear()
             now = now_us()
             try:
-                jobs = await self.manager.claim(self.owner, min(free, self.claim_max), now, now + self.lease_us)
+                jobs = await self.manager.claim(
+                    self.owner, Slots(wanted, slots.pool_of, slots.held, slots.served), now, now + self.lease_us
+                )
             except ServiceUnavailableError:  # the database is away; the store said so once
                 await asyncio.sleep(self.poll_interval)
                 continue
@@ -254,15 +266,12 @@ class Dispatcher:
                 log.exception("dispatcher.claim_failed owner=%s", self.owner)
                 await asyncio.sleep(self.poll_interval)
                 continue
+            slots.claimed(jobs, wanted, dry_until=time.monotonic() + self.poll_interval)
             for job in jobs:
                 self._held.add(job.id)
                 self._queue.put_nowait(job)
             if jobs:
                 self._changed.set()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval):
-                        await self._wake.wait()
 
     # -- running -----------------------------------------------------------------------------
 
@@ -290,6 +299,7 @@ class Dispatcher:
                 log.exception("dispatcher.run_failed request=%d", job.id)
                 outcome = self._errored(job, "api_error", str(exc))
             self.metrics.finished(job, outcome)
+            self._slots.done(job.id)
             self._done.append(outcome)
             # pop: a lapsed lease may have brought the same request back to this process meanwhile
             self._running.pop(job.id, None)
@@ -345,15 +355,15 @@ class Dispatcher:
                 not_before = now_us() + int(retry.delay(job.attempts, exc.retry_after) * 1_000_000)
                 # A retry due past the expiry waits for it instead, and ends `expired`, not `errored`.
                 return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at), error_type=exc.type)
-            return self._errored(job, exc.result_type, exc.message, exc.upstream_status or exc.status)
+            return self._errored(job, exc.result_type, exc.message, exc.upstream_status or exc.status, backend.name)
         self.metrics.backend_call(job, backend.name, started, "ok")
         line = endpoint.succeeded_line(job, answer)
-        return Outcome(job.id, job.batch, SUCCEEDED, line, tokens=endpoint.tokens(answer))
+        return Outcome(job.id, job.batch, SUCCEEDED, line, tokens=endpoint.tokens(answer), backend=backend.name)
 
     @staticmethod
-    def _errored(job: Job, error_type: str, message: str, status: int | None = None) -> Outcome:
+    def _errored(job: Job, error_type: str, message: str, status: int | None = None, backend: str = "") -> Outcome:
         line = ENDPOINTS[job.endpoint].errored_line(job, error_type, message, status)
-        return Outcome(job.id, job.batch, ERRORED, line, error_type=error_type)
+        return Outcome(job.id, job.batch, ERRORED, line, error_type=error_type, backend=backend)
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from msgbatch.engine.webhook_delivery import WebhookDelivery
 from msgbatch.manager import BatchManager
 from msgbatch.metrics import Metrics
 from msgbatch.store import Store, open_store
+from msgbatch.usage import UsageReader
 
 log = logging.getLogger("msgbatch.runtime")
 
@@ -46,6 +47,10 @@ class Runtime:
             # In one process, the API's calls reach the dispatcher directly.
             self.manager.on_created.append(self.dispatcher.wake)
             self.manager.on_canceled.append(self.dispatcher.batch_canceled)
+        # Requests the store finishes in bulk (canceled while waiting, expired) count here too.
+        self.manager.on_finished_in_bulk.append(self.metrics.finished_in_bulk)
+        reader = UsageReader(self.store, settings)
+        self.metrics.watch_store(lambda: reader.gauges(self.backend_of))
         # Expiry, retention and lease reaping are safe to run in every process at once.
         self.lifecycle = Lifecycle(self.manager, interval=settings.lifecycle_interval)
         # Webhooks are delivered by every process, API-only servers included.
@@ -54,6 +59,11 @@ class Runtime:
         # process. Leases that ran out are reaped by the lifecycle.
         self.recover = recover
         self._stack: list[str] = []
+
+    def backend_of(self, model: str) -> str | None:
+        """The name of the backend a model routes to here (None: none takes it)."""
+        backend = self.router.route(model) if model else None
+        return backend.name if backend is not None else None
 
     async def start(self) -> None:
         try:

@@ -4,7 +4,8 @@ Run any number of them against one PostgreSQL database, next to `msgbatch serve 
 API servers. A worker holds nothing the database does not know: claimed requests are leased,
 the lease is renewed while they run, and on SIGTERM/SIGINT running requests get `grace`
 seconds to finish before everything still held is handed back. A worker killed outright loses
-nothing either: its leases run out and other workers take the requests over.
+nothing either: its leases run out and other workers take the requests over. With
+`metrics_port` set, it also answers GET /metrics, /health and /ready there (engine/probe.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 
 from msgbatch.backends.router import Router
 from msgbatch.config import Settings
+from msgbatch.engine.probe import ProbeServer
 from msgbatch.engine.runtime import Runtime
 from msgbatch.store import Store
 
@@ -31,13 +33,26 @@ class Worker:
         dispatcher = self.runtime.dispatcher
         assert dispatcher is not None
         self.dispatcher = dispatcher
+        self.probe: ProbeServer | None = None
+        if settings.metrics_port is not None:
+            self.probe = ProbeServer(
+                self.runtime.metrics, self.store, host=settings.metrics_host, port=settings.metrics_port
+            )
 
     async def start(self) -> None:
         await self.runtime.start()
+        if self.probe is not None:
+            try:
+                await self.probe.start()
+            except BaseException:
+                await self.runtime.stop()
+                raise
         log.info("worker.started owner=%s", self.dispatcher.owner)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; running requests get `grace` seconds, then the rest is handed back."""
+        if self.probe is not None:
+            await self.probe.stop()
         if not self.runtime.started:
             return
         await self.runtime.stop(grace)

@@ -17,6 +17,15 @@ from msgbatch.models import Batch
 Row = tuple[Any, ...]
 
 
+class Refused(Exception):
+    """A `-- guard` step returned rows: the transaction was rolled back. `rows` say why."""
+
+    def __init__(self, step: str, rows: list[Row]) -> None:
+        super().__init__(f"{step}: {rows}")
+        self.step = step
+        self.rows = rows
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One named statement (or block of them) to run, with its parameters.
@@ -53,7 +62,8 @@ class Store(Protocol):
         ...
 
     async def run(self, *steps: Step, durable: bool = False) -> list[list[Row]]:
-        """Run the steps in order in one transaction; the rows each step returned.
+        """Run the steps in order in one transaction; the rows each step returned. A `-- guard`
+        step that returns rows rolls it back and raises `Refused`.
 
         `durable`: the commit must survive a power loss, not only a crash (an accepted batch)."""
         ...
@@ -68,8 +78,9 @@ class Store(Protocol):
         ...
 
 
-# The batch columns every batch query selects first, in this order (a dialect's own come after).
-BATCH_COLUMNS = 30
+# The batch columns every batch query selects first, in this order (`priority` last; a dialect's
+# own come after).
+BATCH_COLUMNS = 31
 
 
 def batch_from_row(row: Sequence[Any]) -> Batch:
@@ -104,4 +115,5 @@ def batch_from_row(row: Sequence[Any]) -> Batch:
         fail_fast_min_results=row[27],
         fail_fast_max_error_rate=row[28],
         webhook_url=row[29],
+        priority=row[30],
     )

@@ -31,7 +31,7 @@ from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from msgbatch.errors import ServiceUnavailableError
-from msgbatch.store.base import Row, Step
+from msgbatch.store.base import Refused, Row, Step
 from msgbatch.store.queries import Query, load_queries, migrations
 
 log = logging.getLogger("msgbatch.store.postgres")
@@ -367,7 +367,12 @@ class PostgresStore:
             if copies:
                 # COPY cannot be pipelined: run the group statement by statement.
                 async with conn.transaction():
-                    return [await self._execute(conn, q, step) for q, step in zip(queries, steps, strict=True)]
+                    found = []
+                    for query, step in zip(queries, steps, strict=True):
+                        found.append(await self._execute(conn, query, step))
+                        if found[-1] and query.guard:
+                            raise Refused(step.name, found[-1])
+                    return found
             pending: list[list[psycopg.AsyncCursor[Any]]] = []
             async with conn.pipeline(), conn.transaction():
                 for query, step in zip(queries, steps, strict=True):
@@ -377,6 +382,11 @@ class PostgresStore:
                     pending.append(
                         [await conn.execute(statement, params, binary=True) for statement in query.statements]
                     )
+                    if query.guard:  # its answer decides whether the rest runs: wait for it
+                        rows = [row for cur in pending[-1] if cur.description for row in await cur.fetchall()]
+                        if rows:
+                            raise Refused(step.name, rows)
+                        pending[-1] = []
             return [[row for cur in cursors if cur.description for row in await cur.fetchall()] for cursors in pending]
 
     async def _execute(self, conn: psycopg.AsyncConnection[Any], query: Query, step: Step) -> list[Row]:

@@ -6,6 +6,8 @@ block's comment lines:
 
     -- rows: id int8, type int2, line bytea     the step passes rows of these columns
     -- inline                                  (SQLite) a point read, run on the event loop
+    -- guard                                   a check: if it returns any row, the store rolls the
+                                               transaction back and raises `Refused` with the rows
 
 Every other line starting with `--` is a comment. The two dialects define the same names, except
 names that start with `_` (a dialect's own); a test holds them to it.
@@ -23,6 +25,7 @@ __all__ = ["Query", "load_queries"]
 _NAME = re.compile(r"^--\s*name:\s*(\S+)\s*$")
 _ROWS = re.compile(r"^--\s*rows:\s*(.+?)\s*$")
 _INLINE = re.compile(r"^--\s*inline\s*$")
+_GUARD = re.compile(r"^--\s*guard\s*$")
 _MIGRATION = re.compile(r"^migrate_(\d+)$")
 
 
@@ -33,6 +36,7 @@ class Query:
     # The columns of the rows the step passes, with their (PostgreSQL) types, in order.
     rows: tuple[tuple[str, str], ...] = ()
     inline: bool = False
+    guard: bool = False
     # The first comment line after the name: what a migration does, for its log line.
     summary: str = ""
 
@@ -68,6 +72,7 @@ def parse(text: str) -> dict[str, Query]:
 def _query(name: str, lines: list[str]) -> Query:
     rows: tuple[tuple[str, str], ...] = ()
     inline = False
+    guard = False
     summary = ""
     body: list[str] = []
     for line in lines:
@@ -77,13 +82,15 @@ def _query(name: str, lines: list[str]) -> Query:
                 rows = _columns(match.group(1))
             elif _INLINE.match(stripped):
                 inline = True
+            elif _GUARD.match(stripped):
+                guard = True
             elif not summary and not body:
                 summary = stripped[2:].strip()
             continue
         body.append(line)
     text = "\n".join(body)
     statements = tuple(s.strip() for s in re.split(r";[ \t]*$", text, flags=re.MULTILINE) if s.strip())
-    return Query(name, statements, rows, inline, summary)
+    return Query(name, statements, rows, inline, guard, summary)
 
 
 @cache

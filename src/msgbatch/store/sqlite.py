@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from msgbatch.store.base import Row, Step
+from msgbatch.store.base import Refused, Row, Step
 from msgbatch.store.queries import Query, load_queries, migrations
 
 log = logging.getLogger("msgbatch.store.sqlite")
@@ -206,7 +206,11 @@ class SQLiteStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    found = [self._execute(conn, step) for step in steps]
+                    found = []
+                    for step in steps:
+                        found.append(self._execute(conn, step))
+                        if found[-1] and self.queries[step.name].guard:
+                            raise Refused(step.name, found[-1])
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise

@@ -7,8 +7,16 @@
   const KEY_NAME = "msgbatch.apiKey";
   const POLL_MS = 1000;
   const PAGE = 50;
-  const RESULTS_SHOWN = 200;
+  const RESULTS_PAGE = 100;
   const KINDS = ["succeeded", "errored", "canceled", "expired"];
+  const COUNTS = ["processing", ...KINDS];
+  const TOKENS = [
+    ["input_tokens", "input"],
+    ["output_tokens", "output"],
+    ["cache_read_input_tokens", "cache read"],
+    ["cache_creation_input_tokens", "cache write"],
+  ];
+  const PRIORITY_ORDER = { high: 0, normal: 1, low: 2 };
 
   const $ = (selector) => document.querySelector(selector);
   const state = {
@@ -20,6 +28,10 @@
     samples: [], // [ms, done] for the batch on the detail page: rate and ETA
     batch: null,
     resultsLoadedFor: null,
+    sort: { key: "created", down: true }, // the list's order (click a column heading)
+    listRows: [],
+    pages: [0], // positions of the result pages seen so far; the last is the page shown
+    resultsNext: null,
     metadata: "", // the list's metadata filter, as typed: "team=search, run=7"
   };
 
@@ -104,9 +116,22 @@
     return { total, done: total - c.processing };
   };
 
+  const money = (x) => (x === null || x === undefined ? "–" : `$${x < 1 ? x.toFixed(4) : x.toFixed(2)}`);
+
+  function debounce(fn, ms) {
+    let timer = null;
+    return (...args) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => fn(...args), ms);
+    };
+  }
+
   function show(id) {
-    for (const section of ["login", "list", "detail"]) $(`#${section}`).hidden = section !== id;
+    for (const section of ["login", "list", "detail", "workspace"]) $(`#${section}`).hidden = section !== id;
     $("#signout").hidden = id === "login";
+    $("#nav").hidden = id === "login";
+    $("#nav-batches").classList.toggle("current", id === "list" || id === "detail");
+    $("#nav-workspace").classList.toggle("current", id === "workspace");
   }
 
   function banner(message) {
@@ -306,16 +331,6 @@
     return h("span", { class: "tags" }, ...pairs.map(([k, v]) => h("span", { class: "tag", text: `${k}=${v}` })));
   }
 
-  // "team=search, run=7" -> "&metadata%5Bteam%5D=search&metadata%5Brun%5D=7" (a Message Batches filter)
-  function metadataQuery() {
-    const query = new URLSearchParams();
-    for (const part of state.metadata.split(",")) {
-      const [key, ...rest] = part.split("=");
-      if (key.trim() && rest.length) query.set(`metadata[${key.trim()}]`, rest.join("=").trim());
-    }
-    const text = query.toString();
-    return text ? `&${text}` : "";
-  }
 
   function refreshNow() {
     state.lastList = "";
@@ -323,6 +338,60 @@
   }
 
   // -- the list ------------------------------------------------------------------------------
+
+  const SORT_KEYS = {
+    id: (b) => b.id,
+    status: (b) => b.processing_status,
+    progress: (b) => {
+      const { total, done } = totals(b.request_counts);
+      return total ? done / total : 0;
+    },
+    succeeded: (b) => b.request_counts.succeeded,
+    errored: (b) => b.request_counts.errored,
+    canceled: (b) => b.request_counts.canceled,
+    expired: (b) => b.request_counts.expired,
+    priority: (b) => PRIORITY_ORDER[b.priority || "normal"],
+    created: (b) => b.id, // ids sort by creation time
+  };
+
+  function sorted(batches) {
+    const key = SORT_KEYS[state.sort.key] || SORT_KEYS.created;
+    const sign = state.sort.down ? -1 : 1;
+    return batches
+      .map((b, i) => [b, i])
+      .sort(([x, i], [y, j]) => {
+        const a = key(x);
+        const c = key(y);
+        return a < c ? -sign : a > c ? sign : i - j;
+      })
+      .map(([b]) => b);
+  }
+
+  // "team=search, run=7" -> [["team", "search"], ["run", "7"]]
+  function metadataPairs() {
+    const pairs = [];
+    for (const part of state.metadata.split(",")) {
+      const [key, ...rest] = part.split("=");
+      if (key.trim() && rest.length) pairs.push([key.trim(), rest.join("=").trim()]);
+    }
+    return pairs;
+  }
+
+  function listQuery() {
+    const query = new URLSearchParams({ limit: String(PAGE) });
+    const status = $("#filter-status").value;
+    if (status) query.set("status", status);
+    for (const [key, value] of metadataPairs()) query.set(`metadata[${key}]`, value);
+    return query;
+  }
+
+  // The OpenAI Batch API's list has no such filters: its batches are filtered here.
+  function matchesFilters(b) {
+    const status = $("#filter-status").value;
+    if (status && b.processing_status !== status) return false;
+    const metadata = (b.openai && b.openai.metadata) || {};
+    return metadataPairs().every(([key, value]) => metadata[key] === value);
+  }
 
   function batchRow(b) {
     const c = b.request_counts;
@@ -346,29 +415,53 @@
       ),
       h("td", { class: "status" }, statusPill(b.processing_status)),
       h("td", { class: "wide" }, progressBar(c, b.processing_status)),
-      ...KINDS.map((k) => h("td", { class: `num ${k}${c[k] ? "" : " zero"}`, text: fmt(c[k]) })),
-      h("td", { class: "nowrap", title: absolute(b.created_at), text: relative(b.created_at) }),
+      ...KINDS.map((k) =>
+        h("td", { class: `num ${k}${c[k] ? "" : " zero"}${k === "canceled" || k === "expired" ? " opt" : ""}`, text: fmt(c[k]) }),
+      ),
+      h("td", { class: "opt" }, priorityPill(b.priority)),
+      h("td", { class: "nowrap opt", title: absolute(b.created_at), text: relative(b.created_at) }),
       h("td", { class: "actions" }, action),
     );
   }
 
+  function priorityPill(priority) {
+    const p = priority || "normal";
+    return h("span", { class: `pill priority-${p}`, text: p });
+  }
+
+  function renderSortHeadings() {
+    for (const th of document.querySelectorAll("#batches th[data-sort]")) {
+      const on = th.dataset.sort === state.sort.key;
+      th.classList.toggle("sorted", on);
+      th.setAttribute("aria-sort", on ? (state.sort.down ? "descending" : "ascending") : "none");
+    }
+  }
+
   async function refreshList() {
-    const filter = metadataQuery(); // filters Message Batches; OpenAI batches are left out then
+    const query = listQuery();
     const [page, openai] = await Promise.all([
-      api(`/v1/messages/batches?limit=${PAGE}${filter}`),
-      filter ? { data: [] } : api(`/v1/batches?limit=${PAGE}`),
+      api(`/v1/messages/batches?${query}`),
+      api(`/v1/batches?limit=${PAGE}`),
     ]);
+    // The filters changed while this page was on its way: a newer refresh draws the list.
+    if (listQuery().toString() !== query.toString()) return;
     const seen = new Set(page.data.map((b) => b.id));
     const older = state.older.filter((b) => !seen.has(b.id));
     const all = page.data
-      .concat(openai.data.map(fromOpenAI))
+      .concat(openai.data.map(fromOpenAI).filter(matchesFilters))
       .sort((x, y) => Date.parse(y.created_at) - Date.parse(x.created_at))
       .concat(older);
-    const fingerprint = JSON.stringify(all) + Math.floor(Date.now() / 30000); // relative times age too
+    state.listRows = all;
+    const fingerprint = JSON.stringify([all, state.sort, query.toString()]) + Math.floor(Date.now() / 30000);
     if (fingerprint !== state.lastList) {
       state.lastList = fingerprint;
-      $("#batches tbody").replaceChildren(...all.map(batchRow));
+      $("#batches tbody").replaceChildren(...sorted(all).map(batchRow));
+      renderSortHeadings();
     }
+    const filtered = query.has("status") || query.has("metadata");
+    $("#empty").textContent = filtered
+      ? "No batches match these filters."
+      : "No batches in this workspace yet. Create one with the SDK, curl, or msgbatch submit requests.jsonl.";
     $("#empty").hidden = all.length > 0;
     $("#batches").hidden = all.length === 0;
     const running = all.filter((b) => b.processing_status !== "ended").length;
@@ -385,7 +478,9 @@
     const after = $("#older").dataset.after;
     if (!after) return;
     try {
-      const page = await api(`/v1/messages/batches?limit=${PAGE}&after_id=${encodeURIComponent(after)}${metadataQuery()}`);
+      const query = listQuery();
+      query.set("after_id", after);
+      const page = await api(`/v1/messages/batches?${query}`);
       state.older = state.older.concat(page.data);
       state.olderHasMore = page.has_more;
       state.lastList = "";
@@ -393,6 +488,20 @@
     } catch (err) {
       reportError(err);
     }
+  }
+
+  function listFiltersChanged() {
+    state.metadata = $("#metadata-query").value;
+    state.older = [];
+    state.lastList = "";
+    refreshList().catch(reportError);
+  }
+
+  function sortBy(key) {
+    state.sort = state.sort.key === key ? { key, down: !state.sort.down } : { key, down: key !== "id" && key !== "status" };
+    $("#batches tbody").replaceChildren(...sorted(state.listRows).map(batchRow));
+    state.lastList = "";
+    renderSortHeadings();
   }
 
   // -- one batch -----------------------------------------------------------------------------
@@ -470,6 +579,109 @@
       "requests run by another worker process or before a restart are not included.";
   }
 
+  function renderTokens(stats) {
+    $("#tokens").replaceChildren(
+      ...TOKENS.flatMap(([key, label]) => [
+        h("dt", { text: label }),
+        h("dd", { dataset: { tokens: key }, text: fmt(stats.usage[key]) }),
+      ]),
+    );
+    $("#cost").textContent =
+      stats.cost === null ? "No price is configured for these models." : `Cost: ${money(stats.cost)}`;
+    $("#cost").dataset.cost = stats.cost === null ? "" : String(stats.cost);
+    $("#tokens-by-model tbody").replaceChildren(
+      ...stats.tokens.map((t) =>
+        h(
+          "tr",
+          { dataset: { model: t.model } },
+          h("td", { class: "mono", text: t.model || "(none)" }),
+          ...TOKENS.map(([key]) => h("td", { class: "num", text: fmt(t[key]) })),
+          h("td", { class: "num", text: money(t.cost) }),
+        ),
+      ),
+    );
+    $("#tokens-by-model").hidden = stats.tokens.length === 0;
+  }
+
+  function renderByModel(stats) {
+    const sums = Object.fromEntries(COUNTS.map((k) => [k, 0]));
+    const rows = stats.requests.map((r) => {
+      for (const k of COUNTS) sums[k] += r[k];
+      const backend = r.backend || (r.processing && !KINDS.some((k) => r[k]) ? "not yet" : "no backend");
+      return h(
+        "tr",
+        { dataset: { model: r.model, backend: r.backend || "" } },
+        h("td", { class: "mono", text: r.model || "(none)" }),
+        h("td", { class: r.backend ? "mono" : "muted", text: backend }),
+        ...COUNTS.map((k) => h("td", { class: `num ${k}${r[k] ? "" : " zero"}`, dataset: { count: k }, text: fmt(r[k]) })),
+      );
+    });
+    $("#by-model tbody").replaceChildren(...rows);
+    $("#by-model tfoot").replaceChildren(
+      h(
+        "tr",
+        {},
+        h("th", { text: "All" }),
+        h("th", {}),
+        ...COUNTS.map((k) => h("th", { class: "num", dataset: { total: k }, text: fmt(sums[k]) })),
+      ),
+    );
+    $("#errors tbody").replaceChildren(
+      ...stats.errors.map((e) =>
+        h("tr", { dataset: { errorType: e.type } }, h("td", { class: "mono", text: e.type }), h("td", { class: "num", text: fmt(e.count) })),
+      ),
+    );
+    $("#errors").hidden = stats.errors.length === 0;
+    $("#errors-empty").hidden = stats.errors.length > 0;
+  }
+
+  function drawThroughput(stats, b) {
+    const canvas = $("#throughput");
+    const { step_seconds: step, start, points } = stats.throughput;
+    const width = canvas.clientWidth || canvas.width;
+    const ratio = window.devicePixelRatio || 1;
+    canvas.width = Math.max(1, Math.round(width * ratio));
+    canvas.height = Math.round(160 * ratio);
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, 160);
+    const end = b.ended_at ? Date.parse(b.ended_at) / 1000 : Date.now() / 1000;
+    const slots = Math.max(1, Math.ceil((end - start + 1) / step));
+    const perSecond = points.map(([, n]) => n / step);
+    const top = Math.max(1, ...perSecond);
+    const left = 44;
+    const bottom = 140;
+    const plot = width - left - 8;
+    ctx.strokeStyle = "#e3e6ec";
+    ctx.fillStyle = "#6b7280";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "right";
+    for (const frac of [0, 0.5, 1]) {
+      const y = bottom - frac * (bottom - 10);
+      ctx.beginPath();
+      ctx.moveTo(left, y);
+      ctx.lineTo(width - 8, y);
+      ctx.stroke();
+      ctx.fillText(fmt(Math.round(top * frac)), left - 6, y + 4);
+    }
+    ctx.textAlign = "left";
+    ctx.fillText("requests/s", left, 156);
+    ctx.textAlign = "right";
+    ctx.fillText(duration(slots * step), width - 8, 156);
+    ctx.fillStyle = "#3b5bdb";
+    const barWidth = Math.max(1, plot / slots - 1);
+    points.forEach(([at, n]) => {
+      const x = left + ((at - start) / step) * (plot / slots);
+      const height = ((n / step) / top) * (bottom - 10);
+      ctx.fillRect(x, bottom - height, barWidth, height);
+    });
+    canvas.dataset.points = String(points.length);
+    canvas.dataset.total = String(points.reduce((sum, [, n]) => sum + n, 0));
+    $("#throughput-note").textContent = points.length
+      ? `Requests whose results were written, per ${duration(step)}; peak ${fmt(Math.round(top))}/s.`
+      : "No request has run yet.";
+  }
+
   function renderDetail(b) {
     state.batch = b;
     $("#batch-id").textContent = b.id;
@@ -477,13 +689,13 @@
     $("#batch-status").className = pill.className;
     $("#batch-status").textContent = pill.textContent;
     $("#batch-status").dataset.status = b.processing_status;
+    const priority = priorityPill(b.priority);
+    $("#batch-priority").className = priority.className;
+    $("#batch-priority").textContent = `${priority.textContent} priority`;
     $("#detail-progress").replaceChildren(progressBar(b.request_counts, b.processing_status));
     const c = b.request_counts;
     $("#counts").replaceChildren(
-      ...["processing", ...KINDS].flatMap((k) => [
-        h("dt", { class: k, text: k }),
-        h("dd", { class: k, dataset: { count: k }, text: fmt(c[k]) }),
-      ]),
+      ...COUNTS.flatMap((k) => [h("dt", { class: k, text: k }), h("dd", { class: k, dataset: { count: k }, text: fmt(c[k]) })]),
     );
     $("#cancel").hidden = b.processing_status === "ended";
     $("#cancel").disabled = b.processing_status === "canceling";
@@ -523,23 +735,31 @@
     ]);
     const b = isOpenAI(id) ? fromOpenAI(raw) : raw;
     renderDetail(b);
-    if (stats) renderTiming(stats);
+    $("#detail").classList.toggle("no-stats", !stats);
+    if (stats) {
+      renderTiming(stats);
+      renderTokens(stats);
+      renderByModel(stats);
+      drawThroughput(stats, b);
+    }
     if (b.processing_status === "ended") {
       if (state.resultsLoadedFor !== id) {
         state.resultsLoadedFor = id;
-        await loadResults();
+        await loadResults(0);
       }
       return false; // nothing changes any more: stop polling
     }
     if (b.openai) {
       $("#results-note").textContent = "Results are available once the batch has ended.";
       $("#results tbody").replaceChildren();
+      $("#results-prev").disabled = $("#results-next").disabled = true;
+      $("#results-page").textContent = "";
       return true;
     }
     const { done } = totals(b.request_counts);
     if (done !== state.partialDone) {
-      state.partialDone = done; // reload those written so far (?partial=true) only when more are in
-      await loadResults();
+      state.partialDone = done; // reload the page shown (results written so far) only when more are in
+      await loadResults(state.resultsPage || 0);
     }
     return true;
   }
@@ -584,15 +804,11 @@
     } else {
       summary = result.type === "canceled" ? "not run: the batch was canceled" : "not run before the batch expired";
     }
-    return h(
-      "details",
-      {},
-      h("summary", { text: summary }),
-      h("pre", { text: JSON.stringify(r, null, 2) }),
-    );
+    return h("details", {}, h("summary", { text: summary }), h("pre", { text: JSON.stringify(r, null, 2) }));
   }
 
-  async function loadResults() {
+  // One page of results from position `after` on; the pager keeps the positions of the pages seen.
+  async function loadResults(pageIndex) {
     const b = state.batch;
     const note = $("#results-note");
     const tbody = $("#results tbody");
@@ -604,58 +820,37 @@
       tbody.replaceChildren();
       return;
     }
-    const query = new URLSearchParams();
+    if (pageIndex === 0) state.pages = [0];
+    const after = state.pages[pageIndex];
+    const query = new URLSearchParams({ after: String(after), limit: String(RESULTS_PAGE) });
     const type = $("#filter-type").value;
     const customId = $("#filter-custom-id").value.trim();
     if (type) query.set("type", type);
     if (customId) query.set("custom_id", customId);
-    if (running) query.set("partial", "true");
     if (!running) note.textContent = "Loading…";
-    const rows = [];
-    let more = false;
+    const token = {};
+    state.resultsToken = token;
+    let page;
     if (b.openai) {
-      // Its output file, then its error file; filtered here.
-      for (const line of await openaiLines(b.openai)) {
-        const row = fromOpenAILine(line);
-        if ((type && row.result.type !== type) || (customId && row.custom_id !== customId)) continue;
-        if (rows.length === RESULTS_SHOWN) {
-          more = true;
-          break;
-        }
-        rows.push(row);
+      // Its output file, then its error file: read once, filtered and paged here.
+      if (state.openaiRowsFor !== b.id) {
+        state.openaiRows = (await openaiLines(b.openai)).map(fromOpenAILine);
+        state.openaiRowsFor = b.id;
       }
+      const matching = state.openaiRows.filter(
+        (row) => (!type || row.result.type === type) && (!customId || row.custom_id === customId),
+      );
+      const end = after + RESULTS_PAGE;
+      page = { data: matching.slice(after, end), next: end < matching.length ? end : null };
     } else {
-      const res = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results?${query}`, { raw: true });
-      const reader = res.body.getReader();
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) {
-          buffer += decoder.decode();
-          break;
-        }
-        buffer += decoder.decode(value, { stream: true });
-        let nl;
-        while ((nl = buffer.indexOf("\n")) >= 0) {
-          const line = buffer.slice(0, nl);
-          buffer = buffer.slice(nl + 1);
-          if (!line.trim()) continue;
-          if (rows.length === RESULTS_SHOWN) {
-            more = true;
-            break;
-          }
-          rows.push(JSON.parse(line));
-        }
-        if (more) {
-          reader.cancel();
-          break;
-        }
-      }
-      if (!more && buffer.trim() && rows.length < RESULTS_SHOWN) rows.push(JSON.parse(buffer));
+      page = await api(`/v1/messages/batches/${encodeURIComponent(b.id)}/results/page?${query}`);
     }
+    if (state.resultsToken !== token) return; // a newer filter or page was asked for meanwhile
+    state.pages = state.pages.slice(0, pageIndex + 1);
+    if (page.next !== null) state.pages.push(page.next);
+    state.resultsPage = pageIndex;
     tbody.replaceChildren(
-      ...rows.map((r) =>
+      ...page.data.map((r) =>
         h(
           "tr",
           { dataset: { customId: r.custom_id, type: r.result.type } },
@@ -668,11 +863,13 @@
     const what = [type || "all results", customId ? `custom_id ${customId}` : "", running ? "so far: still running" : ""]
       .filter(Boolean)
       .join(", ");
-    note.textContent = rows.length === 0
-      ? `No results match (${what}).`
-      : more
-        ? `Showing the first ${fmt(rows.length)} (${what}); download the JSONL for all of them.`
-        : `${fmt(rows.length)} result${rows.length === 1 ? "" : "s"} (${what}).`;
+    const first = pageIndex * RESULTS_PAGE + 1;
+    note.textContent = page.data.length === 0 ? `No results match (${what}).` : `Showing ${what}.`;
+    $("#results-page").textContent = page.data.length
+      ? `${fmt(first)}–${fmt(first + page.data.length - 1)}${page.next === null && !running ? ` of ${fmt(first + page.data.length - 1)}` : ""}`
+      : "";
+    $("#results-prev").disabled = pageIndex === 0;
+    $("#results-next").disabled = page.next === null;
   }
 
   async function openaiFile(fileId) {
@@ -704,6 +901,73 @@
     }
   }
 
+  // -- the workspace ---------------------------------------------------------------------------
+
+  function quota(label, used, limit, name) {
+    const children = [h("dt", { text: label })];
+    if (limit === null || limit === undefined) {
+      children.push(h("dd", { dataset: { quota: name }, text: used === null ? "no limit" : `${fmt(used)} · no limit` }));
+      return children;
+    }
+    const dd = h("dd", { dataset: { quota: name } });
+    if (used === null) {
+      dd.textContent = fmt(limit);
+    } else {
+      const bar = h("div", { class: "bar small", role: "meter", "aria-valuemin": 0, "aria-valuemax": limit, "aria-valuenow": used });
+      const seg = h("span", { class: `seg ${used >= limit ? "errored" : "succeeded"}` });
+      seg.style.width = `${Math.min(100, (100 * used) / limit)}%`;
+      bar.append(seg);
+      dd.append(h("span", { text: `${fmt(used)} of ${fmt(limit)}` }), bar);
+    }
+    children.push(dd);
+    return children;
+  }
+
+  async function refreshWorkspace() {
+    const range = Number($("#usage-range").value);
+    const now = Math.floor(Date.now() / 1000);
+    const [ws, usage] = await Promise.all([
+      api("/v1/workspace"),
+      api(`/v1/usage?group_by=model&since=${now - range}&until=${now + 1}`),
+    ]);
+    $("#ws-name").textContent = ws.workspace;
+    const l = ws.limits;
+    $("#quotas").replaceChildren(
+      ...quota("Requests not finished", ws.queued_requests, l.max_queued_requests, "max_queued_requests"),
+      ...quota("Batches in progress", ws.batches_in_progress, l.max_batches_in_progress, "max_batches_in_progress"),
+      ...quota("In flight per backend, per worker", null, l.max_in_flight_per_backend, "max_in_flight_per_backend"),
+      h("dt", { text: "Weight (share of each backend)" }),
+      h("dd", { dataset: { quota: "weight" }, text: String(l.weight) }),
+    );
+    $("#ws-work tbody").replaceChildren(
+      ...ws.work.map((w) =>
+        h(
+          "tr",
+          { dataset: { model: w.model } },
+          h("td", { class: "mono", text: w.model || "(none)" }),
+          h("td", { class: "mono", text: w.backend || "none" }),
+          h("td", { class: "num", dataset: { running: "" }, text: fmt(w.running) }),
+          h("td", { class: "num", dataset: { waiting: "" }, text: fmt(w.waiting) }),
+        ),
+      ),
+    );
+    $("#ws-work").hidden = ws.work.length === 0;
+    $("#ws-work-empty").hidden = ws.work.length > 0;
+    const cells = (row) => [
+      h("td", { class: "num", text: fmt(row.succeeded) }),
+      h("td", { class: "num", text: fmt(row.errored) }),
+      ...TOKENS.map(([key]) => h("td", { class: "num", text: fmt(row[key]) })),
+      h("td", { class: "num", text: money(row.cost) }),
+    ];
+    $("#usage tbody").replaceChildren(
+      ...usage.data.map((row) => h("tr", { dataset: { model: row.model } }, h("td", { class: "mono", text: row.model || "(none)" }), ...cells(row))),
+    );
+    $("#usage tfoot").replaceChildren(h("tr", { dataset: { total: "" } }, h("th", { text: "All models" }), ...cells(usage.total)));
+    $("#usage-note").textContent =
+      `${absolute(usage.since)} to ${absolute(usage.until)}, in whole hours. ` +
+      (usage.total.cost === null ? "No price is configured for these models." : "Cost from the configured price table.");
+  }
+
   // -- routing -------------------------------------------------------------------------------
 
   function route() {
@@ -729,6 +993,10 @@
       }
       show("detail");
       poll(() => refreshDetail(id));
+    } else if (location.hash === "#/workspace") {
+      state.route = "workspace";
+      show("workspace");
+      poll(refreshWorkspace);
     } else {
       state.route = "list";
       show("list");
@@ -743,18 +1011,36 @@
     $("#cancel").addEventListener("click", () => state.batch && cancelBatch(state.batch.id));
     $("#abort").addEventListener("click", () => state.batch && cancelBatch(state.batch.id, true));
     $("#retry").addEventListener("click", () => state.batch && retryBatch(state.batch.id));
-    $("#metadata-filter").addEventListener("submit", (event) => {
-      event.preventDefault();
-      state.metadata = $("#metadata-query").value;
-      state.older = [];
-      refreshNow();
-    });
     $("#delete").addEventListener("click", () => state.batch && deleteBatch(state.batch.id));
     $("#download").addEventListener("click", download);
+    // Filters apply as they change: no button to press.
+    const reloadResults = () => loadResults(0).catch(reportError);
     $("#filter").addEventListener("submit", (event) => {
       event.preventDefault();
-      loadResults().catch(reportError);
+      reloadResults();
     });
+    $("#filter-type").addEventListener("change", reloadResults);
+    $("#filter-custom-id").addEventListener("input", debounce(reloadResults, 250));
+    $("#results-prev").addEventListener("click", () => loadResults(state.resultsPage - 1).catch(reportError));
+    $("#results-next").addEventListener("click", () => loadResults(state.resultsPage + 1).catch(reportError));
+    // The list's filters apply as they change (and on Enter or the button).
+    $("#metadata-filter").addEventListener("submit", (event) => {
+      event.preventDefault();
+      listFiltersChanged();
+    });
+    $("#filter-status").addEventListener("change", listFiltersChanged);
+    $("#metadata-query").addEventListener("input", debounce(listFiltersChanged, 300));
+    for (const th of document.querySelectorAll("#batches th[data-sort]")) {
+      th.tabIndex = 0;
+      th.addEventListener("click", () => sortBy(th.dataset.sort));
+      th.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          sortBy(th.dataset.sort);
+        }
+      });
+    }
+    $("#usage-range").addEventListener("change", () => refreshWorkspace().catch(reportError));
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && state.key) route();
     });

@@ -194,6 +194,58 @@ CREATE INDEX webhook_deliveries_by_workspace ON msgbatch.webhook_deliveries (wor
 CREATE INDEX webhook_deliveries_by_batch ON msgbatch.webhook_deliveries (batch_id);
 CREATE INDEX webhook_deliveries_done ON msgbatch.webhook_deliveries (created_at) WHERE state > 0;
 
+-- name: migrate_6
+-- many teams: batch priority; each request's model; outcomes per batch, model, backend and error type; usage per workspace, model and hour; throughput per batch
+-- priority: 0 high, 1 normal, 2 low
+ALTER TABLE msgbatch.batches ADD COLUMN priority smallint NOT NULL DEFAULT 1;
+CREATE INDEX batches_open_by_workspace ON msgbatch.batches (workspace) WHERE status < 2;
+-- A job's model, as a key of its batch's batch_models (0 for the jobs of batches made before).
+-- Claims filter a batch's id range by it (the jobs_waiting index stays on id alone: see migrate_1).
+ALTER TABLE msgbatch.jobs ADD COLUMN model integer NOT NULL DEFAULT 0;
+-- The models a batch's requests name ('' where params have no string `model`), keyed 0, 1, ...
+CREATE TABLE msgbatch.batch_models (
+    batch bigint NOT NULL,
+    key integer NOT NULL,
+    model text NOT NULL,
+    total integer NOT NULL,
+    PRIMARY KEY (batch, key)
+);
+-- Finished requests of a batch by model, backend ('' none), result type and error type ('' none),
+-- counted in the transactions that write their results (which hold the batch row's lock).
+CREATE TABLE msgbatch.batch_outcomes (
+    batch bigint NOT NULL,
+    model integer NOT NULL,
+    backend text NOT NULL,
+    result smallint NOT NULL,
+    error_type text NOT NULL,
+    requests bigint NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cache_read_input_tokens bigint NOT NULL,
+    cache_creation_input_tokens bigint NOT NULL,
+    PRIMARY KEY (batch, model, backend, result, error_type)
+) WITH (fillfactor = 50);
+-- Token usage per workspace, model and hour (unix seconds of its start); kept when batches go.
+-- Rows are locked after the batch rows, in (workspace, model) order: no deadlocks.
+CREATE TABLE msgbatch.usage (
+    workspace text NOT NULL,
+    hour bigint NOT NULL,
+    model text NOT NULL,
+    succeeded bigint NOT NULL,
+    errored bigint NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cache_read_input_tokens bigint NOT NULL,
+    cache_creation_input_tokens bigint NOT NULL,
+    PRIMARY KEY (workspace, hour, model)
+) WITH (fillfactor = 50);
+-- Requests of a batch whose results a dispatcher wrote, per second (unix seconds).
+CREATE TABLE msgbatch.batch_throughput (
+    batch bigint NOT NULL,
+    second bigint NOT NULL,
+    requests bigint NOT NULL,
+    PRIMARY KEY (batch, second)
+) WITH (fillfactor = 50);
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -206,10 +258,10 @@ UPDATE msgbatch.counters SET value = value + %(n)s WHERE name = 'request_ids' RE
 
 -- name: insert_batch
 INSERT INTO msgbatch.batches (
-    id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers, metadata
+    id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers, metadata, priority
 ) VALUES (
     %(id)s, %(workspace)s, 0, %(created_at)s, %(expires_at)s, %(total)s, %(total)s, %(first_request)s, %(betas)s,
-    %(headers)s, %(metadata)s
+    %(headers)s, %(metadata)s, %(priority)s
 )
 RETURNING seq;
 
@@ -226,7 +278,8 @@ FROM generate_series(%(first)s::int8, %(stop)s::int8 - 1) AS g;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM msgbatch.batches WHERE id = %(id)s;
 
 -- name: list_batches
@@ -234,7 +287,8 @@ FROM msgbatch.batches WHERE id = %(id)s;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s
 ORDER BY id DESC LIMIT %(limit)s;
 
@@ -243,7 +297,8 @@ ORDER BY id DESC LIMIT %(limit)s;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s ORDER BY id LIMIT %(limit)s;
 
 -- name: mark_canceling
@@ -280,18 +335,19 @@ WHERE id = (SELECT id FROM msgbatch.requests WHERE id >= %(first)s AND id < %(st
 
 -- name: active_batches
 -- The batches that take work, in creation order.
-SELECT seq, first_request, total, betas, headers, expires_at, endpoint FROM msgbatch.batches WHERE status = 0 ORDER BY seq;
+SELECT seq, first_request, total, betas, headers, expires_at, endpoint, workspace, priority
+FROM msgbatch.batches WHERE status = 0 ORDER BY seq;
 
 -- name: claim_jobs
--- rows: seq int8, first int8, stop int8, take int4
--- Lease up to `take` waiting jobs of each batch listed (by id range), in one statement; jobs other
--- workers are claiming are skipped, not waited for.
+-- rows: seq int8, first int8, stop int8, model int4, take int4
+-- Lease up to `take` waiting jobs of each batch (by id range) and model listed, in one statement;
+-- jobs other workers are claiming are skipped, not waited for.
 WITH picked AS (
     SELECT j.id
-    FROM unnest(%(first)s::int8[], %(stop)s::int8[], %(take)s::int4[]) AS b(first, stop, take)
+    FROM unnest(%(first)s::int8[], %(stop)s::int8[], %(model)s::int4[], %(take)s::int4[]) AS b(first, stop, model, take)
     CROSS JOIN LATERAL (
         SELECT id FROM msgbatch.jobs
-        WHERE id >= b.first AND id < b.stop AND state = 0 AND not_before <= %(now)s
+        WHERE id >= b.first AND id < b.stop AND state = 0 AND not_before <= %(now)s AND model = b.model
         ORDER BY id
         LIMIT b.take
         FOR UPDATE SKIP LOCKED
@@ -300,9 +356,9 @@ WITH picked AS (
     UPDATE msgbatch.jobs
     SET state = 1, owner = %(owner)s, lease_until = %(until)s, attempts = attempts + 1
     WHERE id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING id, batch, attempts
+    RETURNING id, batch, attempts, model
 )
-SELECT l.id, l.batch, l.attempts, r.custom_id, r.params
+SELECT l.id, l.batch, l.attempts, r.custom_id, r.params, l.model
 FROM leased AS l
 CROSS JOIN LATERAL (SELECT custom_id, params FROM msgbatch.requests WHERE id = l.id) AS r;
 
@@ -311,24 +367,64 @@ CROSS JOIN LATERAL (SELECT custom_id, params FROM msgbatch.requests WHERE id = l
 SELECT seq FROM msgbatch.batches WHERE seq = ANY(%(seqs)s::int8[]) ORDER BY seq FOR NO KEY UPDATE;
 
 -- name: finish_jobs
--- rows: id int8, type int2, line bytea, input_tokens int8, output_tokens int8, cache_read_input_tokens int8, cache_creation_input_tokens int8
+-- rows: id int8, type int2, line bytea, input_tokens int8, output_tokens int8, cache_read_input_tokens int8, cache_creation_input_tokens int8, backend text, error_type text
 -- Finished jobs still leased to `owner` get their results line and leave the queue; the counts and
--- token usage of their batches move by as much. A job whose lease lapsed writes nothing. Each
--- outcome is matched to its job by a primary-key lookup (LATERAL), never by a join the planner
--- would order on guesses.
+-- token usage of their batches move by as much, and so do the batches' outcomes by model, backend
+-- and error type, their workspaces' usage of the hour and their throughput of the second. A job
+-- whose lease lapsed writes nothing. Each outcome is matched to its job by a primary-key lookup
+-- (LATERAL), never by a join the planner would order on guesses.
 WITH held AS (
-    SELECT o.id, o.type, o.line, o.i, o.o, o.cr, o.cc, j.batch
+    SELECT o.id, o.type, o.line, o.i, o.o, o.cr, o.cc, o.backend, o.error_type, j.batch, j.model
     FROM unnest(
         %(id)s::int8[], %(type)s::int2[], %(line)s::bytea[], %(input_tokens)s::int8[], %(output_tokens)s::int8[],
-        %(cache_read_input_tokens)s::int8[], %(cache_creation_input_tokens)s::int8[]
-    ) AS o(id, type, line, i, o, cr, cc)
+        %(cache_read_input_tokens)s::int8[], %(cache_creation_input_tokens)s::int8[], %(backend)s::text[],
+        %(error_type)s::text[]
+    ) AS o(id, type, line, i, o, cr, cc, backend, error_type)
     CROSS JOIN LATERAL (
-        SELECT batch FROM msgbatch.jobs WHERE id = o.id AND owner = %(owner)s AND state = 1 FOR UPDATE
+        SELECT batch, model FROM msgbatch.jobs WHERE id = o.id AND owner = %(owner)s AND state = 1 FOR UPDATE
     ) AS j
 ), done AS (
     DELETE FROM msgbatch.jobs WHERE id = ANY(ARRAY(SELECT id FROM held))
 ), kept AS (
     INSERT INTO msgbatch.results (id, type, line) SELECT id, type, line FROM held
+), grouped AS (
+    -- The outcomes grouped once, for everything they move.
+    SELECT batch, model, backend, type, error_type, count(*) AS n, sum(i) AS i, sum(o) AS o, sum(cr) AS cr,
+           sum(cc) AS cc
+    FROM held GROUP BY batch, model, backend, type, error_type
+), outcomes AS (
+    INSERT INTO msgbatch.batch_outcomes AS t (
+        batch, model, backend, result, error_type, requests,
+        input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+    )
+    SELECT batch, model, backend, type, error_type, n, i, o, cr, cc
+    FROM grouped ORDER BY batch, model, backend, type, error_type
+    ON CONFLICT (batch, model, backend, result, error_type) DO UPDATE SET
+        requests = t.requests + excluded.requests, input_tokens = t.input_tokens + excluded.input_tokens,
+        output_tokens = t.output_tokens + excluded.output_tokens,
+        cache_read_input_tokens = t.cache_read_input_tokens + excluded.cache_read_input_tokens,
+        cache_creation_input_tokens = t.cache_creation_input_tokens + excluded.cache_creation_input_tokens
+), used AS (
+    INSERT INTO msgbatch.usage AS t (
+        workspace, hour, model, succeeded, errored,
+        input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+    )
+    SELECT w.workspace, %(hour)s::int8, coalesce(m.model, ''), sum(g.n * (g.type = 0)::int),
+           sum(g.n * (g.type = 1)::int), sum(g.i), sum(g.o), sum(g.cr), sum(g.cc)
+    FROM grouped AS g
+    CROSS JOIN LATERAL (SELECT workspace FROM msgbatch.batches WHERE seq = g.batch) AS w
+    LEFT JOIN LATERAL (SELECT model FROM msgbatch.batch_models WHERE batch = g.batch AND key = g.model) AS m ON true
+    WHERE g.type < 2
+    GROUP BY w.workspace, coalesce(m.model, '') ORDER BY w.workspace, coalesce(m.model, '')
+    ON CONFLICT (workspace, hour, model) DO UPDATE SET
+        succeeded = t.succeeded + excluded.succeeded, errored = t.errored + excluded.errored,
+        input_tokens = t.input_tokens + excluded.input_tokens, output_tokens = t.output_tokens + excluded.output_tokens,
+        cache_read_input_tokens = t.cache_read_input_tokens + excluded.cache_read_input_tokens,
+        cache_creation_input_tokens = t.cache_creation_input_tokens + excluded.cache_creation_input_tokens
+), paced AS (
+    INSERT INTO msgbatch.batch_throughput AS t (batch, second, requests)
+    SELECT batch, %(second)s::int8, sum(n) FROM grouped GROUP BY batch ORDER BY batch
+    ON CONFLICT (batch, second) DO UPDATE SET requests = t.requests + excluded.requests
 )
 UPDATE msgbatch.batches AS b
 SET processing = b.processing - t.n, succeeded = b.succeeded + t.s, errored = b.errored + t.e,
@@ -337,10 +433,10 @@ SET processing = b.processing - t.n, succeeded = b.succeeded + t.s, errored = b.
     cache_read_input_tokens = b.cache_read_input_tokens + t.cr,
     cache_creation_input_tokens = b.cache_creation_input_tokens + t.cc
 FROM (
-    SELECT batch, count(*) AS n, count(*) FILTER (WHERE type = 0) AS s, count(*) FILTER (WHERE type = 1) AS e,
-           count(*) FILTER (WHERE type = 2) AS c, count(*) FILTER (WHERE type = 3) AS x,
+    SELECT batch, sum(n) AS n, sum(n * (type = 0)::int) AS s, sum(n * (type = 1)::int) AS e,
+           sum(n * (type = 2)::int) AS c, sum(n * (type = 3)::int) AS x,
            sum(i) AS i, sum(o) AS o, sum(cr) AS cr, sum(cc) AS cc
-    FROM held GROUP BY batch
+    FROM grouped GROUP BY batch
 ) AS t
 WHERE b.seq = t.batch;
 
@@ -354,7 +450,8 @@ WHERE j.id = r.id AND j.owner = %(owner)s AND j.state = 1;
 
 -- name: settle_canceling
 -- Waiting jobs of a batch being canceled will never be claimed: each becomes a `canceled` result.
--- `seqs`, when set, limits it to those batches. Only batches with waiting jobs are locked.
+-- `seqs`, when set, limits it to those batches. Only batches with waiting jobs are locked. Returns
+-- how many, per batch.
 WITH canceling AS (
     SELECT seq, first_request, total FROM msgbatch.batches AS b
     WHERE status = 1 AND (%(seqs)s::int8[] IS NULL OR seq = ANY(%(seqs)s::int8[]))
@@ -367,15 +464,23 @@ WITH canceling AS (
 ), gone AS (
     DELETE FROM msgbatch.jobs AS j USING canceling AS b
     WHERE j.id >= b.first_request AND j.id < b.first_request + b.total AND j.state = 0
-    RETURNING j.id, j.batch
+    RETURNING j.id, j.batch, j.model
 ), kept AS (
     INSERT INTO msgbatch.results (id, type, line)
     SELECT g.id, 2, convert_to('{"custom_id":' || to_json(r.custom_id)::text || ',"result":{"type":"canceled"}}', 'UTF8')
     FROM gone AS g CROSS JOIN LATERAL (SELECT custom_id FROM msgbatch.requests WHERE id = g.id) AS r
+), outcomes AS (
+    INSERT INTO msgbatch.batch_outcomes AS t (
+        batch, model, backend, result, error_type, requests,
+        input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+    )
+    SELECT batch, model, '', 2, '', count(*), 0, 0, 0, 0 FROM gone GROUP BY batch, model ORDER BY batch, model
+    ON CONFLICT (batch, model, backend, result, error_type) DO UPDATE SET requests = t.requests + excluded.requests
 )
 UPDATE msgbatch.batches AS b SET processing = b.processing - t.n, canceled = b.canceled + t.n
 FROM (SELECT batch, count(*) AS n FROM gone GROUP BY batch) AS t
-WHERE b.seq = t.batch;
+WHERE b.seq = t.batch
+RETURNING t.n;
 
 -- name: end_idle_batches
 -- Of the batches listed, those with nothing left to process end now. Only the transaction whose
@@ -452,7 +557,7 @@ SELECT seq FROM msgbatch.batches WHERE status < 2 AND expires_at <= %(now)s ORDE
 
 -- name: expire_batch
 -- A batch past its expiry ends; every request not finished becomes `expired`. Lock, then look
--- again: another process may have ended it since.
+-- again: another process may have ended it since. Returns the batch's id and how many expired.
 WITH due AS (
     SELECT seq, first_request, total FROM msgbatch.batches
     WHERE seq = %(seq)s AND status < 2 AND expires_at <= %(now)s
@@ -460,11 +565,18 @@ WITH due AS (
 ), gone AS (
     DELETE FROM msgbatch.jobs AS j USING due AS b
     WHERE j.id >= b.first_request AND j.id < b.first_request + b.total
-    RETURNING j.id
+    RETURNING j.id, j.batch, j.model
 ), kept AS (
     INSERT INTO msgbatch.results (id, type, line)
     SELECT g.id, 3, convert_to('{"custom_id":' || to_json(r.custom_id)::text || ',"result":{"type":"expired"}}', 'UTF8')
     FROM gone AS g CROSS JOIN LATERAL (SELECT custom_id FROM msgbatch.requests WHERE id = g.id) AS r
+), outcomes AS (
+    INSERT INTO msgbatch.batch_outcomes AS t (
+        batch, model, backend, result, error_type, requests,
+        input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+    )
+    SELECT batch, model, '', 3, '', count(*), 0, 0, 0, 0 FROM gone GROUP BY batch, model ORDER BY batch, model
+    ON CONFLICT (batch, model, backend, result, error_type) DO UPDATE SET requests = t.requests + excluded.requests
 ), ended AS (
     UPDATE msgbatch.batches AS b
     SET processing = b.processing - (SELECT count(*) FROM gone), expired = b.expired + (SELECT count(*) FROM gone),
@@ -472,7 +584,7 @@ WITH due AS (
     FROM due WHERE b.seq = due.seq
     RETURNING b.id
 )
-SELECT id FROM ended;
+SELECT id, (SELECT count(*) FROM gone) FROM ended;
 
 -- name: archivable_batches
 SELECT seq FROM msgbatch.batches
@@ -520,7 +632,7 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM msgbatch.batches WHERE id = %(id)s;
 
@@ -530,7 +642,7 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM msgbatch.batches WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s
 ORDER BY id DESC LIMIT %(limit)s;
@@ -542,7 +654,7 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM msgbatch.batches
 WHERE workspace = %(workspace)s AND endpoint <> '' AND status = 2 AND archived_at IS NULL
@@ -555,7 +667,7 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM msgbatch.batches
 WHERE workspace = %(workspace)s AND endpoint <> '' AND status = 2 AND archived_at IS NULL
@@ -684,13 +796,15 @@ DELETE FROM msgbatch.idempotency_keys WHERE created_at < %(cutoff)s;
 
 -- name: list_batches_matching
 -- A workspace's batches between `lower` and `upper` (one API's id prefix) whose metadata holds
--- every pair of `metadata` (a JSON object), newest first.
+-- every pair of `metadata` (a JSON object) and, when `status` is set, of that status, newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM msgbatch.batches
 WHERE workspace = %(workspace)s AND id > %(lower)s AND id < %(upper)s AND metadata::jsonb @> %(metadata)s::jsonb
+  AND (%(status)s::int2 IS NULL OR status = %(status)s::int2)
 ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: list_batches_matching_before
@@ -698,9 +812,11 @@ ORDER BY id DESC LIMIT %(limit)s;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM msgbatch.batches
 WHERE workspace = %(workspace)s AND id > %(lower)s AND metadata::jsonb @> %(metadata)s::jsonb
+  AND (%(status)s::int2 IS NULL OR status = %(status)s::int2)
 ORDER BY id LIMIT %(limit)s;
 
 -- name: announce_events
@@ -790,3 +906,92 @@ RETURNING id;
 
 -- name: forget_webhook_deliveries
 DELETE FROM msgbatch.webhook_deliveries WHERE state > 0 AND created_at < %(cutoff)s;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Many teams: quotas, models, outcomes, usage
+
+-- name: lock_workspace
+-- Creates in one workspace take turns while its quotas are checked (a lock held to the commit):
+-- of two concurrent creates, the second sees the first's batch. Its own statement, so that the
+-- check that follows reads a snapshot taken after the lock was granted.
+SELECT pg_advisory_xact_lock(hashtextextended('msgbatch.workspace:' || %(workspace)s, 0));
+
+-- name: check_quotas
+-- guard
+-- The workspace's queue quotas (a NULL quota is none), checked in the transaction that inserts a
+-- batch of `total` requests: one row (quota, its value, the workspace's figure now) per quota it
+-- would exceed, and the store rolls the transaction back.
+WITH open AS (
+    SELECT count(*) AS batches, coalesce(sum(processing), 0) AS queued
+    FROM msgbatch.batches WHERE workspace = %(workspace)s AND status < 2
+)
+SELECT 'max_queued_requests', %(max_queued_requests)s::int8, queued FROM open
+WHERE queued + %(total)s::int8 > %(max_queued_requests)s::int8
+UNION ALL
+SELECT 'max_batches_in_progress', %(max_batches_in_progress)s::int8, batches FROM open
+WHERE batches + 1 > %(max_batches_in_progress)s::int8;
+
+-- name: insert_batch_models
+-- rows: key int4, model text, total int4
+INSERT INTO msgbatch.batch_models (batch, key, model, total)
+SELECT (SELECT seq FROM msgbatch.batches WHERE id = %(batch_id)s), k, m, t
+FROM unnest(%(key)s::int4[], %(model)s::text[], %(total)s::int4[]) AS r(k, m, t);
+
+-- name: set_job_models
+-- rows: first int8, stop int8, model int4
+-- The jobs of a batch whose requests name several models: each run of ids gets its model's key.
+UPDATE msgbatch.jobs AS j SET model = r.model
+FROM unnest(%(first)s::int8[], %(stop)s::int8[], %(model)s::int4[]) AS r(first, stop, model)
+WHERE j.id >= r.first AND j.id < r.stop;
+
+-- name: models_of_batches
+SELECT batch, key, model, total FROM msgbatch.batch_models
+WHERE batch = ANY(%(seqs)s::int8[]) ORDER BY batch, key;
+
+-- name: outcomes_of_batch
+SELECT m.model, o.model, o.backend, o.result, o.error_type, o.requests,
+       o.input_tokens, o.output_tokens, o.cache_read_input_tokens, o.cache_creation_input_tokens
+FROM msgbatch.batch_outcomes AS o
+LEFT JOIN msgbatch.batch_models AS m ON m.batch = o.batch AND m.key = o.model
+WHERE o.batch = %(seq)s;
+
+-- name: throughput_of_batch
+-- Requests written per `step` seconds, from the batch's first on.
+SELECT second / %(step)s::int8 * %(step)s::int8 AS at, sum(requests)::int8 FROM msgbatch.batch_throughput
+WHERE batch = %(seq)s GROUP BY at ORDER BY at;
+
+-- name: forget_batch
+-- What is kept about a batch besides its row, when it is deleted (usage stays).
+WITH models AS (
+    DELETE FROM msgbatch.batch_models WHERE batch = %(seq)s
+), outcomes AS (
+    DELETE FROM msgbatch.batch_outcomes WHERE batch = %(seq)s
+)
+DELETE FROM msgbatch.batch_throughput WHERE batch = %(seq)s;
+
+-- name: usage_of_workspace
+-- Per hour and model, the hours in [since, until).
+SELECT hour, model, succeeded, errored, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+FROM msgbatch.usage
+WHERE workspace = %(workspace)s AND hour >= %(since)s::int8 AND hour < %(until)s::int8 ORDER BY hour, model;
+
+-- name: open_work_of_workspace
+-- A workspace's batches in progress or canceling, and their requests not finished.
+SELECT count(*), coalesce(sum(processing), 0)::int8 FROM msgbatch.batches
+WHERE workspace = %(workspace)s AND status < 2;
+
+-- name: leased_by_batch_model
+-- Requests leased now (running somewhere), per batch and model.
+SELECT batch, model, count(*) FROM msgbatch.jobs WHERE state = 1 GROUP BY batch, model;
+
+-- name: open_batches_by_model
+-- Of each batch not ended: its workspace, and per model its total and its finished requests.
+SELECT b.seq, b.workspace, m.key, m.model, m.total,
+       (SELECT coalesce(sum(o.requests), 0)::int8 FROM msgbatch.batch_outcomes AS o
+        WHERE o.batch = b.seq AND o.model = m.key)
+FROM msgbatch.batches AS b JOIN msgbatch.batch_models AS m ON m.batch = b.seq
+WHERE b.status < 2;
+
+-- name: batches_by_status
+SELECT status, count(*) FROM msgbatch.batches GROUP BY status;

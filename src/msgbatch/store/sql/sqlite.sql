@@ -28,10 +28,16 @@ PRAGMA temp_store = MEMORY;
 -- Scratch tables of the writer connection: set-based steps stage their rows here.
 CREATE TEMP TABLE IF NOT EXISTS finishing (
     id INTEGER PRIMARY KEY, type INTEGER NOT NULL, line BLOB NOT NULL, batch INTEGER,
+    input_tokens INTEGER, output_tokens INTEGER, cache_read_input_tokens INTEGER, cache_creation_input_tokens INTEGER,
+    backend TEXT, error_type TEXT, model INTEGER
+);
+CREATE TEMP TABLE IF NOT EXISTS ending (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, model INTEGER NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS claimed (id INTEGER PRIMARY KEY);
+-- finish_jobs' outcomes grouped once, for the counts, outcomes, usage and throughput it moves.
+CREATE TEMP TABLE IF NOT EXISTS finished (
+    batch INTEGER, model INTEGER, backend TEXT, type INTEGER, error_type TEXT, n INTEGER,
     input_tokens INTEGER, output_tokens INTEGER, cache_read_input_tokens INTEGER, cache_creation_input_tokens INTEGER
 );
-CREATE TEMP TABLE IF NOT EXISTS ending (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL);
-CREATE TEMP TABLE IF NOT EXISTS claimed (id INTEGER PRIMARY KEY);
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -193,6 +199,59 @@ CREATE INDEX webhook_deliveries_by_workspace ON webhook_deliveries (workspace, i
 CREATE INDEX webhook_deliveries_by_batch ON webhook_deliveries (batch_id);
 CREATE INDEX webhook_deliveries_done ON webhook_deliveries (created_at) WHERE state > 0;
 
+-- name: migrate_6
+-- many teams: batch priority; each request's model; outcomes per batch, model, backend and error type; usage per workspace, model and hour; throughput per batch
+-- 0 high, 1 normal, 2 low
+ALTER TABLE batches ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX batches_open_by_workspace ON batches (workspace) WHERE status < 2;
+-- A job's model, as a key of its batch's batch_models (0 for the jobs of batches made before).
+ALTER TABLE jobs ADD COLUMN model INTEGER NOT NULL DEFAULT 0;
+-- Claims ask for one model of one batch at a time (what one backend can take).
+DROP INDEX jobs_waiting;
+CREATE INDEX jobs_waiting ON jobs (batch, model, id) WHERE state = 0;
+-- The models a batch's requests name ('' where params have no string `model`), keyed 0, 1, ...
+CREATE TABLE batch_models (
+    batch INTEGER NOT NULL,
+    key INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    PRIMARY KEY (batch, key)
+) WITHOUT ROWID;
+-- Finished requests of a batch by model, backend ('' none), result type and error type ('' none),
+-- counted in the transactions that write their results.
+CREATE TABLE batch_outcomes (
+    batch INTEGER NOT NULL,
+    model INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    result INTEGER NOT NULL,
+    error_type TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    PRIMARY KEY (batch, model, backend, result, error_type)
+) WITHOUT ROWID;
+-- Token usage per workspace, model and hour (unix seconds of its start); kept when batches go.
+CREATE TABLE usage (
+    workspace TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    succeeded INTEGER NOT NULL,
+    errored INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    PRIMARY KEY (workspace, hour, model)
+) WITHOUT ROWID;
+-- Requests of a batch whose results a dispatcher wrote, per second (unix seconds).
+CREATE TABLE batch_throughput (
+    batch INTEGER NOT NULL,
+    second INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    PRIMARY KEY (batch, second)
+) WITHOUT ROWID;
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -203,8 +262,12 @@ CREATE INDEX webhook_deliveries_done ON webhook_deliveries (created_at) WHERE st
 UPDATE counters SET value = value + :n WHERE name = 'request_ids' RETURNING value;
 
 -- name: insert_batch
-INSERT INTO batches (id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers, metadata)
-VALUES (:id, :workspace, 0, :created_at, :expires_at, :total, :total, :first_request, :betas, :headers, :metadata)
+INSERT INTO batches (
+    id, workspace, status, created_at, expires_at, total, processing, first_request, betas, headers, metadata, priority
+)
+VALUES (
+    :id, :workspace, 0, :created_at, :expires_at, :total, :total, :first_request, :betas, :headers, :metadata, :priority
+)
 RETURNING seq;
 
 -- name: insert_requests
@@ -220,7 +283,8 @@ SELECT id, (SELECT seq FROM batches WHERE id = :batch_id) FROM requests WHERE id
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM batches WHERE id = :id;
 
 -- name: list_batches
@@ -228,7 +292,8 @@ FROM batches WHERE id = :id;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER BY id DESC LIMIT :limit;
 
 -- name: list_batches_before
@@ -236,7 +301,8 @@ FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER 
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM batches WHERE workspace = :workspace AND id > :lower ORDER BY id LIMIT :limit;
 
 -- name: mark_canceling
@@ -266,17 +332,18 @@ WHERE r.id >= :first AND r.id < :stop AND r.custom_id = :custom_id AND (:type IS
 
 -- name: active_batches
 -- The batches that take work, in creation order.
-SELECT seq, first_request, total, betas, headers, expires_at, endpoint FROM batches WHERE status = 0 ORDER BY seq;
+SELECT seq, first_request, total, betas, headers, expires_at, endpoint, workspace, priority
+FROM batches WHERE status = 0 ORDER BY seq;
 
 -- name: claim_jobs
--- rows: seq int8, first int8, stop int8, take int4
--- Lease up to `take` waiting jobs of each batch listed. (Staging the ids and joining once is a
--- third faster than RETURNING the params with a subquery per row.)
+-- rows: seq int8, first int8, stop int8, model int4, take int4
+-- Lease up to `take` waiting jobs of each batch and model listed. (Staging the ids and joining
+-- once is a third faster than RETURNING the params with a subquery per row.)
 INSERT INTO temp.claimed (id)
-SELECT id FROM jobs WHERE batch = :seq AND state = 0 AND not_before <= :now ORDER BY id LIMIT :take;
+SELECT id FROM jobs WHERE batch = :seq AND model = :model AND state = 0 AND not_before <= :now ORDER BY id LIMIT :take;
 UPDATE jobs SET state = 1, owner = :owner, lease_until = :until, attempts = attempts + 1
 WHERE id IN (SELECT id FROM temp.claimed);
-SELECT c.id, j.batch, j.attempts, r.custom_id, r.params
+SELECT c.id, j.batch, j.attempts, r.custom_id, r.params, j.model
 FROM temp.claimed AS c JOIN jobs AS j ON j.id = c.id JOIN requests AS r ON r.id = c.id;
 DELETE FROM temp.claimed;
 
@@ -284,15 +351,25 @@ DELETE FROM temp.claimed;
 -- Nothing to lock: the writer thread runs one transaction at a time.
 
 -- name: finish_jobs
--- rows: id int8, type int2, line bytea, input_tokens int8, output_tokens int8, cache_read_input_tokens int8, cache_creation_input_tokens int8
+-- rows: id int8, type int2, line bytea, input_tokens int8, output_tokens int8, cache_read_input_tokens int8, cache_creation_input_tokens int8, backend text, error_type text
 -- Finished jobs still leased to `owner` get their results line and leave the queue; the counts and
--- token usage of their batches move by as much. A job whose lease lapsed writes nothing.
-INSERT INTO temp.finishing (id, type, line, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?);
-UPDATE temp.finishing SET batch = (SELECT batch FROM jobs WHERE jobs.id = finishing.id AND owner = :owner AND state = 1);
+-- token usage of their batches move by as much, and so do the batches' outcomes by model, backend
+-- and error type, their workspaces' usage of the hour and their throughput of the second. A job
+-- whose lease lapsed writes nothing.
+INSERT INTO temp.finishing (
+    id, type, line, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, backend, error_type
+)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
+UPDATE temp.finishing SET (batch, model) = (
+    SELECT batch, model FROM jobs WHERE jobs.id = finishing.id AND owner = :owner AND state = 1
+);
 DELETE FROM temp.finishing WHERE batch IS NULL;
 INSERT INTO results (id, type, line) SELECT id, type, line FROM temp.finishing;
 DELETE FROM jobs WHERE id IN (SELECT id FROM temp.finishing);
+INSERT INTO temp.finished
+SELECT batch, model, backend, type, error_type, count(*),
+       sum(input_tokens), sum(output_tokens), sum(cache_read_input_tokens), sum(cache_creation_input_tokens)
+FROM temp.finishing GROUP BY batch, model, backend, type, error_type;
 UPDATE batches
 SET processing = processing - t.n, succeeded = succeeded + t.s, errored = errored + t.e,
     canceled = canceled + t.c, expired = expired + t.x,
@@ -300,12 +377,43 @@ SET processing = processing - t.n, succeeded = succeeded + t.s, errored = errore
     cache_read_input_tokens = batches.cache_read_input_tokens + t.cr,
     cache_creation_input_tokens = batches.cache_creation_input_tokens + t.cc
 FROM (
-    SELECT batch, count(*) AS n, sum(type = 0) AS s, sum(type = 1) AS e, sum(type = 2) AS c, sum(type = 3) AS x,
-           sum(input_tokens) AS i, sum(output_tokens) AS o, sum(cache_read_input_tokens) AS cr,
-           sum(cache_creation_input_tokens) AS cc
-    FROM temp.finishing GROUP BY batch
+    SELECT batch, sum(n) AS n, sum(n * (type = 0)) AS s, sum(n * (type = 1)) AS e, sum(n * (type = 2)) AS c,
+           sum(n * (type = 3)) AS x, sum(input_tokens) AS i, sum(output_tokens) AS o,
+           sum(cache_read_input_tokens) AS cr, sum(cache_creation_input_tokens) AS cc
+    FROM temp.finished GROUP BY batch
 ) AS t
 WHERE batches.seq = t.batch;
+INSERT INTO batch_outcomes (
+    batch, model, backend, result, error_type, requests,
+    input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+)
+SELECT batch, model, backend, type, error_type, n,
+       input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+FROM temp.finished WHERE true
+ON CONFLICT (batch, model, backend, result, error_type) DO UPDATE SET
+    requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens,
+    output_tokens = output_tokens + excluded.output_tokens,
+    cache_read_input_tokens = cache_read_input_tokens + excluded.cache_read_input_tokens,
+    cache_creation_input_tokens = cache_creation_input_tokens + excluded.cache_creation_input_tokens;
+INSERT INTO usage (
+    workspace, hour, model, succeeded, errored,
+    input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+)
+SELECT b.workspace, :hour, coalesce(m.model, ''), sum(f.n * (f.type = 0)), sum(f.n * (f.type = 1)),
+       sum(f.input_tokens), sum(f.output_tokens), sum(f.cache_read_input_tokens), sum(f.cache_creation_input_tokens)
+FROM temp.finished AS f
+JOIN batches AS b ON b.seq = f.batch
+LEFT JOIN batch_models AS m ON m.batch = f.batch AND m.key = f.model
+WHERE f.type < 2 GROUP BY b.workspace, coalesce(m.model, '')
+ON CONFLICT (workspace, hour, model) DO UPDATE SET
+    succeeded = succeeded + excluded.succeeded, errored = errored + excluded.errored,
+    input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
+    cache_read_input_tokens = cache_read_input_tokens + excluded.cache_read_input_tokens,
+    cache_creation_input_tokens = cache_creation_input_tokens + excluded.cache_creation_input_tokens;
+INSERT INTO batch_throughput (batch, second, requests)
+SELECT batch, :second, sum(n) FROM temp.finished WHERE true GROUP BY batch
+ON CONFLICT (batch, second) DO UPDATE SET requests = requests + excluded.requests;
+DELETE FROM temp.finished;
 DELETE FROM temp.finishing;
 
 -- name: requeue_jobs
@@ -317,8 +425,11 @@ WHERE id = :id AND owner = :owner AND state = 1;
 -- name: settle_canceling
 -- Waiting jobs of a batch being canceled will never be claimed: each becomes a `canceled` result.
 -- `seqs`, when set, limits it to those batches.
-INSERT INTO temp.ending (id, batch)
-SELECT j.id, j.batch FROM batches AS b JOIN jobs AS j ON j.batch = b.seq AND j.state = 0
+-- Returns how many.
+INSERT INTO temp.ending (id, batch, model)
+-- CROSS JOIN keeps the batches being canceled (few, indexed) as the outer loop: SQLite would
+-- otherwise scan every waiting job of every batch, at each completion.
+SELECT j.id, j.batch, j.model FROM batches AS b CROSS JOIN jobs AS j ON j.batch = b.seq AND j.state = 0
 WHERE b.status = 1 AND (:seqs IS NULL OR b.seq IN (SELECT value FROM json_each(:seqs)));
 INSERT INTO results (id, type, line)
 SELECT e.id, 2, CAST('{"custom_id":' || json_quote(r.custom_id) || ',"result":{"type":"canceled"}}' AS BLOB)
@@ -327,6 +438,13 @@ DELETE FROM jobs WHERE id IN (SELECT id FROM temp.ending);
 UPDATE batches SET processing = processing - t.n, canceled = canceled + t.n
 FROM (SELECT batch, count(*) AS n FROM temp.ending GROUP BY batch) AS t
 WHERE batches.seq = t.batch;
+INSERT INTO batch_outcomes (
+    batch, model, backend, result, error_type, requests,
+    input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+)
+SELECT batch, model, '', 2, '', count(*), 0, 0, 0, 0 FROM temp.ending WHERE true GROUP BY batch, model
+ON CONFLICT (batch, model, backend, result, error_type) DO UPDATE SET requests = requests + excluded.requests;
+SELECT count(*) FROM temp.ending;
 DELETE FROM temp.ending;
 
 -- name: end_idle_batches
@@ -369,20 +487,27 @@ WHERE j.state = 0 AND b.status = 0;
 SELECT seq FROM batches WHERE status < 2 AND expires_at <= :now ORDER BY seq;
 
 -- name: expire_batch
--- A batch past its expiry ends; every request not finished becomes `expired`.
-INSERT INTO temp.ending (id, batch)
-SELECT j.id, j.batch FROM jobs AS j JOIN batches AS b ON b.seq = j.batch
+-- A batch past its expiry ends; every request not finished becomes `expired`. Returns the batch's
+-- id and how many requests expired.
+INSERT INTO temp.ending (id, batch, model)
+SELECT j.id, j.batch, j.model FROM jobs AS j JOIN batches AS b ON b.seq = j.batch
 WHERE j.batch = :seq AND b.status < 2 AND b.expires_at <= :now;
 INSERT INTO results (id, type, line)
 SELECT e.id, 3, CAST('{"custom_id":' || json_quote(r.custom_id) || ',"result":{"type":"expired"}}' AS BLOB)
 FROM temp.ending AS e JOIN requests AS r ON r.id = e.id;
 DELETE FROM jobs WHERE id IN (SELECT id FROM temp.ending);
+INSERT INTO batch_outcomes (
+    batch, model, backend, result, error_type, requests,
+    input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+)
+SELECT batch, model, '', 3, '', count(*), 0, 0, 0, 0 FROM temp.ending WHERE true GROUP BY batch, model
+ON CONFLICT (batch, model, backend, result, error_type) DO UPDATE SET requests = requests + excluded.requests;
 UPDATE batches
 SET processing = processing - (SELECT count(*) FROM temp.ending),
     expired = expired + (SELECT count(*) FROM temp.ending),
     status = 2, ended_at = :now
 WHERE seq = :seq AND status < 2 AND expires_at <= :now
-RETURNING id;
+RETURNING id, (SELECT count(*) FROM temp.ending);
 DELETE FROM temp.ending;
 
 -- name: archivable_batches
@@ -416,7 +541,7 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM batches WHERE id = :id;
 
@@ -426,7 +551,7 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM batches WHERE workspace = :workspace AND id > :lower AND id < :upper ORDER BY id DESC LIMIT :limit;
 
@@ -437,7 +562,7 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM batches
 WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL
@@ -450,7 +575,7 @@ SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_init
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
        retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
-       endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
+       priority, endpoint, input_file_id, completion_window, output_expires_after, errors, files_deleted,
        output_bytes, error_bytes
 FROM batches
 WHERE workspace = :workspace AND endpoint <> '' AND status = 2 AND archived_at IS NULL
@@ -567,13 +692,14 @@ DELETE FROM idempotency_keys WHERE created_at < :cutoff;
 
 -- name: list_batches_matching
 -- A workspace's batches between `lower` and `upper` (one API's id prefix) whose metadata holds
--- every pair of `metadata` (a JSON object), newest first.
+-- every pair of `metadata` (a JSON object) and, when `status` is set, of that status, newest first.
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM batches AS b
-WHERE workspace = :workspace AND id > :lower AND id < :upper
+WHERE workspace = :workspace AND id > :lower AND id < :upper AND (:status IS NULL OR status = :status)
   AND NOT EXISTS (
       SELECT 1 FROM json_each(:metadata) AS f
       WHERE NOT EXISTS (SELECT 1 FROM json_each(b.metadata) AS m WHERE m.key = f.key AND m.value = f.value)
@@ -585,9 +711,10 @@ ORDER BY id DESC LIMIT :limit;
 SELECT seq, id, workspace, status, created_at, expires_at, ended_at, cancel_initiated_at, archived_at,
        total, processing, succeeded, errored, canceled, expired, first_request, betas, headers,
        metadata, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens,
-       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url
+       retry_of, retried_by, cancel_reason, abort_running, fail_fast_min_results, fail_fast_max_error_rate, webhook_url,
+       priority
 FROM batches AS b
-WHERE workspace = :workspace AND id > :lower
+WHERE workspace = :workspace AND id > :lower AND (:status IS NULL OR status = :status)
   AND NOT EXISTS (
       SELECT 1 FROM json_each(:metadata) AS f
       WHERE NOT EXISTS (SELECT 1 FROM json_each(b.metadata) AS m WHERE m.key = f.key AND m.value = f.value)
@@ -666,3 +793,78 @@ RETURNING id;
 
 -- name: forget_webhook_deliveries
 DELETE FROM webhook_deliveries WHERE state > 0 AND created_at < :cutoff;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Many teams: quotas, models, outcomes, usage
+
+-- name: lock_workspace
+-- Nothing to lock: the writer thread runs one transaction at a time.
+
+-- name: check_quotas
+-- guard
+-- The workspace's queue quotas (a NULL quota is none), checked in the transaction that inserts a
+-- batch of `total` requests: one row (quota, its value, the workspace's figure now) per quota it
+-- would exceed, and the store rolls the transaction back.
+SELECT 'max_queued_requests', :max_queued_requests, queued
+FROM (SELECT coalesce(sum(processing), 0) AS queued FROM batches WHERE workspace = :workspace AND status < 2)
+WHERE queued + :total > :max_queued_requests
+UNION ALL
+SELECT 'max_batches_in_progress', :max_batches_in_progress, open
+FROM (SELECT count(*) AS open FROM batches WHERE workspace = :workspace AND status < 2)
+WHERE open + 1 > :max_batches_in_progress;
+
+-- name: insert_batch_models
+-- rows: key int4, model text, total int4
+INSERT INTO batch_models (batch, key, model, total)
+VALUES ((SELECT seq FROM batches WHERE id = :batch_id), :key, :model, :total);
+
+-- name: set_job_models
+-- rows: first int8, stop int8, model int4
+-- The jobs of a batch whose requests name several models: each run of ids gets its model's key.
+UPDATE jobs SET model = :model WHERE id >= :first AND id < :stop;
+
+-- name: models_of_batches
+-- inline
+SELECT batch, key, model, total FROM batch_models
+WHERE batch IN (SELECT value FROM json_each(:seqs)) ORDER BY batch, key;
+
+-- name: outcomes_of_batch
+SELECT m.model, o.model, o.backend, o.result, o.error_type, o.requests,
+       o.input_tokens, o.output_tokens, o.cache_read_input_tokens, o.cache_creation_input_tokens
+FROM batch_outcomes AS o LEFT JOIN batch_models AS m ON m.batch = o.batch AND m.key = o.model
+WHERE o.batch = :seq;
+
+-- name: throughput_of_batch
+-- Requests written per `step` seconds, from the batch's first on.
+SELECT second / :step * :step AS at, sum(requests) FROM batch_throughput
+WHERE batch = :seq GROUP BY at ORDER BY at;
+
+-- name: forget_batch
+-- What is kept about a batch besides its row, when it is deleted (usage stays).
+DELETE FROM batch_models WHERE batch = :seq;
+DELETE FROM batch_outcomes WHERE batch = :seq;
+DELETE FROM batch_throughput WHERE batch = :seq;
+
+-- name: usage_of_workspace
+-- Per hour and model, the hours in [since, until).
+SELECT hour, model, succeeded, errored, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+FROM usage WHERE workspace = :workspace AND hour >= :since AND hour < :until ORDER BY hour, model;
+
+-- name: open_work_of_workspace
+-- A workspace's batches in progress or canceling, and their requests not finished.
+SELECT count(*), coalesce(sum(processing), 0) FROM batches WHERE workspace = :workspace AND status < 2;
+
+-- name: leased_by_batch_model
+-- Requests leased now (running somewhere), per batch and model.
+SELECT batch, model, count(*) FROM jobs WHERE state = 1 GROUP BY batch, model;
+
+-- name: open_batches_by_model
+-- Of each batch not ended: its workspace, and per model its total and its finished requests.
+SELECT b.seq, b.workspace, m.key, m.model, m.total,
+       (SELECT coalesce(sum(o.requests), 0) FROM batch_outcomes AS o WHERE o.batch = b.seq AND o.model = m.key)
+FROM batches AS b JOIN batch_models AS m ON m.batch = b.seq
+WHERE b.status < 2;
+
+-- name: batches_by_status
+SELECT status, count(*) FROM batches GROUP BY status;
