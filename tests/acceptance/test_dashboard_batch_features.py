@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,11 @@ def test_results_while_running_metadata_and_the_hard_cancel(
 
     open_signed_in(browser, server, f"#/batch/{batch_id}")
     wait(browser, lambda b: sorted(result_ids(b)) == [f"fast-{i}" for i in range(6)], what="the six results so far")
-    assert browser.find_element(By.ID, "batch-status").text == "in progress"
-    assert "still running" in browser.find_element(By.ID, "results-note").text
-    metadata = browser.find_element(By.CSS_SELECTOR, '#options dd[data-option="Metadata"]').text
+    # The page redraws itself every second: read what it shows through `wait`, which tries again
+    # when an element was replaced under it.
+    wait(browser, lambda b: b.find_element(By.ID, "batch-status").text == "in progress", what="in progress")
+    wait(browser, lambda b: "still running" in b.find_element(By.ID, "results-note").text, what="the note")
+    metadata = wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, '#options dd[data-option="Metadata"]').text)
     assert "team=dash" in metadata
     browser.save_screenshot(str(ARTIFACTS / "dashboard-partial-results.png"))
 
@@ -131,7 +134,7 @@ def test_results_while_running_metadata_and_the_hard_cancel(
     wait(browser, expected_conditions.alert_is_present(), what="the confirmation")
     browser.switch_to.alert.accept()
     wait(browser, lambda b: b.find_element(By.ID, "batch-status").text == "ended", what="ended at once, not in 60 s")
-    assert browser.find_element(By.CSS_SELECTOR, 'dd[data-count="canceled"]').text == "4"
+    wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, 'dd[data-count="canceled"]').text == "4", what="4 canceled")
     wait(browser, lambda b: len(result_ids(b)) == 10, what="all ten results")
     assert page_errors(browser) == []
 
@@ -140,9 +143,14 @@ def test_retry_of_failed_lines_from_the_batch_page(browser: WebDriver, server: S
     requests = [request(f"ok-{i}") for i in range(3)]
     requests += [request(f"bad-{i}", "[[simulate error=not_found_error]]") for i in range(2)]
     parent = create(api, requests, fail_fast={"min_results": 100, "max_error_rate": 0.9})
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/messages/batches/{parent}").json()["processing_status"] != "ended":
+        assert time.monotonic() < deadline, "the batch did not end"
+        time.sleep(0.05)
     open_signed_in(browser, server, f"#/batch/{parent}")
     wait(browser, lambda b: b.find_element(By.ID, "retry").is_displayed(), what="the retry button of an ended batch")
-    assert "after 100 results" in browser.find_element(By.CSS_SELECTOR, '#options dd[data-option="Fail fast"]').text
+    fail_fast = wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, '#options dd[data-option="Fail fast"]').text)
+    assert "after 100 results" in fail_fast
     browser.find_element(By.ID, "retry").click()
     wait(browser, expected_conditions.alert_is_present(), what="the confirmation")
     browser.switch_to.alert.accept()
