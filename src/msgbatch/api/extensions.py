@@ -70,7 +70,7 @@ async def list_deliveries(request: Request) -> Response:
         limit=_int_param(request, "limit", 20),
         before_id=params.get("after_id") or None,
         batch_id=params.get("batch_id") or None,
-        state=params.get("status") or None,
+        state=params.get("status"),  # an empty one is refused, not ignored
     )
     body = {
         "data": data,
