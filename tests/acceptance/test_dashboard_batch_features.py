@@ -117,8 +117,10 @@ def test_results_while_running_metadata_and_the_hard_cancel(
     browser.find_element(By.CSS_SELECTOR, "#metadata-filter button").click()
     wait(browser, lambda b: [r.get_attribute("data-id") for r in b.find_elements(By.CSS_SELECTOR, "#batches tbody tr")]
          == [batch_id], what="only the batch with that metadata")  # fmt: skip
-    tags = browser.find_elements(By.CSS_SELECTOR, f'#batches tr[data-id="{batch_id}"] .tag')
-    assert [t.text for t in tags] == ["team=dash", "run=3"] and other not in browser.page_source
+    tags = wait(
+        browser, lambda b: [t.text for t in b.find_elements(By.CSS_SELECTOR, f'#batches tr[data-id="{batch_id}"] .tag')]
+    )
+    assert tags == ["team=dash", "run=3"] and other not in browser.page_source
 
     open_signed_in(browser, server, f"#/batch/{batch_id}")
     wait(browser, lambda b: sorted(result_ids(b)) == [f"fast-{i}" for i in range(6)], what="the six results so far")
@@ -155,9 +157,9 @@ def test_retry_of_failed_lines_from_the_batch_page(browser: WebDriver, server: S
     wait(browser, expected_conditions.alert_is_present(), what="the confirmation")
     browser.switch_to.alert.accept()
     wait(browser, lambda b: b.find_element(By.ID, "batch-id").text not in ("", parent), what="the new batch's page")
-    child = browser.find_element(By.ID, "batch-id").text
-    link = wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, '#options dd[data-option="Retry of"] a'))
-    assert link.text == parent
+    child = wait(browser, lambda b: b.find_element(By.ID, "batch-id").text)
+    link = wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, '#options dd[data-option="Retry of"] a').text)
+    assert link == parent
     wait(browser, lambda b: sorted(result_ids(b)) == ["bad-0", "bad-1"], what="the retried lines' results")
     assert api.get(f"/v1/messages/batches/{parent}").json()["retried_by"] == child
     browser.save_screenshot(str(ARTIFACTS / "dashboard-retry.png"))

@@ -11,7 +11,7 @@ import pytest
 from msgbatch.backends.base import CallContext, RequestCanceled, request_canceled
 from msgbatch.backends.mock import MockBackend
 from msgbatch.backends.outage import OutageGuard
-from msgbatch.errors import GatewayTimeoutError, InvalidRequestError, UpstreamUnreachableError
+from msgbatch.errors import GatewayTimeoutError, InternalServerError, InvalidRequestError, UpstreamUnreachableError
 
 
 class Upstream:
@@ -81,10 +81,23 @@ async def test_an_error_answer_means_the_server_is_up() -> None:
     upstream.up = False
     waiting = asyncio.create_task(guard.create_message({"n": 1}, CallContext()))
     await asyncio.sleep(0.05)
-    upstream.up, upstream.fail_with = True, InvalidRequestError("bad prompt")
+    upstream.up, upstream.fail_with = True, InvalidRequestError("bad prompt", upstream_status=400)
     with pytest.raises(InvalidRequestError):
         await asyncio.wait_for(waiting, 2)
     assert guard.available
+
+
+async def test_a_connection_cut_mid_answer_does_not_say_the_server_is_up() -> None:
+    upstream = Upstream()
+    guard = OutageGuard(upstream.backend, probe_delay=0.01)
+    upstream.up = False
+    waiting = asyncio.create_task(guard.create_message({"n": 1}, CallContext()))
+    await asyncio.sleep(0.05)
+    # A request that was on its way when the server went down: its connection is reset.
+    upstream.up, upstream.fail_with = True, InternalServerError("connection to upstream gpu-box failed")
+    with pytest.raises(InternalServerError):
+        await asyncio.wait_for(waiting, 2)
+    assert not guard.available
 
 
 async def test_timeouts_spend_attempts_and_pause_the_backend_after_three_in_a_row() -> None:

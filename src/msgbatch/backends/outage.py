@@ -8,8 +8,9 @@ nothing tells the backend's other requests to wait. Instead:
   marks the backend down, logged once at WARNING with what fails and since when;
 - while it is down, its requests wait here, and one of them at a time is sent as a probe, with
   exponential backoff between probes (`probe_delay` up to `max_probe_delay`);
-- the first answer of any kind (an HTTP error is an answer: the server is up) marks it up again,
-  logged once at INFO, and every waiting request goes.
+- the first HTTP answer of any kind (an error status is an answer: the server is up) marks it up
+  again, logged once at INFO, and every waiting request goes; a connection cut mid-answer says
+  neither.
 
 A refused connection spends no attempt: the request waits as long as its batch lives (the
 dispatcher's expiry watcher ends it `expired`; a canceled batch's waiting requests are dropped).
@@ -110,8 +111,10 @@ class OutageGuard:
                 else:
                     self._recovered()
                 raise
-            except MsgbatchError:
-                self._recovered()  # an answer, even an error, means the server is there
+            except MsgbatchError as exc:
+                if exc.upstream_status is not None:
+                    self._recovered()  # an HTTP answer, even an error, means the server is there
+                # A connection cut mid-answer (the server going down as it answered) says neither.
                 raise
             finally:
                 if probe:
