@@ -57,6 +57,11 @@ async def test_an_ended_batch_is_announced_signed_with_the_batch_as_data(tmp_pat
         batch = await client.messages.batches.create(requests=[simple_request(f"r{i}") for i in range(3)])
         ended = await wait_ended(client, batch.id)
         await wait_until(lambda: len(receiver.received) >= 1, what="the delivery")
+
+        async def recorded() -> bool:  # the receiver's answer is recorded a moment after it got it
+            return [d["status"] for d in await deliveries(srv)] == ["delivered"]
+
+        await wait_until(recorded, what="the delivery recorded")
         [shown] = await deliveries(srv)
     [event] = receiver.verified()
     [got] = receiver.received
