@@ -198,6 +198,7 @@ class BatchManager:
         # Requests the store finished in bulk (canceled waiting, expired): (result type, how many).
         self.on_finished_in_bulk: list[Callable[[int, int], None]] = []
         self._last_served = 0  # fairness: the seq of the batch a claim served last
+        self._fail_fast: set[int] = set()  # batches in progress with a fail-fast policy (from the last claim)
         self._models: dict[int, list[tuple[int, str]]] = {}  # seq -> its (model key, model): immutable
         self._limits_of: dict[str, Limits] = {}  # workspace -> its limits (the settings never change)
         self.outbox = WebhookOutbox(store, settings)
@@ -730,6 +731,8 @@ class BatchManager:
         if not free:
             return []
         active = await self.store.read("active_batches")
+        # The requests this process completes are ones it claimed: it knows their batches' policy.
+        self._fail_fast = {row[0] for row in active if row[9]}
         if not active:
             return []
         models = await self._models_of([row[0] for row in active])
@@ -758,7 +761,7 @@ class BatchManager:
             (found,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=rows))
             taken: dict[tuple[int, int], int] = {}
             for rid, seq, attempts, custom_id, params, key in found:
-                _, _, _, betas, headers, expires_at, endpoint, workspace, _ = info[seq]
+                _, _, _, betas, headers, expires_at, endpoint, workspace, _, _ = info[seq]
                 model = names[seq].get(key, "")
                 jobs.append(
                     Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, endpoint, workspace, model)
@@ -829,8 +832,9 @@ class BatchManager:
             # Usage is counted by the hour, throughput by the second (unix seconds).
             when = {"owner": owner, "hour": now // 3_600_000_000 * 3600, "second": now // 1_000_000}
             steps.append(Step("finish_jobs", when, rows=finished))
-            # Fail-fast is judged here, on the counts just written, by whichever process wrote them.
-            steps += [Step("fail_fast", {"seqs": seqs, "now": now}), Step("settle_canceling", {"seqs": seqs})]
+            if self._fail_fast.intersection(seqs):
+                # Fail-fast is judged here, on the counts just written, by whichever process wrote them.
+                steps += [Step("fail_fast", {"seqs": seqs, "now": now}), Step("settle_canceling", {"seqs": seqs})]
         if retries:
             # A retry goes back to the queue; in a batch being canceled it is canceled instead.
             steps.append(Step("requeue_jobs", {"owner": owner}, rows=retries))
@@ -844,7 +848,7 @@ class BatchManager:
         if retries:
             ended += _ids(found[at["end_idle_canceling"]])
         self._announced(found[-1])
-        if finished and found[at["fail_fast"]]:
+        if "fail_fast" in at and found[at["fail_fast"]]:
             await self._failed_fast(found[at["fail_fast"]])
         return ended
 

@@ -86,6 +86,10 @@ class _Int2Array(_BinaryArray):
     kind = "int2"
 
 
+class _TextArray(_BinaryArray):
+    kind = "text"
+
+
 def _array_dumper(cls: type[_BinaryArray]) -> type[Dumper]:
     class ArrayDumper(Dumper):
         format = Format.BINARY
@@ -97,7 +101,7 @@ def _array_dumper(cls: type[_BinaryArray]) -> type[Dumper]:
     return ArrayDumper
 
 
-_ARRAY_TYPES = (_ByteaArray, _Int8Array, _Int4Array, _Int2Array)
+_ARRAY_TYPES = (_ByteaArray, _TextArray, _Int8Array, _Int4Array, _Int2Array)
 
 
 _array_head = struct.Struct("!iiiii").pack  # 1 dimension, no nulls, element type, length, lower bound
@@ -117,6 +121,15 @@ def _bytea_array(items: Sequence[bytes]) -> _ByteaArray:
     for item in items:
         parts += (_field_len(len(item)), item)
     return _ByteaArray(b"".join(parts))
+
+
+def _text_array(items: Sequence[str]) -> _TextArray:
+    """Strings as one text[] parameter, the same way (the binary form of text is its UTF-8)."""
+    parts: list[bytes] = [_array_head(1, 0, postgres.types["text"].oid, len(items), 1)]
+    for item in items:
+        data = item.encode()
+        parts += (_field_len(len(data)), data)
+    return _TextArray(b"".join(parts))
 
 
 def _int_array(kind: str, items: Sequence[int]) -> _BinaryArray:
@@ -192,6 +205,8 @@ def _array_params(query: Query, rows: Iterable[Sequence[Any]]) -> dict[str, Any]
 def _array(kind: str, values: Sequence[Any]) -> Any:
     if kind == "bytea":
         return _bytea_array(values)
+    if kind == "text":
+        return _text_array(values)
     if kind in _INTS:
         return _int_array(kind, values)
     return list(values)

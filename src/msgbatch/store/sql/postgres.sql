@@ -335,7 +335,8 @@ WHERE id = (SELECT id FROM msgbatch.requests WHERE id >= %(first)s AND id < %(st
 
 -- name: active_batches
 -- The batches that take work, in creation order.
-SELECT seq, first_request, total, betas, headers, expires_at, endpoint, workspace, priority
+SELECT seq, first_request, total, betas, headers, expires_at, endpoint, workspace, priority,
+       fail_fast_min_results IS NOT NULL
 FROM msgbatch.batches WHERE status = 0 ORDER BY seq;
 
 -- name: claim_jobs

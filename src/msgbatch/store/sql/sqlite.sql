@@ -332,7 +332,8 @@ WHERE r.id >= :first AND r.id < :stop AND r.custom_id = :custom_id AND (:type IS
 
 -- name: active_batches
 -- The batches that take work, in creation order.
-SELECT seq, first_request, total, betas, headers, expires_at, endpoint, workspace, priority
+SELECT seq, first_request, total, betas, headers, expires_at, endpoint, workspace, priority,
+       fail_fast_min_results IS NOT NULL
 FROM batches WHERE status = 0 ORDER BY seq;
 
 -- name: claim_jobs
