@@ -43,7 +43,8 @@ import json
 import os
 from typing import Any
 
-from msgbatch.errors import InternalServerError, MsgbatchError
+from msgbatch.backends.http import malformed
+from msgbatch.errors import InternalServerError
 from msgbatch.ids import new_message_id
 
 __all__ = ["Untranslatable", "from_chat_completion", "to_chat_completion"]
@@ -334,10 +335,6 @@ def _to_chat_completion(params: dict[str, Any], model: str | None) -> dict[str, 
 # --- the answer ---------------------------------------------------------------------------------
 
 
-def _malformed(backend: str, what: str) -> MsgbatchError:
-    return InternalServerError(f"upstream {backend} answered with a malformed body: {what}", retryable=True)
-
-
 def _int(value: object) -> int:
     if isinstance(value, bool):
         return 0
@@ -358,11 +355,11 @@ def _answer_text(content: object) -> str:
 
 def _tool_use(call: object, backend: str) -> dict[str, Any]:
     if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-        raise _malformed(backend, "a tool call without a function")
+        raise malformed(backend, "a tool call without a function")
     function = call["function"]
     name = function.get("name")
     if not isinstance(name, str) or not name:
-        raise _malformed(backend, "a tool call without a name")
+        raise malformed(backend, "a tool call without a name")
     arguments = function.get("arguments")
     if isinstance(arguments, dict):
         tool_input = arguments
@@ -380,7 +377,7 @@ def _tool_use(call: object, backend: str) -> dict[str, Any]:
                 f"the model called tool {name} with arguments that are not an object", retryable=False
             )
     else:
-        raise _malformed(backend, "tool call arguments")
+        raise malformed(backend, "tool call arguments")
     call_id = call.get("id")
     if not isinstance(call_id, str) or not call_id:
         call_id = "toolu_" + os.urandom(12).hex()
@@ -392,11 +389,11 @@ def from_chat_completion(answer: dict[str, Any], params: dict[str, Any], backend
     completion raises a retryable InternalServerError."""
     choices = answer.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise _malformed(backend, "no choices")
+        raise malformed(backend, "no choices")
     choice = choices[0]
     message = choice.get("message")
     if not isinstance(message, dict):
-        raise _malformed(backend, "a choice without a message")
+        raise malformed(backend, "a choice without a message")
 
     content: list[dict[str, Any]] = []
     thinking = params.get("thinking")
