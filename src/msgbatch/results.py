@@ -72,7 +72,7 @@ def expired_line(custom_id: str) -> bytes:
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if type(value) is int and value > 0 else 0  # not a bool, not negative
 
 
 def tokens_of(message: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -80,11 +80,12 @@ def tokens_of(message: dict[str, Any]) -> tuple[int, int, int, int]:
     usage = message.get("usage")
     if not isinstance(usage, dict):
         return NO_TOKENS
+    get = usage.get
     return (
-        _count(usage.get("input_tokens")),
-        _count(usage.get("output_tokens")),
-        _count(usage.get("cache_read_input_tokens")),
-        _count(usage.get("cache_creation_input_tokens")),
+        _count(get("input_tokens")),
+        _count(get("output_tokens")),
+        _count(get("cache_read_input_tokens")),
+        _count(get("cache_creation_input_tokens")),
     )
 
 

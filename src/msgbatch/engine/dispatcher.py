@@ -279,8 +279,13 @@ class Dispatcher:
         queue = self._queue
         task = asyncio.current_task()
         assert task is not None
+        # A backend that holds requests back (the limiter) drops them once their batch is canceled.
+        # Set once per runner, not per request: a context variable's set costs a copy of the context.
+        batch_of_job = [0]
+        request_canceled.set(lambda: batch_of_job[0] in self._canceled)
         while True:
             job = await queue.get()
+            batch_of_job[0] = job.batch
             self._running[job.id] = (job, task)
             try:
                 outcome = await self._run(job)
@@ -341,8 +346,6 @@ class Dispatcher:
         backend = self.router.route(model)
         if backend is None:
             return self._errored(job, "not_found_error", f"model: {model}")
-        # A backend that holds requests back (the limiter) drops them once their batch is canceled.
-        request_canceled.set(lambda: job.batch in self._canceled)
         started = time.perf_counter()
         try:
             answer = await endpoint.call(backend, params, context)

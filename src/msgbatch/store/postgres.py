@@ -136,9 +136,11 @@ def _int_array(kind: str, items: Sequence[int]) -> _BinaryArray:
     """Integers as one array parameter, packed in one call: psycopg's list dumper costs ~0.4 µs an
     item, which for the seven columns of a completion of 500 was a fifth of its time."""
     cls, oid, code, size = _INTS[kind]
-    head = _array_head(1, 0, oid, len(items), 1)
-    body = struct.pack("!" + code * len(items), *(v for item in items for v in (size, item)))
-    return cls(head + body)
+    n = len(items)
+    # (length, value) pairs, interleaved by slice assignment: a third of the time of a generator.
+    flat = [size] * (2 * n)
+    flat[1::2] = items
+    return cls(_array_head(1, 0, oid, n, 1) + struct.pack("!" + code * n, *flat))
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
