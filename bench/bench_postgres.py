@@ -76,6 +76,14 @@ class Database:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
 
 
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{log.name}: no {text!r} (exit status {proc.poll()})")
+        time.sleep(0.05)
+
+
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen([sys.executable, "-m", "msgbatch", *args], stdout=out, stderr=subprocess.STDOUT)
@@ -92,7 +100,10 @@ def run_once(workers: int, requests: int, payload: bytes, logs: Path) -> tuple[f
         try:
             procs += [start(["worker", "--database", db.url], logs / f"worker-{i}.log") for i in range(workers)]
             wait_until_answers(f"{url}/health", process=procs[0])
-            time.sleep(1.0)  # let the workers connect and LISTEN
+            # Every worker started (connected, LISTENing), and its start-up CPU spent before the clock runs.
+            for i in range(workers):
+                wait_for_line(logs / f"worker-{i}.log", "worker.started", procs[1 + i])
+            time.sleep(0.5)
             with httpx.Client(base_url=url, headers=HEADERS, timeout=120) as client:
                 t0 = time.perf_counter()
                 response = client.post("/v1/messages/batches", content=payload)
