@@ -6,34 +6,24 @@ Skips when either is missing. Screenshots land in tests/artifacts/ (git-ignored)
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from dashboard_browser import ARTIFACTS, browser, create, needs_chromium, open_signed_in, page_errors, wait
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select
 
 from conftest import ServeProcess
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="Chromium is not installed (apt-get install chromium chromium-driver) - browser tests skipped",
-)
+pytestmark = needs_chromium
+__all__ = ["browser"]  # the fixture, used by name
 
 KEY = "dash-key"
-ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 MODEL = "claude-sonnet-4-5-20250929"
 
 
@@ -74,62 +64,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         proc.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-        "--disable-dev-shm-usage",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(30)
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 @pytest.fixture
 def api(server: ServeProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, headers={"x-api-key": KEY}, timeout=30) as client:
         yield client
 
 
-def create(api: httpx.Client, requests: list[dict[str, Any]]) -> str:
-    response = api.post("/v1/messages/batches", content=json.dumps({"requests": requests}))
-    assert response.status_code == 200, response.text
-    return str(response.json()["id"])
-
-
-def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 20, what: str = "") -> Any:
-    # The page redraws parts of itself as it polls: an element found a moment ago may be gone.
-    ignored = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(browser, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(condition, what)
-
-
 def shot(browser: WebDriver, name: str) -> None:
     browser.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
-
-
-def open_signed_in(browser: WebDriver, server: ServeProcess, fragment: str = "#/") -> None:
-    browser.get(f"{server.base_url}/{fragment}")
-    section = {"#/": "list", "#/workspace": "workspace"}.get(fragment, "detail")
-    # The script runs after the page loads: wait until it shows either the key form or the view.
-    wait(
-        browser,
-        lambda b: b.find_element(By.ID, "login").is_displayed() or b.find_element(By.ID, section).is_displayed(),
-    )
-    if browser.find_element(By.ID, "login").is_displayed():
-        field = browser.find_element(By.ID, "key")
-        field.clear()
-        field.send_keys(KEY)
-        browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
-    wait(browser, lambda b: b.find_element(By.ID, section).is_displayed(), what=f"the {section} view")
 
 
 _ROW_INFO = """
@@ -158,15 +100,6 @@ def status_of(browser: WebDriver, batch_id: str) -> str | None:
     return r["status"] if r is not None else None
 
 
-def page_errors(browser: WebDriver) -> list[str]:
-    """Console errors other than the failed fetches a test provoked on purpose (401)."""
-    return [
-        e["message"]
-        for e in browser.get_log("browser")
-        if e["level"] == "SEVERE" and "status of 401" not in e["message"]
-    ]
-
-
 def test_nothing_is_visible_without_a_valid_key(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
     create(api, [request("hidden")])
     browser.get(f"{server.base_url}/")
@@ -181,7 +114,7 @@ def test_nothing_is_visible_without_a_valid_key(browser: WebDriver, server: Serv
     assert browser.find_elements(By.CSS_SELECTOR, "#batches tbody tr") == []
     assert "msgbatch_" not in browser.page_source
     shot(browser, "login-refused")
-    open_signed_in(browser, server)
+    open_signed_in(browser, server, KEY)
     wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#batches tbody tr"), what="the batches")
     assert page_errors(browser) == []
 
@@ -189,7 +122,7 @@ def test_nothing_is_visible_without_a_valid_key(browser: WebDriver, server: Serv
 def test_list_shows_a_batch_progressing_to_ended(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
     total = 240  # ~3 s at 4 x 50 ms
     batch_id = create(api, [request(f"p-{i}", f"Progress {i}") for i in range(total)])
-    open_signed_in(browser, server)
+    open_signed_in(browser, server, KEY)
 
     def partly_done(b: WebDriver) -> dict[str, Any] | None:
         r = row(b, batch_id)
@@ -214,8 +147,9 @@ def test_list_shows_a_batch_progressing_to_ended(browser: WebDriver, server: Ser
 
 
 def test_cancel_from_the_batch_page(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
-    batch_id = create(api, [request(f"c-{i}", f"Cancel me {i}") for i in range(400)])  # ~5 s
-    open_signed_in(browser, server, f"#/batch/{batch_id}")
+    # 100 s of work at 4 at a time: still running however slowly the browser gets to the button.
+    batch_id = create(api, [request(f"c-{i}", f"Cancel me {i} [[simulate latency=1]]") for i in range(400)])
+    open_signed_in(browser, server, KEY, f"#/batch/{batch_id}")
     wait(browser, lambda b: b.find_element(By.ID, "batch-status").text == "in progress", what="in progress")
     browser.find_element(By.ID, "cancel").click()
     wait(browser, expected_conditions.alert_is_present(), what="the confirmation")
@@ -243,7 +177,7 @@ def test_results_filter_and_delete(browser: WebDriver, server: ServeProcess, api
             for i in range(30)
         ],
     )
-    open_signed_in(browser, server, f"#/batch/{batch_id}")
+    open_signed_in(browser, server, KEY, f"#/batch/{batch_id}")
     result_rows = lambda b: b.find_elements(By.CSS_SELECTOR, "#results tbody tr")  # noqa: E731
     wait(browser, lambda b: len(result_rows(b)) == 30, what="all 30 results")
     timing = browser.find_element(By.CSS_SELECTOR, '#timing tbody tr[data-backend="simulate"]')
@@ -292,7 +226,7 @@ def test_openai_batches_are_shown_labelled(browser: WebDriver, server: ServeProc
         json={"input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
     ).json()
     messages_id = create(api, [request("m-1")])
-    open_signed_in(browser, server)
+    open_signed_in(browser, server, KEY)
     kinds = "return [...document.querySelectorAll('#batches tbody tr')].map(tr => [tr.dataset.id, tr.querySelector('.kind').textContent])"  # noqa: E501
     wait(browser, lambda b: created["id"] in dict(b.execute_script(kinds)), what="the OpenAI batch in the list")
     shown = dict(browser.execute_script(kinds))
@@ -300,7 +234,7 @@ def test_openai_batches_are_shown_labelled(browser: WebDriver, server: ServeProc
     wait(browser, lambda b: status_of(b, created["id"]) == "ended", timeout=30, what="ended")
     shot(browser, "list-both-kinds")
 
-    open_signed_in(browser, server, f"#/batch/{created['id']}")
+    open_signed_in(browser, server, KEY, f"#/batch/{created['id']}")
     result_rows = lambda b: b.find_elements(By.CSS_SELECTOR, "#results tbody tr")  # noqa: E731
     wait(browser, lambda b: len(result_rows(b)) == 12, what="the lines of the output and error files")
     assert browser.find_element(By.ID, "batch-kind").text == "OpenAI /v1/chat/completions"
@@ -335,7 +269,7 @@ def test_batch_page_shows_tokens_models_errors_and_throughput(
     ]
     requests.append({"custom_id": "invalid", "params": {"model": MODEL, "messages": []}})  # no max_tokens
     batch = ended_batch(api, requests)
-    open_signed_in(browser, server, f"#/batch/{batch['id']}")
+    open_signed_in(browser, server, KEY, f"#/batch/{batch['id']}")
     wait(browser, lambda b: b.find_element(By.ID, "batch-status").text == "ended", what="ended")
     wait(browser, lambda b: b.find_element(By.ID, "throughput").get_attribute("data-total") == "31", what="the chart")
     usage = batch["usage"]
@@ -370,7 +304,7 @@ def test_batch_page_shows_tokens_models_errors_and_throughput(
 
 def test_results_page_through_all_of_them(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
     batch = ended_batch(api, [request(f"p{i:03d}", f"Page {i}") for i in range(250)])
-    open_signed_in(browser, server, f"#/batch/{batch['id']}")
+    open_signed_in(browser, server, KEY, f"#/batch/{batch['id']}")
 
     def ids(b: WebDriver) -> list[str]:
         return [str(tr.get_attribute("data-custom-id")) for tr in b.find_elements(By.CSS_SELECTOR, "#results tbody tr")]
@@ -394,9 +328,9 @@ def test_list_filters_by_status_and_metadata_and_sorts(
 ) -> None:
     small = ended_batch(api, [request(f"s{i}") for i in range(3)])
     bigger = ended_batch(api, [request(f"b{i}") for i in range(9)])
-    slow = create(api, [request(f"w{i}", "Wait [[simulate latency=5]]") for i in range(4)])
+    slow = create(api, [request(f"w{i}", "Wait [[simulate latency=60]]") for i in range(4)])
     try:
-        open_signed_in(browser, server)
+        open_signed_in(browser, server, KEY)
         wait(browser, lambda b: status_of(b, slow) == "in_progress", what="the running batch")
 
         def listed(b: WebDriver) -> list[str]:
@@ -433,16 +367,17 @@ def test_list_filters_by_status_and_metadata_and_sorts(
         wait(browser, lambda b: slow in listed(b) and small["id"] in listed(b), what="everything again")
         assert page_errors(browser) == []
     finally:
-        api.post(f"/v1/messages/batches/{slow}/cancel")
+        # A hard cancel: its running requests would hold the backend's slots for a minute.
+        api.post(f"/v1/messages/batches/{slow}/cancel", params={"abort_running": "true"})
 
 
 def test_workspace_page_shows_quotas_usage_and_work_in_flight(
     browser: WebDriver, server: ServeProcess, api: httpx.Client
 ) -> None:
     ended_batch(api, [request(f"u{i}") for i in range(4)])
-    slow = create(api, [request(f"f{i}", "Wait [[simulate latency=5]]") for i in range(6)])
+    slow = create(api, [request(f"f{i}", "Wait [[simulate latency=60]]") for i in range(6)])
     try:
-        open_signed_in(browser, server)
+        open_signed_in(browser, server, KEY)
         browser.find_element(By.ID, "nav-workspace").click()
         wait(browser, lambda b: b.find_element(By.ID, "workspace").is_displayed(), what="the workspace page")
         wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#ws-work tbody tr"), what="work in flight")
@@ -475,7 +410,8 @@ def test_workspace_page_shows_quotas_usage_and_work_in_flight(
         shot(browser, "workspace")
         assert page_errors(browser) == []
     finally:
-        api.post(f"/v1/messages/batches/{slow}/cancel")
+        # A hard cancel: its running requests would hold the backend's slots for a minute.
+        api.post(f"/v1/messages/batches/{slow}/cancel", params={"abort_running": "true"})
 
 
 def test_usable_at_400_pixels(browser: WebDriver, server: ServeProcess, api: httpx.Client) -> None:
@@ -485,7 +421,7 @@ def test_usable_at_400_pixels(browser: WebDriver, server: ServeProcess, api: htt
     browser.set_window_size(400, 900)
     try:
         for fragment, name in (("#/", "list"), (f"#/batch/{batch['id']}", "detail"), ("#/workspace", "workspace")):
-            open_signed_in(browser, server, fragment)
+            open_signed_in(browser, server, KEY, fragment)
             if name == "detail":
                 wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#results tbody tr"), what="results")
             width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")

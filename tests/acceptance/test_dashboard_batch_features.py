@@ -4,35 +4,23 @@ Skips without Chromium, as tests/acceptance/test_dashboard.py does."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from dashboard_browser import ARTIFACTS, browser, create, needs_chromium, open_signed_in, page_errors, wait
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
 
 from conftest import ServeProcess
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="Chromium is not installed (apt-get install chromium chromium-driver) - browser tests skipped",
-)
+pytestmark = needs_chromium
+__all__ = ["browser"]  # the fixture, used by name
 
 KEY = "dash-features"
-ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 
 
 def request(custom_id: str, text: str = "Hello there") -> dict[str, Any]:
@@ -51,51 +39,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         proc.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1400,1000",
-                 "--disable-dev-shm-usage", "--disable-background-networking"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(30)
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 @pytest.fixture
 def api(server: ServeProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, headers={"x-api-key": KEY}, timeout=30) as client:
         yield client
-
-
-def create(api: httpx.Client, requests: list[dict[str, Any]], **options: Any) -> str:
-    response = api.post("/v1/messages/batches", content=json.dumps({"requests": requests, **options}))
-    assert response.status_code == 200, response.text
-    return str(response.json()["id"])
-
-
-def wait(browser: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 20, what: str = "") -> Any:
-    ignored = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(browser, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(condition, what)
-
-
-def open_signed_in(browser: WebDriver, server: ServeProcess, fragment: str = "#/") -> None:
-    browser.get(f"{server.base_url}/{fragment}")
-    if browser.find_element(By.ID, "login").is_displayed():
-        browser.find_element(By.ID, "key").send_keys(KEY)
-        browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
-    section = "detail" if fragment.startswith("#/batch/") else "list"
-    wait(browser, lambda b: b.find_element(By.ID, section).is_displayed(), what=f"the {section} view")
-
-
-def page_errors(browser: WebDriver) -> list[str]:
-    return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def result_ids(browser: WebDriver) -> list[str]:
@@ -112,7 +59,7 @@ def test_results_while_running_metadata_and_the_hard_cancel(
     ]
     batch_id = create(api, requests, metadata={"team": "dash", "run": "3"})
     other = create(api, [request("x")], metadata={"team": "other"})
-    open_signed_in(browser, server)
+    open_signed_in(browser, server, KEY)
     browser.find_element(By.ID, "metadata-query").send_keys("team=dash")
     browser.find_element(By.CSS_SELECTOR, "#metadata-filter button").click()
     wait(browser, lambda b: [r.get_attribute("data-id") for r in b.find_elements(By.CSS_SELECTOR, "#batches tbody tr")]
@@ -122,7 +69,7 @@ def test_results_while_running_metadata_and_the_hard_cancel(
     )
     assert tags == ["team=dash", "run=3"] and other not in browser.page_source
 
-    open_signed_in(browser, server, f"#/batch/{batch_id}")
+    open_signed_in(browser, server, KEY, f"#/batch/{batch_id}")
     wait(browser, lambda b: sorted(result_ids(b)) == [f"fast-{i}" for i in range(6)], what="the six results so far")
     # The page redraws itself every second: read what it shows through `wait`, which tries again
     # when an element was replaced under it.
@@ -149,7 +96,7 @@ def test_retry_of_failed_lines_from_the_batch_page(browser: WebDriver, server: S
     while api.get(f"/v1/messages/batches/{parent}").json()["processing_status"] != "ended":
         assert time.monotonic() < deadline, "the batch did not end"
         time.sleep(0.05)
-    open_signed_in(browser, server, f"#/batch/{parent}")
+    open_signed_in(browser, server, KEY, f"#/batch/{parent}")
     wait(browser, lambda b: b.find_element(By.ID, "retry").is_displayed(), what="the retry button of an ended batch")
     fail_fast = wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, '#options dd[data-option="Fail fast"]').text)
     assert "after 100 results" in fail_fast
