@@ -88,9 +88,15 @@ class WebhookDelivery:
         self._wake.set()
 
     def start(self) -> None:
-        # No proxies from the environment: a per-batch URL goes to the address it was checked at.
-        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, trust_env=False)
         self.supervisor.start("webhooks", self._loop)
+
+    def _http(self) -> httpx.AsyncClient:
+        # Made at the first delivery: its TLS context takes ~35 ms to load the CA bundle, which a
+        # process that never sends a webhook (most of them) need not spend at every start.
+        if self._client is None:
+            # No proxies from the environment: a per-batch URL goes to the address it was checked at.
+            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, trust_env=False)
+        return self._client
 
     async def stop(self) -> None:
         await self.supervisor.stop()
@@ -198,7 +204,6 @@ class WebhookDelivery:
         return key
 
     async def _post(self, delivery: Delivery, body: bytes) -> int:
-        assert self._client is not None, "not started"
         msg_id = message_id(delivery.batch_id, delivery.event)
         timestamp = int(time.time())
         headers = {
@@ -215,7 +220,7 @@ class WebhookDelivery:
             headers["host"] = host_header
             if sni:
                 extensions["sni_hostname"] = sni
-        async with self._client.stream("POST", url, content=body, headers=headers, extensions=extensions) as answer:
+        async with self._http().stream("POST", url, content=body, headers=headers, extensions=extensions) as answer:
             return answer.status_code  # the body is not read: a receiver cannot make us hold much
 
     async def _pinned(self, url: str) -> tuple[str, str, str | None]:
