@@ -65,7 +65,12 @@ async def test_a_setting_makes_every_cancel_a_hard_one(tmp_path: Path) -> None:
             # fourth was still in the store and is canceled at once. None is cut.
             assert still.processing_status == "canceling" and still.request_counts.processing == 3
             assert fake.in_flight == 2 and fake.cut == 2
+            # A soft cancel can be made hard later: the two still running upstream are cut then.
+            await sdk.messages.batches.cancel(soft.id, extra_query={"abort_running": "true"})
+            upgraded = await wait_ended(sdk, soft.id, timeout=10)
+            await wait_until(lambda: fake.cut == 4, what="the other two connections closed")
     assert ended.request_counts.canceled == 4
+    assert upgraded.request_counts.canceled == 4
 
 
 async def test_a_bad_flag_is_refused(tmp_path: Path) -> None:
