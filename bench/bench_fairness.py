@@ -25,18 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import psycopg
-from psycopg import sql
 
-from msgbatch.testing import free_port, wait_until_answers
+from msgbatch.testing import ScratchDatabase, free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("MSGBATCH_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -98,21 +94,6 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
-class Database:
-    def __init__(self) -> None:
-        self.name = f"msgbatch_bench_{uuid.uuid4().hex[:10]}"
-        self.url = urlunsplit(urlsplit(ADMIN_URL)._replace(path="/" + self.name))
-
-    def __enter__(self) -> Database:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
-
-
 def done(batch: dict[str, Any]) -> int:
     counts = batch["request_counts"]
     return int(counts["succeeded"] + counts["errored"] + counts["canceled"] + counts["expired"])
@@ -141,7 +122,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         port = free_port()
         common = ["--config", str(work / "msgbatch.toml"), "--log-level", "warning"]
         if args.postgres:
-            database = stack.enter_context(Database()).url
+            database = stack.enter_context(ScratchDatabase(ADMIN_URL)).url
             subprocess.run([sys.executable, "-m", "msgbatch", "migrate", "--database", database], check=True)
             serve = ["-m", "msgbatch", "serve", "--no-worker", "--port", str(port), "--database", database, *common]
             procs.append(start(serve, work / "serve.log"))

@@ -23,17 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
-import psycopg
-from psycopg import sql
 
-from msgbatch.testing import free_port, wait_until_answers
+from msgbatch.testing import ScratchDatabase, free_port, wait_until_answers
 
 ADMIN_URL = os.environ.get("MSGBATCH_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 HEADERS = {"x-api-key": "bench", "content-type": "application/json"}
@@ -61,21 +57,6 @@ def parse_time(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-class Database:
-    def __init__(self) -> None:
-        self.name = f"msgbatch_bench_{uuid.uuid4().hex[:10]}"
-        self.url = urlunsplit(urlsplit(ADMIN_URL)._replace(path="/" + self.name))
-
-    def __enter__(self) -> Database:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
-
-
 def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while text not in log.read_text(errors="replace"):
@@ -90,7 +71,7 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def run_once(workers: int, requests: int, payload: bytes, logs: Path) -> tuple[float, float]:
-    with Database() as db:
+    with ScratchDatabase(ADMIN_URL) as db:
         subprocess.run(
             [sys.executable, "-m", "msgbatch", "migrate", "--database", db.url], check=True, capture_output=True
         )

@@ -1,7 +1,7 @@
-"""For tests and benchmarks that run servers: a free port, and waiting until a server answers.
+"""For tests and benchmarks that run servers: a free port, waiting until a server answers, and a
+scratch PostgreSQL database.
 
-Plain standard library (no test framework, no HTTP client), so that `bench/` scripts and the test
-suite share it.
+No test framework and no HTTP client, so that `bench/` scripts and the test suite share it.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ServerDidNotAnswer", "free_port", "wait_until_answers"]
+import psycopg
+from psycopg import sql
+
+__all__ = ["ScratchDatabase", "ServerDidNotAnswer", "free_port", "wait_until_answers"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,3 +71,24 @@ def wait_until_answers(
         if time.monotonic() > deadline:
             raise ServerDidNotAnswer(f"{url} did not answer {status or 'at all'} within {timeout:g}s ({last})")
         time.sleep(interval)
+
+
+class ScratchDatabase:
+    """A database of its own on the PostgreSQL server of `admin_url` (a user who may create
+    databases): made on entering, dropped with whatever is still connected to it on leaving."""
+
+    def __init__(self, admin_url: str, prefix: str = "msgbatch_bench") -> None:
+        self.admin_url = admin_url
+        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.url = urlunsplit(urlsplit(admin_url)._replace(path="/" + self.name))
+
+    def __enter__(self) -> ScratchDatabase:
+        self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+
+    def _admin(self, statement: sql.Composed) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(statement)
