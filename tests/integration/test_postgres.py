@@ -280,3 +280,19 @@ async def test_dropped_database_connections_lose_nothing(tmp_path: Path, pg_url:
             assert sorted(seen) == sorted(f"r{i}" for i in range(3000))
         finally:
             await client.close()
+
+
+def test_a_scratch_database_is_made_and_dropped_with_its_connections(pg_url: str) -> None:
+    from conftest import PG_ADMIN_URL
+    from msgbatch.testing import ScratchDatabase
+
+    def exists(name: str) -> bool:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+    with ScratchDatabase(PG_ADMIN_URL, prefix="msgbatch_test_scratch") as db:
+        assert exists(db.name) and db.name.startswith("msgbatch_test_scratch_")
+        left_open = psycopg.connect(db.url)  # a connection the drop must not wait for
+        assert left_open.execute("SELECT current_database()").fetchone() == (db.name,)
+    assert not exists(db.name)
+    left_open.close()
