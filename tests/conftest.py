@@ -47,8 +47,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = item.path.parent.name
         if tier in TIERS:
             item.add_marker(tier)
-        if tier == "acceptance":
+        if tier == "acceptance" and item.get_closest_marker("alongside") is None:
             # Real processes, a browser, faults and timing: one at a time, on one xdist worker.
+            # Modules marked `alongside` (short-lived processes of their own) share the others.
             item.add_marker(pytest.mark.xdist_group("acceptance"))
 
 

@@ -18,6 +18,9 @@ from msgbatch.client.http import BatchesClient, ClientError
 from msgbatch.client.submit import InputError, bodies, plan
 from msgbatch.testing import free_port
 
+# Short-lived processes of their own: these run beside the other tests, not one at a time.
+pytestmark = pytest.mark.alongside
+
 KEY = "sk-cli-test"
 MODEL = "claude-sonnet-4-5-20250929"
 

@@ -20,6 +20,9 @@ import pytest
 from conftest import ServeProcess
 from webhook_receiver import SECRET, Receiver
 
+# Short-lived processes of their own: these run beside the other tests, not one at a time.
+pytestmark = pytest.mark.alongside
+
 KEY = "sk-cli-features"
 MODEL = "claude-sonnet-4-5-20250929"
 

@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from test_cli import CLI, KEY, cli, quick_cli, server
 
 from msgbatch.client.openai_submit import bodies, is_openai_file, plan
+
+# Short-lived processes of their own: these run beside the other tests, not one at a time.
+pytestmark = pytest.mark.alongside
 
 __all__ = ["cli", "quick_cli", "server"]
 
