@@ -7,6 +7,7 @@ No test framework and no HTTP client, so that `bench/` scripts and the test suit
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import subprocess
 import threading
@@ -21,9 +22,32 @@ from psycopg import sql
 __all__ = ["ScratchDatabase", "ServerDidNotAnswer", "free_port", "wait_until_answers"]
 
 
+# Below the kernel's ephemeral range: a port from that range can be taken, between this pick and
+# the server's bind, by the local end of any outgoing connection (to a database, to another server).
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it; another process may take it
-    before the caller binds it, which is unlikely within a test)."""
+    """A TCP port nothing listens on right now, outside the range the OS hands out to outgoing
+    connections (another process may still bind it first: unlikely, not impossible)."""
+    low = _ephemeral_low()
+    if low - _LOWEST_PORT >= 1_000:
+        for _ in range(50):
+            port = random.randrange(_LOWEST_PORT, low)
+            with socket.socket() as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue  # taken: try another
+                return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

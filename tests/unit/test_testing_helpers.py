@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,14 @@ def test_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_free_port_is_outside_the_range_of_outgoing_connections() -> None:
+    # An outgoing connection's local port comes from that range: it could take the port meanwhile.
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(20)}
+    assert all(10_000 <= port < low or port > high for port in ports), ports
+    assert len(ports) > 1  # picked at random, not one fixed port
 
 
 def test_waits_for_the_status_asked(server: str) -> None:
