@@ -126,10 +126,11 @@ async def wait_ended(client: anthropic.AsyncAnthropic, batch_id: str, timeout: f
 class ThreadedServer:
     """The app on a real loopback port, in a thread of this process (for the sync SDK)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, server: MsgBatchServer | None = None) -> None:
+        """`server`: one of the caller's making (a store of its own, ...), built from `settings`."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.server = MsgBatchServer(settings)
+        self.server = server or MsgBatchServer(settings)
         # The server exactly as `msgbatch serve` configures it, on this port.
         config = uvicorn.Config(
             self.server.app, **{**uvicorn_options(settings), "host": "127.0.0.1", "port": self.port}
@@ -188,6 +189,16 @@ class ServeProcess:
         except ServerDidNotAnswer as exc:
             raise RuntimeError(f"msgbatch serve did not start ({exc}):\n{self.log.read_text()}") from None
         return self
+
+    def __enter__(self) -> ServeProcess:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # it may have started and then not answered
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -6,7 +6,6 @@ to a client that does not use it. Hard cancel: test_hard_cancel.py; webhooks: te
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +15,13 @@ import anthropic
 import httpx
 import httpx2
 import pytest
-import uvicorn
 from anthropic._decoders.jsonl import AsyncJSONLDecoder
 from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
 from test_metrics import parse_metrics, total
 
 from conftest import (
     TEST_KEY,
+    ThreadedServer,
     async_client_for,
     make_settings,
     raw_client,
@@ -38,7 +37,6 @@ from msgbatch.backends.simulate import simulate
 from msgbatch.errors import NotFoundError
 from msgbatch.store.base import Step
 from msgbatch.store.sqlite import SQLiteStore
-from msgbatch.testing import free_port, wait_until_answers
 
 # The keys of the hosted API's batch object: what a batch that uses no feature shows, exactly.
 HOSTED_KEYS = {
@@ -300,37 +298,17 @@ class SlowAnswerStore(SQLiteStore):
         return found
 
 
-class LiveServer:
-    """A MsgBatchServer of our making on a real port, in a thread (timeouts are real)."""
-
-    def __init__(self, server: MsgBatchServer) -> None:
-        self.server = server
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(server.app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.uvicorn = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        wait_until_answers(f"{self.base_url}/health", process=self.thread, timeout=15)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.uvicorn.should_exit = True
-        self.thread.join(timeout=15)
-
-
 @pytest.fixture
-def slow_server(tmp_path: Path) -> Iterator[tuple[LiveServer, SlowAnswerStore]]:
+def slow_server(tmp_path: Path) -> Iterator[tuple[ThreadedServer, SlowAnswerStore]]:
     store = SlowAnswerStore(str(tmp_path / "slow.db"), delay=2.5)
-    with LiveServer(MsgBatchServer(make_settings(tmp_path), store=store)) as live:
+    settings = make_settings(tmp_path)
+    with ThreadedServer(settings, MsgBatchServer(settings, store=store)) as live:
         yield live, store
 
 
 @pytest.mark.parametrize("with_key", [True, False])
 def test_idempotent_create_retried_after_a_server_side_timeout_makes_one_batch(
-    slow_server: tuple[LiveServer, SlowAnswerStore], with_key: bool
+    slow_server: tuple[ThreadedServer, SlowAnswerStore], with_key: bool
 ) -> None:
     live, store = slow_server
     client = anthropic.Anthropic(
@@ -349,7 +327,7 @@ def test_idempotent_create_retried_after_a_server_side_timeout_makes_one_batch(
         assert len(listed) == 2
 
 
-async def test_idempotent_create_async_sdk_after_a_timeout(slow_server: tuple[LiveServer, SlowAnswerStore]) -> None:
+async def test_idempotent_create_async_sdk_after_a_timeout(slow_server: tuple[ThreadedServer, SlowAnswerStore]) -> None:
     live, store = slow_server
     async with anthropic.AsyncAnthropic(
         api_key=TEST_KEY, base_url=live.base_url, _strict_response_validation=True, max_retries=2, timeout=1.0
