@@ -36,20 +36,20 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    proc = ServeProcess(tmp_path_factory.mktemp("cli-server"), env={"MSGBATCH_API_KEYS": f"{KEY}=team"}).start()
-    try:
+    with ServeProcess(tmp_path_factory.mktemp("cli-server"), env={"MSGBATCH_API_KEYS": f"{KEY}=team"}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 class CLI:
-    def __init__(self, base_url: str, cwd: Path) -> None:
+    """`msgbatch` as a user runs it, a process of its own, pointed at a server by the SDK's env vars."""
+
+    def __init__(self, base_url: str, cwd: Path, key: str = KEY) -> None:
         self.base_url = base_url
         self.cwd = cwd
+        self.key = key
 
     def __call__(self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
-        full_env = {**os.environ, "ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": KEY, **(env or {})}
+        full_env = {**os.environ, "ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": self.key, **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "msgbatch", *args],
             capture_output=True,
@@ -60,10 +60,13 @@ class CLI:
             timeout=120,
         )
 
-    def json(self, *args: str) -> Any:
-        done = self(*args, "--json")
+    def ok(self, *args: str) -> str:
+        done = self(*args)
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        return str(done.stdout)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json"))
 
 
 @pytest.fixture
@@ -79,7 +82,7 @@ class InProcessCLI(CLI):
 
         from msgbatch.cli import main
 
-        full_env = {"ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": KEY, **(env or {})}
+        full_env = {"ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": self.key, **(env or {})}
         old = os.getcwd()
         os.chdir(self.cwd)
         try:

@@ -6,9 +6,6 @@ results --partial, watch --follow, retry --output, cancel --abort-running, webho
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_cli import CLI
 
 from conftest import ServeProcess
 from webhook_receiver import SECRET, Receiver
@@ -49,41 +47,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iter
     config = folder / "msgbatch.toml"
     config.write_text(f'[[webhooks]]\nurl = "{receiver.url}/hooks"\nsecret_env = "HOOK_SECRET"\n')
     env = {"MSGBATCH_API_KEYS": f"{KEY}=team", "MSGBATCH_CONFIG": str(config), "HOOK_SECRET": SECRET}
-    proc = ServeProcess(folder, "--concurrency", "8", env=env).start()
-    try:
+    with ServeProcess(folder, "--concurrency", "8", env=env) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-class CLI:
-    def __init__(self, base_url: str, cwd: Path) -> None:
-        self.base_url = base_url
-        self.cwd = cwd
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": KEY}
-        return subprocess.run(
-            [sys.executable, "-m", "msgbatch", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=self.cwd,
-            timeout=120,
-        )
-
-    def ok(self, *args: str) -> str:
-        done = self(*args)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "--json"))
 
 
 @pytest.fixture
 def cli(server: ServeProcess, tmp_path: Path) -> CLI:
-    return CLI(server.base_url, tmp_path)
+    return CLI(server.base_url, tmp_path, key=KEY)
 
 
 def api(cli: CLI, path: str) -> Any:

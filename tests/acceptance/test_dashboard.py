@@ -53,15 +53,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     # 4 requests at a time, 50 ms each: a few hundred requests take seconds, so progress shows.
     folder = tmp_path_factory.mktemp("dashboard")
     (folder / "msgbatch.toml").write_text(CONFIG)
-    proc = ServeProcess(
-        folder,
-        "--concurrency", "4", "--simulate-latency", "0.05", "--config", str(folder / "msgbatch.toml"),
-        env={"MSGBATCH_API_KEYS": f"{KEY}=team"},
-    ).start()  # fmt: skip
-    try:
+    args = ["--concurrency", "4", "--simulate-latency", "0.05", "--config", str(folder / "msgbatch.toml")]
+    with ServeProcess(folder, *args, env={"MSGBATCH_API_KEYS": f"{KEY}=team"}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -30,13 +30,10 @@ def request(custom_id: str, text: str = "Hello there") -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    proc = ServeProcess(
+    with ServeProcess(
         tmp_path_factory.mktemp("dashboard-features"), "--concurrency", "4", env={"MSGBATCH_API_KEYS": f"{KEY}=team"}
-    ).start()
-    try:
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -43,11 +43,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         "MSGBATCH_HEADER_TIMEOUT": "1s",
         "MSGBATCH_BODY_TIMEOUT": "1s",
     }
-    proc = ServeProcess(tmp_path_factory.mktemp("hostile"), env=env).start()
-    try:
+    with ServeProcess(tmp_path_factory.mktemp("hostile"), env=env) as proc:
         yield proc
-    finally:
-        proc.stop()
         log = proc.log.read_text()
         # Hostile clients are not bugs: no traceback, nothing at ERROR, from any case in this module.
         assert "Traceback" not in log and " ERROR " not in log, log[-5000:]
