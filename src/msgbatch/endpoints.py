@@ -49,10 +49,6 @@ class Endpoint:
     tokens: Callable[[Answer], tuple[int, int, int, int]]
 
 
-def _check_messages(params: dict[str, Any], strict: bool, version: str | None) -> str | None:
-    return validate_params(params, strict=strict, version=version)
-
-
 def _check_openai(body: dict[str, Any], strict: bool, version: str | None) -> str | None:
     # The rest of the body is the backend's to judge: an `openai` upstream's own checks, or the
     # translation's (backends/chat_messages.py).
@@ -70,7 +66,7 @@ def _openai_succeeded(job: Job, answer: Answer) -> bytes:
 
 
 MESSAGES = Endpoint(
-    check=_check_messages,
+    check=validate_params,
     call=lambda backend, params, context: backend.create_message(params, context),
     succeeded_line=lambda job, message: succeeded_line(job.custom_id, message),
     errored_line=lambda job, error_type, message, status: errored_line(job.custom_id, error_type, message),

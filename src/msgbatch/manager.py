@@ -749,6 +749,9 @@ class BatchManager:
             forget_idle(slots.served, pool, {lane.workspace for lane in lanes if lane.pool == pool})
         held = slots.held.copy()
         jobs: list[Job] = []
+        # What every job of a batch shares: betas, headers, expiry, endpoint, workspace.
+        shared = {row[0]: row[3:8] for row in active}
+        workspaces = set()
         while lanes:
             takes = plan(free, lanes, held, self._weight, self._room, slots.served)
             if not takes:
@@ -761,14 +764,26 @@ class BatchManager:
             (found,) = await self.store.run(Step("claim_jobs", {"owner": owner, "until": until, "now": now}, rows=rows))
             taken: dict[tuple[int, int], int] = {}
             for rid, seq, attempts, custom_id, params, key in found:
-                _, _, _, betas, headers, expires_at, endpoint, workspace, _, _ = info[seq]
-                model = names[seq].get(key, "")
+                betas, headers, expires_at, endpoint, workspace = shared[seq]
                 jobs.append(
-                    Job(rid, seq, custom_id, params, betas, headers, expires_at, attempts, endpoint, workspace, model)
+                    Job(
+                        rid,
+                        seq,
+                        custom_id,
+                        params,
+                        betas,
+                        headers,
+                        expires_at,
+                        attempts,
+                        endpoint,
+                        workspace,
+                        names[seq].get(key, ""),
+                    )
                 )
                 taken[seq, key] = taken.get((seq, key), 0) + 1
             drained = set()
             for lane, n in asked:
+                workspaces.add(lane.workspace)
                 got = taken.get((lane.seq, lane.model_key), 0)
                 free[lane.pool] -= got
                 held.add(lane.pool, lane.workspace, lane.seq, got)
@@ -780,7 +795,7 @@ class BatchManager:
                     self._last_served = lane.seq
             # A lane that filled its share may have more; one that did not is drained for now.
             lanes = [lane for lane in lanes if lane not in drained and free.get(lane.pool, 0) > 0]
-        return interleaved(jobs, self._weight)
+        return interleaved(jobs, self._weight) if len(workspaces) > 1 else jobs
 
     async def _models_of(self, seqs: list[int]) -> dict[int, list[tuple[int, str]]]:
         """Each batch's (model key, model): read once per batch (they never change)."""

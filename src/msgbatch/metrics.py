@@ -49,7 +49,6 @@ MAX_MODEL_LABELS = 200
 # The shared gauges read the database at most this often, however often they are scraped.
 SHARED_GAUGES_EVERY = 1.0
 
-_NO_CALL = ("none", "")
 # The `_created` series of every counter would double what a scrape carries, for nothing here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -243,8 +242,6 @@ class Metrics:
         self.before_render = []
         self._shared: Callable[[], Awaitable[tuple[dict[str, int], dict[str, int]]]] | None = None
         self._shared_at = 0.0
-        # Per-job note from the backend call to the outcome: (backend, "ok" or error type).
-        self._calls: dict[int, tuple[str, str]] = {}
         self._batch_ids: OrderedDict[int, str] = OrderedDict()
         self._timings: OrderedDict[int, dict[str, BackendTiming]] = OrderedDict()
 
@@ -299,7 +296,6 @@ class Metrics:
         now = time.perf_counter()
         elapsed = now - started
         self.counts.observe(backend, elapsed)
-        self._calls[job.id] = (backend, status)
         per_batch = self._timings.get(job.batch)
         if per_batch is None:
             per_batch = self._timings[job.batch] = {}
@@ -324,10 +320,10 @@ class Metrics:
 
     def finished(self, job: Job, outcome: Outcome) -> None:
         """The dispatcher is done with a job: a result, or a retry to come."""
-        backend, status = self._calls.pop(job.id, _NO_CALL)
+        backend = outcome.backend or "none"
         if outcome.result is None:
             retries = self.counts.retries
-            key = (backend, status or "unknown")
+            key = (backend, outcome.error_type or "unknown")
             retries[key] = retries.get(key, 0) + 1
             return
         results = self.counts.results

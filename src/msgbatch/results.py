@@ -81,12 +81,25 @@ def tokens_of(message: dict[str, Any]) -> tuple[int, int, int, int]:
     if not isinstance(usage, dict):
         return NO_TOKENS
     get = usage.get
-    return (
-        _count(get("input_tokens")),
-        _count(get("output_tokens")),
-        _count(get("cache_read_input_tokens")),
-        _count(get("cache_creation_input_tokens")),
+    i, o, r, c = (
+        get("input_tokens", 0),
+        get("output_tokens", 0),
+        get("cache_read_input_tokens", 0),
+        get("cache_creation_input_tokens", 0),
     )
+    # Every answer passes here: whole non-negative counts (the usual case) need no more checking.
+    if (
+        type(i) is int
+        and type(o) is int
+        and type(r) is int
+        and type(c) is int
+        and i >= 0
+        and o >= 0
+        and r >= 0
+        and c >= 0
+    ):
+        return (i, o, r, c)
+    return (_count(i), _count(o), _count(r), _count(c))
 
 
 # -- the OpenAI dialect ------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def _check_output_config(config: object) -> str | None:
     return None
 
 
-def validate_params(params: object, *, strict: bool = False, version: str | None = None) -> str | None:
+def validate_params(params: object, strict: bool = False, version: str | None = None) -> str | None:
     """Return None when `params` is an acceptable Messages request, else the error message.
 
     `strict`: refuse what the hosted API refuses inside a batch, under the rules of the batch's

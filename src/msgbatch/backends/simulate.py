@@ -563,9 +563,10 @@ def _generate(params: dict[str, Any], user_text: str, has_result: bool) -> dict[
     max_tokens = params.get("max_tokens")
     if not isinstance(max_tokens, int) or max_tokens < 1:
         max_tokens = 1
-    top_system = _text_of(params.get("system"))
+    system = params.get("system")
+    top_system = _text_of(system) if system else ""
     system_text = _system_text(params, top_system)
-    schema = _output_schema(params)
+    schema = _output_schema(params) if "output_config" in params or "output_format" in params else None
     if "tools" in params or "tool_choice" in params:
         tool, forced = _pick_tool(params, user_text, has_result)
     else:

@@ -81,17 +81,18 @@ class Dispatcher:
         self._slots = BackendSlots(router, concurrency)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
-        self._held: set[int] = set()  # every request leased to this process: queued, running, unwritten
         self._expiring: set[int] = set()
         self._aborting: set[int] = set()  # running requests stopped by a hard cancel
         self._done: list[Outcome] = []
+        self._writing: list[Outcome] = []  # outcomes the store is taking now
         self._canceled: set[int] = set()
         self._contexts: dict[int, CallContext] = {}
         self._wake = asyncio.Event()  # maybe something to claim
         self._slot = asyncio.Event()  # a slot freed, or outcomes written
         self._flush_now = asyncio.Event()
         self._flushed = asyncio.Event()  # outcomes waiting to be written
-        self._changed = asyncio.Event()  # anything moved (burst mode watches it)
+        self._changed = asyncio.Event()  # anything moved (set only while something watches)
+        self._watchers = 0
         self._stopping = False
         self._runners: list[asyncio.Task[None]] = []
         self.metrics.watch_dispatcher(
@@ -190,10 +191,8 @@ class Dispatcher:
         await self.supervisor.stop()
         with contextlib.suppress(Exception):
             await self._flush()
-        handed_back = unstarted + abandoned
         with contextlib.suppress(Exception):
-            await self.manager.release(self.owner, handed_back)
-        self._held.difference_update(handed_back)
+            await self.manager.release(self.owner, unstarted + abandoned)
         self._slots.clear()
         log.info("dispatcher.stopped owner=%s released=%d unfinished=%d", self.owner, len(unstarted), len(abandoned))
 
@@ -219,17 +218,32 @@ class Dispatcher:
                 await asyncio.sleep(min(max(0.0, (next_due - now_us()) / 1e6), self.poll_interval))
             self.wake()
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await self._changed.wait()
+            self._watchers += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._changed.wait()
+            finally:
+                self._watchers -= 1
 
     def _quiet(self) -> bool:
         return not (self._running or self._queue.qsize() or self._done)
 
     async def _until(self, condition: Any) -> None:
-        while not condition():
-            self._changed.clear()
-            await self._changed.wait()
+        self._watchers += 1
+        try:
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._watchers -= 1
+
+    def _held(self) -> list[int]:
+        """Every request leased to this process: queued, running, or its outcome not written yet."""
+        held = set(self._slots.held_ids())
+        held.update(o.job for o in self._done)
+        held.update(o.job for o in self._writing)
+        return sorted(held)
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Wait until nothing is claimed, queued or waiting to be written (tests, benchmarks)."""
@@ -268,9 +282,8 @@ class Dispatcher:
                 continue
             slots.claimed(jobs, wanted, dry_until=time.monotonic() + self.poll_interval)
             for job in jobs:
-                self._held.add(job.id)
                 self._queue.put_nowait(job)
-            if jobs:
+            if jobs and self._watchers:
                 self._changed.set()
 
     # -- running -----------------------------------------------------------------------------
@@ -312,7 +325,8 @@ class Dispatcher:
                 self._flush_now.set()
             self._flushed.set()
             self._slot.set()
-            self._changed.set()
+            if self._watchers:
+                self._changed.set()
 
     def _context(self, job: Job) -> CallContext:
         context = self._contexts.get(job.batch)
@@ -357,7 +371,14 @@ class Dispatcher:
             if exc.retryable and job.attempts < retry.max_attempts:
                 not_before = now_us() + int(retry.delay(job.attempts, exc.retry_after) * 1_000_000)
                 # A retry due past the expiry waits for it instead, and ends `expired`, not `errored`.
-                return Outcome(job.id, job.batch, None, not_before=min(not_before, job.expires_at), error_type=exc.type)
+                return Outcome(
+                    job.id,
+                    job.batch,
+                    None,
+                    not_before=min(not_before, job.expires_at),
+                    error_type=exc.type,
+                    backend=backend.name,
+                )
             return self._errored(job, exc.result_type, exc.message, exc.upstream_status or exc.status, backend.name)
         self.metrics.backend_call(job, backend.name, started, "ok")
         line = endpoint.succeeded_line(job, answer)
@@ -396,14 +417,17 @@ class Dispatcher:
             # A request ran twice here (its lease lapsed and this process claimed it again): one
             # outcome per request, or the results' primary key would refuse the whole group.
             outcomes = list({o.job: o for o in reversed(outcomes)}.values())
+        self._writing = outcomes
         try:
             ended = await self.manager.complete(self.owner, outcomes, now_us())
         except BaseException:
             self._done[:0] = outcomes  # keep them for the next try; leases still hold
             raise
-        self._held.difference_update(o.job for o in outcomes if o.job not in self._running)
+        finally:
+            self._writing = []
         self._slot.set()  # written outcomes no longer hold back claiming
-        self._changed.set()
+        if self._watchers:
+            self._changed.set()
         for batch_id in ended:
             await self._log_ended(batch_id)
 
@@ -456,9 +480,10 @@ class Dispatcher:
         interval = self.lease_us / 1_000_000 / 3
         while True:
             await asyncio.sleep(interval)
-            if self._held:
+            held = self._held()
+            if held:
                 try:
-                    await self.manager.renew(self.owner, sorted(self._held), now_us() + self.lease_us)
+                    await self.manager.renew(self.owner, held, now_us() + self.lease_us)
                 except ServiceUnavailableError:
                     pass  # the next renewal comes within a third of the lease
                 except Exception:

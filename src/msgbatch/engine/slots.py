@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 from msgbatch.backends.base import Backend
 from msgbatch.backends.router import Router
@@ -97,18 +98,30 @@ class BackendSlots:
                 wanted[pool] = free
         return wanted
 
+    def held_ids(self) -> Iterable[int]:
+        """The requests held: claimed, and not done."""
+        return self._of.keys()
+
     def claimed(self, jobs: list[Job], asked: dict[str, int], dry_until: float) -> None:
         """Count the jobs a claim brought; a pool that got less than it asked is dry until then."""
+        # A claim's jobs come in runs of one batch and model: one key (and pool) per run.
+        of = self._of
+        keys: Counter[tuple[str, int]] = Counter()
+        model, batch, key = "", -1, ("", -1)
+        for job in jobs:
+            if job.id in of:
+                continue  # already held: its lease lapsed and this process claimed it again
+            if job.batch != batch or job.model != model:
+                model, batch = job.model, job.batch
+                key = (self.pool_of(model), batch)
+                self._workspace_of[batch] = job.workspace
+            of[job.id] = key
+            keys[key] += 1
         got: Counter[str] = Counter()
         by_batch = self._by_batch
-        for job in jobs:
-            if job.id in self._of:
-                continue  # already held: its lease lapsed and this process claimed it again
-            pool = self.pool_of(job.model)
-            self._of[job.id] = (pool, job.batch)
-            by_batch[pool, job.batch] = by_batch.get((pool, job.batch), 0) + 1
-            self._workspace_of[job.batch] = job.workspace
-            got[pool] += 1
+        for key, n in keys.items():
+            by_batch[key] = by_batch.get(key, 0) + n
+            got[key[0]] += n
         for pool, n in got.items():
             self.by_pool[pool] = self.by_pool.get(pool, 0) + n
         for pool, n in asked.items():
