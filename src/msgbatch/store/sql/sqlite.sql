@@ -27,9 +27,9 @@ PRAGMA temp_store = MEMORY;
 -- name: _writer
 -- Scratch tables of the writer connection: set-based steps stage their rows here.
 CREATE TEMP TABLE IF NOT EXISTS finishing (
-    id INTEGER PRIMARY KEY, type INTEGER NOT NULL, line BLOB NOT NULL, batch INTEGER,
+    id INTEGER PRIMARY KEY, type INTEGER NOT NULL, line BLOB NOT NULL,
     input_tokens INTEGER, output_tokens INTEGER, cache_read_input_tokens INTEGER, cache_creation_input_tokens INTEGER,
-    backend TEXT, error_type TEXT, model INTEGER
+    backend TEXT, error_type TEXT
 );
 CREATE TEMP TABLE IF NOT EXISTS ending (id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, model INTEGER NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS claimed (id INTEGER PRIMARY KEY);
@@ -361,16 +361,17 @@ INSERT INTO temp.finishing (
     id, type, line, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, backend, error_type
 )
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
-UPDATE temp.finishing SET (batch, model) = (
-    SELECT batch, model FROM jobs WHERE jobs.id = finishing.id AND owner = :owner AND state = 1
-);
-DELETE FROM temp.finishing WHERE batch IS NULL;
+DELETE FROM temp.finishing
+WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = finishing.id AND owner = :owner AND state = 1);
+-- (Read through the jobs, not copied into the staged rows: rewriting each row, its line with it,
+-- cost more than the join.)
+INSERT INTO temp.finished
+SELECT j.batch, j.model, f.backend, f.type, f.error_type, count(*),
+       sum(f.input_tokens), sum(f.output_tokens), sum(f.cache_read_input_tokens), sum(f.cache_creation_input_tokens)
+FROM temp.finishing AS f CROSS JOIN jobs AS j ON j.id = f.id
+GROUP BY j.batch, j.model, f.backend, f.type, f.error_type;
 INSERT INTO results (id, type, line) SELECT id, type, line FROM temp.finishing;
 DELETE FROM jobs WHERE id IN (SELECT id FROM temp.finishing);
-INSERT INTO temp.finished
-SELECT batch, model, backend, type, error_type, count(*),
-       sum(input_tokens), sum(output_tokens), sum(cache_read_input_tokens), sum(cache_creation_input_tokens)
-FROM temp.finishing GROUP BY batch, model, backend, type, error_type;
 UPDATE batches
 SET processing = processing - t.n, succeeded = succeeded + t.s, errored = errored + t.e,
     canceled = canceled + t.c, expired = expired + t.x,
