@@ -34,6 +34,7 @@ from msgbatch.backends.router import Router
 from msgbatch.clock import now_us
 from msgbatch.config import Settings
 from msgbatch.endpoints import ENDPOINTS
+from msgbatch.engine.jobqueue import JobQueue
 from msgbatch.engine.slots import BackendSlots
 from msgbatch.engine.supervisor import Supervisor
 from msgbatch.errors import MsgbatchError, ServiceUnavailableError
@@ -79,7 +80,7 @@ class Dispatcher:
         self.supervisor = Supervisor(self.owner)
 
         self._slots = BackendSlots(router, concurrency)
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._queue = JobQueue()
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._expiring: set[int] = set()
         self._aborting: set[int] = set()  # running requests stopped by a hard cancel
@@ -96,7 +97,7 @@ class Dispatcher:
         self._stopping = False
         self._runners: list[asyncio.Task[None]] = []
         self.metrics.watch_dispatcher(
-            in_flight=lambda: len(self._running), queued=self._queue.qsize, unwritten=lambda: len(self._done)
+            in_flight=lambda: len(self._running), queued=self._queue.__len__, unwritten=lambda: len(self._done)
         )
         self.metrics.before_render.append(self._report_limits)
 
@@ -174,9 +175,7 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         self._slot.set()
-        unstarted = []
-        while not self._queue.empty():
-            unstarted.append(self._queue.get_nowait().id)
+        unstarted = [job.id for job in self._queue.take_all()]
         if self._running:
             # The queue is empty now: the runners finish what they run, and take nothing new.
             with contextlib.suppress(TimeoutError):
@@ -227,7 +226,7 @@ class Dispatcher:
                 self._watchers -= 1
 
     def _quiet(self) -> bool:
-        return not (self._running or self._queue.qsize() or self._done)
+        return not (self._running or self._queue or self._done)
 
     async def _until(self, condition: Any) -> None:
         self._watchers += 1
@@ -261,7 +260,7 @@ class Dispatcher:
             # Outcomes the store has not taken yet count against the slots beyond one flush's
             # worth: when writes stall, stop leasing more work than can be recorded.
             unwritten = max(0, len(self._done) - self.flush_max)
-            wanted = slots.wanted(busy=unwritten, queue_empty=self._queue.empty(), most=self.claim_max)
+            wanted = slots.wanted(busy=unwritten, queue_empty=not self._queue, most=self.claim_max)
             if not wanted:
                 self._slot.clear()
                 with contextlib.suppress(TimeoutError):
@@ -281,8 +280,7 @@ class Dispatcher:
                 await asyncio.sleep(self.poll_interval)
                 continue
             slots.claimed(jobs, wanted, dry_until=time.monotonic() + self.poll_interval)
-            for job in jobs:
-                self._queue.put_nowait(job)
+            self._queue.put(jobs)
             if jobs and self._watchers:
                 self._changed.set()
 
@@ -300,6 +298,8 @@ class Dispatcher:
             job = await queue.get()
             batch_of_job[0] = job.batch
             self._running[job.id] = (job, task)
+            if self._watchers:
+                self._changed.set()
             try:
                 outcome = await self._run(job)
             except asyncio.CancelledError:

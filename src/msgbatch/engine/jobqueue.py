@@ -1,0 +1,76 @@
+"""The claimed jobs waiting for a runner: a FIFO that hands work on one runner at a time.
+
+`asyncio.Queue` wakes a waiting runner for every job put. Here a put wakes one idle runner, and a
+runner that takes a job wakes the next only while jobs remain and no other wake-up is on its way.
+A backend whose call suspends (every HTTP backend) hands the next job to the next runner at each
+call, as before; one that answers without suspending (the instant simulator) has one runner go
+through the jobs in one step instead of a wake-up, a future and a task step per job. Either way the
+event loop runs the same work between two polls for I/O: 256 runners woken at once are 256
+callbacks run before the next poll, too.
+
+Measured (bytecodes per request, `sys.settrace` opcode events, 3,000 requests, instant simulator):
+asyncio.Queue's get/put/wake-up path was ~240 of ~1,900.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable
+
+from msgbatch.models import Job
+
+__all__ = ["JobQueue"]
+
+
+class JobQueue:
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._waking = False  # an idle runner was woken and has not run yet
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, jobs: Iterable[Job]) -> None:
+        self._jobs.extend(jobs)
+        self._wake()
+
+    def take_all(self) -> list[Job]:
+        """Every job not started yet, in order; the queue is empty after."""
+        jobs = list(self._jobs)
+        self._jobs.clear()
+        return jobs
+
+    async def get(self) -> Job:
+        jobs = self._jobs
+        while not jobs:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    # Woken, then canceled before it ran: the wake-up goes to another runner.
+                    self._waking = False
+                    self._wake()
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._idle.remove(waiter)
+                raise
+            self._waking = False
+        job = jobs.popleft()
+        self._wake()
+        return job
+
+    def _wake(self) -> None:
+        if self._waking or not self._jobs:
+            return
+        idle = self._idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._waking = True
+                return
