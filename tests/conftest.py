@@ -40,6 +40,13 @@ TEST_KEY = "sk-test-key"
 TIERS = ("unit", "integration", "acceptance")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Each test process (four of them) would otherwise compile the package and rewrite every test
+    # module's asserts again, seconds each: where PYTHONDONTWRITEBYTECODE is set (container images
+    # often set it), the tests still keep what they compiled in __pycache__ (git ignores it).
+    sys.dont_write_bytecode = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test is marked with its tier, the folder it lives in: `pytest -m "not acceptance"`
     (or `pytest tests/unit tests/integration`) is the fast inner loop."""
@@ -269,8 +276,7 @@ _template: list[str] = []
 
 
 def _migrated_template() -> str:
-    """A database migrated once per test session; each test's database is a copy of it (a file
-    copy on the server: far faster than migrating every time)."""
+    """A database migrated once per test process; each test's database starts as a copy of it."""
     if not _template:
         name = f"msgbatch_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -284,7 +290,81 @@ def _migrated_template() -> str:
         migrating.join()
         atexit.register(_drop_database, name)
         _template.append(name)
+        _seed.update(_contents(name))
     return _template[0]
+
+
+# Databases a test is done with, emptied back to the template's contents and renamed: copying the
+# template costs ~0.3 s on the server (CREATE DATABASE writes the whole copy to the WAL), emptying
+# one ~10 ms, and most tests in a process run one after another.
+_spare: list[str] = []
+# The template's rows by table (the schema's bookkeeping: its version history, the request id
+# counter), put back after emptying, and the shape of its schema: a database whose schema a test
+# changed is dropped, not reused.
+_seed: dict[str, list[tuple[Any, ...]]] = {}
+_shape: list[str] = []
+_SHAPE = """
+    SELECT md5(string_agg(item, ',' ORDER BY item)) FROM (
+        SELECT table_name || '.' || column_name || ':' || data_type AS item
+        FROM information_schema.columns WHERE table_schema = 'msgbatch'
+        UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = 'msgbatch'
+    ) AS parts
+"""
+
+
+def _contents(database: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(pg_url_for(database)) as conn:
+        _shape.append(str(conn.execute(_SHAPE).fetchone()))
+        tables = [
+            row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'msgbatch' ORDER BY 1")
+        ]
+        return {
+            table: conn.execute(sql.SQL("SELECT * FROM msgbatch.{}").format(sql.Identifier(table))).fetchall()
+            for table in tables
+        }
+
+
+class _NotReusable(Exception):
+    pass
+
+
+def _recycle(name: str) -> str | None:
+    """The database, emptied back to the template's contents under a new name (a pool a test left
+    behind cannot reconnect to it), or None if it could not be (it is dropped instead)."""
+    new = f"msgbatch_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            deadline = time.monotonic() + 5
+            while True:
+                others = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+                ).fetchall()
+                if not others:
+                    break
+                if time.monotonic() > deadline:
+                    raise _NotReusable(f"sessions still on {name}")
+                time.sleep(0.01)
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new)))
+        with psycopg.connect(pg_url_for(new)) as conn:
+            if str(conn.execute(_SHAPE).fetchone()) != _shape[0]:
+                raise _NotReusable("a test changed the schema")
+            for table, rows in _seed.items():
+                target = sql.SQL("msgbatch.{}").format(sql.Identifier(table))
+                conn.execute(sql.SQL("DELETE FROM {}").format(target))
+                for row in rows:
+                    placeholders = sql.SQL(", ").join(sql.Placeholder() * len(row))
+                    conn.execute(
+                        sql.SQL("INSERT INTO {} OVERRIDING SYSTEM VALUE VALUES ({})").format(target, placeholders), row
+                    )
+            for (sequence,) in conn.execute(
+                "SELECT sequencename FROM pg_sequences WHERE schemaname = 'msgbatch'"
+            ).fetchall():
+                conn.execute(sql.SQL("ALTER SEQUENCE msgbatch.{} RESTART").format(sql.Identifier(sequence)))
+    except (psycopg.Error, _NotReusable):
+        _drop_database(name)
+        _drop_database(new)
+        return None
+    return new
 
 
 def _drop_database(name: str) -> None:
@@ -292,23 +372,43 @@ def _drop_database(name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _drop_spares() -> None:
+    while _spare:
+        _drop_database(_spare.pop())
+
+
+atexit.register(_drop_spares)
+
+
 @contextlib.contextmanager
 def fresh_pg_database(*, migrated: bool = True) -> Iterator[str]:
-    """A new database on the test server, migrated (a copy of the session's template) or empty;
-    dropped afterwards, with any sessions still on it."""
+    """A database on the test server for one test: migrated, holding what a new one holds (a copy
+    of the session's template, or a database an earlier test used, emptied), or empty."""
     require_pg()
-    name = f"msgbatch_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    if migrated:
-        create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(_migrated_template())
-        )
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(create)
+    if not migrated:
+        name = f"msgbatch_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield pg_url_for(name)
+        finally:
+            _drop_database(name)
+        return
+    template = _migrated_template()
+    if _spare:
+        name = _spare.pop()
+    else:
+        name = f"msgbatch_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+            )
     try:
         yield pg_url_for(name)
     finally:
-        _drop_database(name)
+        recycled = _recycle(name)
+        if recycled is not None:
+            _spare.append(recycled)
 
 
 @pytest.fixture
