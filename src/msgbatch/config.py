@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import math
 import os
 import re
@@ -400,11 +401,17 @@ def _env_kind(info: mi.Type) -> Literal["scalar", "list"] | None:
     return "scalar" if all(isinstance(_member(member, None), plain) for member in members) else None
 
 
+@functools.cache
+def _env_kind_of(tp: Any) -> Literal["scalar", "list"] | None:
+    # Read off each type once per process: all of them take ~3 ms, as long as the rest of loading.
+    return _env_kind(mi.type_info(tp))
+
+
 def _from_env(env: Mapping[str, str]) -> Iterator[tuple[str, str, object]]:
     """(key, env var, typed value) for each `MSGBATCH_*` setting that is set and not empty."""
     for key, info in _FIELDS.items():
         name = "MSGBATCH_" + key.upper()
-        kind = _env_kind(mi.type_info(info.type))
+        kind = _env_kind_of(info.type)
         text = env.get(name, "")
         if not kind or not text:
             continue
