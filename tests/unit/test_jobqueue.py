@@ -96,3 +96,37 @@ async def test_a_canceled_idle_runner_leaves_no_waiter_behind() -> None:
         await task
     queue.put(jobs(1))
     assert (await asyncio.wait_for(queue.get(), 1)).id == 1
+
+
+async def test_runners_are_made_as_work_comes_up_to_the_limit() -> None:
+    release = asyncio.Event()
+    started: list[int] = []
+    runners: list[asyncio.Task[None]] = []
+
+    async def runner() -> None:
+        job = await queue.get(first=True)
+        while True:
+            started.append(job.id)
+            await release.wait()
+            job = await queue.get()
+
+    def spawn() -> bool:
+        if len(runners) >= 3:
+            return False
+        runners.append(asyncio.create_task(runner()))
+        return True
+
+    queue = JobQueue(spawn)
+    await asyncio.sleep(0)
+    assert runners == []  # none before there is work
+    queue.put(jobs(1, 2, 3, 4, 5))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert len(runners) == 3 and sorted(started) == [1, 2, 3] and len(queue) == 2
+    release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert sorted(started) == [1, 2, 3, 4, 5] and len(runners) == 3
+    for task in runners:
+        task.cancel()
+    await asyncio.gather(*runners, return_exceptions=True)

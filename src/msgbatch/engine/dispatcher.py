@@ -80,7 +80,7 @@ class Dispatcher:
         self.supervisor = Supervisor(self.owner)
 
         self._slots = BackendSlots(router, concurrency)
-        self._queue = JobQueue()
+        self._queue = JobQueue(spawn=self._spawn_runner)
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._expiring: set[int] = set()
         self._aborting: set[int] = set()  # running requests stopped by a hard cancel
@@ -165,9 +165,7 @@ class Dispatcher:
             ("abort", self._abort_loop),
         ):
             self.supervisor.start(name, loop)
-        self._runners = [
-            asyncio.create_task(self._runner(), name=f"msgbatch-runner-{i}") for i in range(self.concurrency)
-        ]
+        self._runners = []  # made as work comes: `_spawn_runner`
         log.info("dispatcher.started owner=%s concurrency=%d", self.owner, self.concurrency)
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -286,6 +284,12 @@ class Dispatcher:
 
     # -- running -----------------------------------------------------------------------------
 
+    def _spawn_runner(self) -> bool:
+        if self._stopping or len(self._runners) >= self.concurrency:
+            return False
+        self._runners.append(asyncio.create_task(self._runner(), name=f"msgbatch-runner-{len(self._runners)}"))
+        return True
+
     async def _runner(self) -> None:
         queue = self._queue
         task = asyncio.current_task()
@@ -294,8 +298,8 @@ class Dispatcher:
         # Set once per runner, not per request: a context variable's set costs a copy of the context.
         batch_of_job = [0]
         request_canceled.set(lambda: batch_of_job[0] in self._canceled)
+        job = await queue.get(first=True)
         while True:
-            job = await queue.get()
             batch_of_job[0] = job.batch
             self._running[job.id] = (job, task)
             if self._watchers:
@@ -327,6 +331,7 @@ class Dispatcher:
             self._slot.set()
             if self._watchers:
                 self._changed.set()
+            job = await queue.get()
 
     def _context(self, job: Job) -> CallContext:
         context = self._contexts.get(job.batch)
