@@ -25,6 +25,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -215,23 +216,25 @@ class Dispatcher:
                 await asyncio.sleep(min(max(0.0, (next_due - now_us()) / 1e6), self.poll_interval))
             self.wake()
             self._changed.clear()
-            self._watchers += 1
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval):
-                        await self._changed.wait()
-            finally:
-                self._watchers -= 1
+            with self._watching(), contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._changed.wait()
 
     def _quiet(self) -> bool:
         return not (self._running or self._queue or self._done)
 
     async def _until(self, condition: Any) -> None:
-        self._watchers += 1
-        try:
+        with self._watching():
             while not condition():
                 self._changed.clear()
                 await self._changed.wait()
+
+    @contextlib.contextmanager
+    def _watching(self) -> Iterator[None]:
+        """While something waits on `_changed`: the hot paths set it only then."""
+        self._watchers += 1
+        try:
+            yield
         finally:
             self._watchers -= 1
 
