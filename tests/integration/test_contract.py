@@ -661,6 +661,17 @@ async def test_burst_runs_every_batch_to_the_end(manager: BatchManager) -> None:
     assert bad["result"]["error"]["error"] == {"type": "invalid_request_error", "message": "max_tokens: Field required"}
 
 
+async def test_a_dispatcher_started_again_runs_new_work(manager: BatchManager) -> None:
+    """Stopped (its runners with it) and started again, a dispatcher runs what comes next."""
+    dispatcher = Dispatcher(manager, Router([], MockBackend(lambda p, c: simulate(p)[0])), owner="again")
+    first = await make_batch(manager, 40, prefix="first")
+    await dispatcher.run_burst(timeout=30)
+    second = await make_batch(manager, 40, prefix="second")
+    await dispatcher.run_burst(timeout=30)
+    assert (await check_consistent(manager, first)).succeeded == 40
+    assert (await check_consistent(manager, second)).succeeded == 40
+
+
 async def test_dispatcher_stop_hands_back_what_it_holds(manager: BatchManager) -> None:
     gate = asyncio.Event()
 

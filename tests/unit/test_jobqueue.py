@@ -130,3 +130,34 @@ async def test_runners_are_made_as_work_comes_up_to_the_limit() -> None:
     for task in runners:
         task.cancel()
     await asyncio.gather(*runners, return_exceptions=True)
+
+
+async def test_after_its_runners_are_stopped_a_reset_queue_wakes_new_ones() -> None:
+    """A runner made for a job but stopped before it ran (the dispatcher stopping) must not leave
+    the queue waiting for it when the dispatcher starts again."""
+    runners: list[asyncio.Task[None]] = []
+    got: list[int] = []
+
+    async def runner() -> None:
+        while True:
+            got.append((await queue.get(first=not got)).id)
+
+    def spawn() -> bool:
+        runners.append(asyncio.create_task(runner()))
+        return True
+
+    queue = JobQueue(spawn)
+    queue.put(jobs(1))  # a runner is made...
+    for task in runners:
+        task.cancel()  # ...and stopped before it ever ran
+    await asyncio.gather(*runners, return_exceptions=True)
+    queue.take_all()
+    queue.reset()
+    runners.clear()
+    queue.put(jobs(2))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert got == [2]
+    for task in runners:
+        task.cancel()
+    await asyncio.gather(*runners, return_exceptions=True)

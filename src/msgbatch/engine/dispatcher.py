@@ -184,6 +184,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
         self._runners = []
+        self._queue.reset()
         abandoned = list(self._running)
         self._running.clear()
         await self.supervisor.stop()

@@ -47,6 +47,13 @@ class JobQueue:
         self._jobs.clear()
         return jobs
 
+    def reset(self) -> None:
+        """Forget the runners (all of them were stopped): a runner started but stopped before it
+        ran would otherwise leave its wake-up pending for good."""
+        self._jobs.clear()
+        self._idle.clear()
+        self._waking = False
+
     async def get(self, *, first: bool = False) -> Job:
         if first:  # a runner `spawn` started: the wake-up that made it has arrived
             self._waking = False
