@@ -291,6 +291,7 @@ def _migrated_template() -> str:
         atexit.register(_drop_database, name)
         _template.append(name)
         _seed.update(_contents(name))
+        _shape.append(_schema_shape(name))
     return _template[0]
 
 
@@ -312,9 +313,13 @@ _SHAPE = """
 """
 
 
+def _schema_shape(database: str) -> str:
+    with psycopg.connect(pg_url_for(database)) as conn:
+        return str(conn.execute(_SHAPE).fetchone())
+
+
 def _contents(database: str) -> dict[str, list[tuple[Any, ...]]]:
     with psycopg.connect(pg_url_for(database)) as conn:
-        _shape.append(str(conn.execute(_SHAPE).fetchone()))
         tables = [
             row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'msgbatch' ORDER BY 1")
         ]
@@ -345,9 +350,9 @@ def _recycle(name: str) -> str | None:
                     raise _NotReusable(f"sessions still on {name}")
                 time.sleep(0.01)
             admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new)))
+        if _schema_shape(new) != _shape[0]:
+            raise _NotReusable("a test changed the schema")
         with psycopg.connect(pg_url_for(new)) as conn:
-            if str(conn.execute(_SHAPE).fetchone()) != _shape[0]:
-                raise _NotReusable("a test changed the schema")
             for table, rows in _seed.items():
                 target = sql.SQL("msgbatch.{}").format(sql.Identifier(table))
                 conn.execute(sql.SQL("DELETE FROM {}").format(target))
