@@ -23,6 +23,7 @@ from msgbatch.backends.base import Backend, CallContext, RequestCanceled, reques
 from msgbatch.backends.http import is_overload
 from msgbatch.backends.retry import RetryPolicy
 from msgbatch.errors import MsgbatchError
+from msgbatch.turns import wait_turn
 
 __all__ = ["AdaptiveLimiter"]
 
@@ -117,8 +118,7 @@ class AdaptiveLimiter:
                 self._grant()
             return message
         finally:
-            self.in_flight -= 1
-            self._grant()
+            self._release()
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -138,21 +138,12 @@ class AdaptiveLimiter:
         if not self._waiters and self.in_flight < self.limit:
             self.in_flight += 1
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                # Granted a slot just as we were cancelled: hand it on.
-                self.in_flight -= 1
-                self._grant()
-            else:
-                try:
-                    self._waiters.remove(waiter)
-                except ValueError:
-                    pass
-            raise
+        await wait_turn(self._waiters, self._release)
+
+    def _release(self) -> None:
+        """A slot given back (a call ended, or a waiter granted one was cancelled): to the next."""
+        self.in_flight -= 1
+        self._grant()
 
     def _grant(self) -> None:
         waiters = self._waiters

@@ -16,11 +16,11 @@ asyncio.Queue's get/put/wake-up path was ~240 of ~1,900.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
 
 from msgbatch.models import Job
+from msgbatch.turns import wait_turn
 
 __all__ = ["JobQueue"]
 
@@ -59,23 +59,16 @@ class JobQueue:
             self._waking = False
         jobs = self._jobs
         while not jobs:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._idle.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    # Woken, then canceled before it ran: the wake-up goes to another runner.
-                    self._waking = False
-                    self._wake()
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._idle.remove(waiter)
-                raise
+            await wait_turn(self._idle, self._hand_on)
             self._waking = False
         job = jobs.popleft()
         self._wake()
         return job
+
+    def _hand_on(self) -> None:
+        """A runner woken, then canceled before it ran: the wake-up goes to another."""
+        self._waking = False
+        self._wake()
 
     def _wake(self) -> None:
         if self._waking or not self._jobs:
