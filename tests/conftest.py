@@ -34,7 +34,7 @@ from msgbatch.config import Settings, load_settings
 from msgbatch.manager import BatchManager
 from msgbatch.models import Batch
 from msgbatch.store import Store
-from msgbatch.testing import ServerDidNotAnswer, free_port, wait_until_answers
+from msgbatch.testing import ScratchDatabase, ServerDidNotAnswer, free_port, wait_until_answers
 
 TEST_KEY = "sk-test-key"
 TIERS = ("unit", "integration", "acceptance")
@@ -391,13 +391,8 @@ def fresh_pg_database(*, migrated: bool = True) -> Iterator[str]:
     of the session's template, or a database an earlier test used, emptied), or empty."""
     require_pg()
     if not migrated:
-        name = f"msgbatch_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield pg_url_for(name)
-        finally:
-            _drop_database(name)
+        with ScratchDatabase(PG_ADMIN_URL, prefix=f"msgbatch_test_{os.getpid()}") as empty:
+            yield empty.url
         return
     template = _migrated_template()
     if _spare:
